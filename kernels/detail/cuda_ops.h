@@ -1,0 +1,40 @@
+// Internal: the CUDA implementations behind the launchers in kernels/*.h, defined in
+// kernels/cuda/*.cu. Arguments have been validated by the launcher; these only launch.
+// Every function is asynchronous on `stream` and checks its launch.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/activation.h"
+#include "kernels/gemm.h"
+#include "runtime/device.h"
+
+namespace asgd::cuda_ops {
+
+void gemm(const Stream& stream, Trans trans_a, Trans trans_b, std::int64_t m, std::int64_t n,
+          std::int64_t k, float alpha, const float* a, std::int64_t lda, const float* b,
+          std::int64_t ldb, float beta, float* c, std::int64_t ldc);
+void bias_activation_forward(const Stream& stream, Activation act, std::int64_t rows,
+                             std::int64_t cols, const float* bias, float* z);
+void bias_activation_backward(const Stream& stream, Activation act, std::int64_t rows,
+                              std::int64_t cols, const float* y, float* dy, float* dbias);
+void softmax_cross_entropy(const Stream& stream, std::int64_t rows, std::int64_t cols,
+                           const float* logits, const std::int32_t* labels, float grad_scale,
+                           float* dlogits, double* loss_sum, std::int64_t* correct);
+void sigmoid_cross_entropy(const Stream& stream, std::int64_t rows, std::int64_t cols,
+                           const float* logits, const std::int32_t* labels, float grad_scale,
+                           float* dlogits, double* loss_sum, std::int64_t* correct);
+void gather_rows(const Stream& stream, std::int64_t count, std::int64_t cols, const float* x,
+                 const std::int32_t* y, std::int64_t rows, const std::int32_t* index,
+                 float* x_out, std::int32_t* y_out);
+void sgd_step(const Stream& stream, std::int64_t n, float lr, const float* g, float* w);
+void axpby(const Stream& stream, std::int64_t n, float alpha, const float* x, float beta,
+           float* y);
+void fill(const Stream& stream, std::int64_t n, float value, float* x);
+void reduce_sum(const Stream& stream, std::int64_t n, const float* x, double* out);
+void reduce_dot(const Stream& stream, std::int64_t n, const float* x, const float* y,
+                double* out);
+void reduce_squared_norm(const Stream& stream, std::int64_t n, const float* x, double* out);
+void count_nonfinite(const Stream& stream, std::int64_t n, const float* x, std::int64_t* out);
+
+}  // namespace asgd::cuda_ops

@@ -1,0 +1,18 @@
+// Reductions to one device scalar, accumulated in double precision. Each overwrites its output
+// (memory of the stream's device). Asynchronous on CUDA.
+#pragma once
+
+#include <cstdint>
+
+#include "runtime/device.h"
+
+namespace asgd {
+
+void reduce_sum(const Stream& stream, std::int64_t n, const float* x, double* out);
+void reduce_dot(const Stream& stream, std::int64_t n, const float* x, const float* y,
+                double* out);
+void reduce_squared_norm(const Stream& stream, std::int64_t n, const float* x, double* out);
+// Number of elements that are NaN or +-Inf.
+void count_nonfinite(const Stream& stream, std::int64_t n, const float* x, std::int64_t* out);
+
+}  // namespace asgd
