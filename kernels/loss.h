@@ -1,7 +1,8 @@
 // Loss functions on a row-major [rows x cols] matrix of logits with int32 class labels.
 // Accumulating outputs (`loss_sum`, `correct`) are single device scalars that the caller
 // zeroes and reads when it chooses, so a training step needs no host round trip.
-// Asynchronous on CUDA. Labels must lie in [0, classes); see loss.h callers for validation.
+// Asynchronous on CUDA. Labels must lie in [0, cols) (the data readers guarantee it); the
+// predicted class is the first index of the largest logit.
 #pragma once
 
 #include <cstdint>

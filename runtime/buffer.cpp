@@ -83,6 +83,7 @@ void copy_async(void* dst, const void* src, std::size_t bytes, const Stream& str
     return;
   }
 #endif
+  (void)stream;
   std::memcpy(dst, src, bytes);
 }
 
@@ -95,6 +96,7 @@ void zero_async(void* dst, std::size_t bytes, const Stream& stream) {
     return;
   }
 #endif
+  (void)stream;
   std::memset(dst, 0, bytes);
 }
 
