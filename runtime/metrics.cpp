@@ -1,0 +1,59 @@
+#include "runtime/metrics.h"
+
+#include <cstdio>
+
+#include <unistd.h>
+
+#include <nlohmann/json.hpp>
+
+#include "runtime/error.h"
+#include "runtime/trainer.h"
+
+namespace asgd {
+
+MetricsLog::MetricsLog(const std::string& path) : path_(path) {
+  if (path.empty()) return;
+  out_.open(path, std::ios::out | std::ios::trunc);
+  if (!out_) ASGD_INPUT_ERROR("--metrics: cannot create '{}'", path);
+}
+
+void MetricsLog::write(const EvalPoint& p, int worker) {
+  if (!out_.is_open()) return;
+  nlohmann::json line = {{"worker", worker},          {"time_s", p.time_s},
+                         {"step", p.step},            {"samples", p.samples},
+                         {"epoch", p.epoch},          {"train_loss", p.train_loss},
+                         {"test_loss", p.test_loss},  {"test_accuracy", p.test_accuracy},
+                         {"samples_per_s", p.samples_per_s}};
+  out_ << line.dump() << '\n';
+  out_.flush();  // a killed run keeps every line it logged
+  if (!out_) ASGD_THROW("writing metrics to '{}' failed", path_);
+}
+
+ProgressLine::ProgressLine(bool wanted) : enabled_(wanted && isatty(STDERR_FILENO) == 1) {}
+
+ProgressLine::~ProgressLine() { finish(); }
+
+void ProgressLine::set_eval(double train_loss, double test_accuracy) {
+  loss_ = train_loss;
+  accuracy_ = test_accuracy;
+}
+
+void ProgressLine::update(std::int64_t step, double epoch, double samples_per_s, double eta_s) {
+  if (!enabled_) return;
+  const auto now = std::chrono::steady_clock::now();
+  if (drawn_ && now - last_ < std::chrono::milliseconds(250)) return;
+  last_ = now;
+  std::string line = fmt::format("step {:>8} | epoch {:6.2f}", step, epoch);
+  if (loss_ >= 0) line += fmt::format(" | loss {:.4f} | test acc {:.4f}", loss_, accuracy_);
+  line += fmt::format(" | {:>9.0f} samples/s", samples_per_s);
+  if (eta_s >= 0) line += fmt::format(" | ETA {:>5.0f}s", eta_s);
+  std::fprintf(stderr, "\r%s\033[K", line.c_str());
+  drawn_ = true;
+}
+
+void ProgressLine::finish() {
+  if (enabled_ && drawn_) std::fputc('\n', stderr);
+  drawn_ = false;
+}
+
+}  // namespace asgd

@@ -1,0 +1,171 @@
+#include "runtime/cli/commands.h"
+
+#include <charconv>
+#include <cstring>
+#include <thread>
+
+#include <asgd/config.h>
+
+#include "runtime/device.h"
+#include "runtime/error.h"
+#include "runtime/trainer.h"
+
+namespace asgd::cli {
+namespace {
+
+std::vector<std::int64_t> parse_widths(const std::string& text) {
+  std::vector<std::int64_t> widths;
+  if (text.empty() || text == "none") return widths;
+  std::size_t start = 0;
+  while (start <= text.size()) {
+    const std::size_t end = std::min(text.find(',', start), text.size());
+    std::int64_t w = 0;
+    const char* first = text.data() + start;
+    const char* last = text.data() + end;
+    auto [ptr, ec] = std::from_chars(first, last, w);
+    if (ec != std::errc() || ptr != last || w < 1)
+      ASGD_INPUT_ERROR("--hidden '{}': expected positive layer widths separated by commas, "
+                       "e.g. 256,256",
+                       text);
+    widths.push_back(w);
+    start = end + 1;
+  }
+  return widths;
+}
+
+int run_train(CLI::App& cmd, TrainOptions& o) {
+  TrainConfig& c = o.config;
+  if (cmd.count("--hidden")) c.model.hidden = parse_widths(o.hidden);
+  if (cmd.count("--backend")) c.backend = parse_backend(o.backend);
+  if (cmd.count("--normalize")) c.data.normalize = parse_normalize(o.normalize);
+  validate(c);
+  if (c.backend == Backend::kCuda && cuda_device_count() == 0)
+    ASGD_INPUT_ERROR("--backend cuda: {}; use --backend host", cuda_unavailable_reason());
+
+  const TrainTest data = load_dataset(c.data);
+  std::fprintf(stderr, "asgd: %s: %lld train / %lld test rows, %lld features, %d classes\n",
+               c.data.spec.c_str(), static_cast<long long>(data.train.rows),
+               static_cast<long long>(data.test.rows), static_cast<long long>(data.train.cols),
+               static_cast<int>(data.train.classes));
+  const TrainResult r = train(c, data);
+  std::fprintf(stderr,
+               "asgd: %s (%lld parameters) on %s: test accuracy %.4f after %lld steps, %.2f s "
+               "(%.0f samples/s), stopped by %s",
+               r.model.c_str(), static_cast<long long>(r.parameters),
+               std::string(to_string(c.backend)).c_str(), r.final_test_accuracy,
+               static_cast<long long>(r.steps), r.train_seconds, r.samples_per_s,
+               r.stop_reason.c_str());
+  if (c.target_accuracy > 0) {
+    if (r.time_to_target_s)
+      std::fprintf(stderr, "; reached %.4f at %.2f s", c.target_accuracy, *r.time_to_target_s);
+    else
+      std::fprintf(stderr, "; target %.4f NOT reached", c.target_accuracy);
+  }
+  std::fputc('\n', stderr);
+  if (!c.summary_path.empty()) write_summary(c.summary_path, c, r);
+  return 0;
+}
+
+int run_info() {
+  std::printf("asgd %s (commit %s)\n", ASGD_VERSION, ASGD_GIT_COMMIT);
+  std::printf("backends compiled: host%s\n", ASGD_HAVE_CUDA ? ", cuda" : "");
+  std::printf("communication libraries found: MPI %s, NCCL %s\n", ASGD_HAVE_MPI ? "yes" : "no",
+              ASGD_HAVE_NCCL ? "yes" : "no");
+  std::printf("devices:\n");
+  for (const DeviceInfo& d : list_devices()) {
+    if (d.backend == Backend::kHost)
+      std::printf("  host      %s, %d hardware threads\n", d.name.c_str(), d.processors);
+    else
+      std::printf("  cuda:%-4d %s, compute %d.%d, %d SMs, %.1f GiB\n", d.ordinal, d.name.c_str(),
+                  d.compute_major, d.compute_minor, d.processors,
+                  static_cast<double>(d.memory_bytes) / (1ull << 30));
+  }
+  const std::string why = cuda_unavailable_reason();
+  if (!why.empty()) std::printf("cuda backend unavailable: %s\n", why.c_str());
+  return 0;
+}
+
+}  // namespace
+
+void add_train_command(CLI::App& app, TrainOptions& o) {
+  TrainConfig& c = o.config;
+  CLI::App* cmd = app.add_subcommand("train", "Train a model (one worker for now).");
+  cmd->footer(
+      "Every option can also be set in the TOML file given with --config, by its long name\n"
+      "without dashes in front (e.g. lr = 0.1, hidden = [256, 256], target-accuracy = 0.85).\n"
+      "Options on the command line override the file.");
+  cmd->add_option("-c,--config", o.config_file, "TOML file with settings (flags override it)");
+  cmd->add_option("--dataset", c.data.spec,
+                  "fashion-mnist | idx:DIR | libsvm:PATH | csv:PATH")
+      ->capture_default_str();
+  cmd->add_option("--test-dataset", c.data.test_spec,
+                  "held-out set in the same format (default: the data set's own test part, "
+                  "else a split of the training file)");
+  cmd->add_option("--test-fraction", c.data.test_fraction,
+                  "fraction held out when a file has no test part")
+      ->capture_default_str();
+  cmd->add_option("--normalize", o.normalize,
+                  "feature scaling: auto (unit for IDX, standard for text) | none | unit | "
+                  "standard")
+      ->capture_default_str();
+  cmd->add_option("--libsvm-dim", c.data.libsvm_dim, "LIBSVM feature dimension (0: infer)")
+      ->capture_default_str();
+  cmd->add_option("--libsvm-max-dim", c.data.libsvm_max_dim,
+                  "refuse LIBSVM files with larger feature indices")
+      ->capture_default_str();
+  cmd->add_option("--csv-label-column", c.data.csv_label_column,
+                  "CSV label column, 0-based (-1: last)")
+      ->capture_default_str();
+  cmd->add_option("--model", c.model.kind, "softmax | logistic | mlp")->capture_default_str();
+  cmd->add_option("--hidden", o.hidden, "MLP hidden layer widths, e.g. 256,256 (default 256,256)");
+  cmd->add_option("--batch", c.batch, "mini-batch size")->capture_default_str();
+  cmd->add_option("--lr", c.lr, "step size")->capture_default_str();
+  cmd->add_option("--epochs", c.epochs, "stop after this many passes over the training set")
+      ->capture_default_str();
+  cmd->add_option("--max-seconds", c.max_seconds, "stop after this much wall time (0: no limit)")
+      ->capture_default_str();
+  cmd->add_option("--target-accuracy", c.target_accuracy,
+                  "stop once test accuracy reaches this (0: no target)")
+      ->capture_default_str();
+  cmd->add_option("--eval-every", c.eval_every, "steps between evaluations on the test set")
+      ->capture_default_str();
+  cmd->add_option("--backend", o.backend, "host | cuda")->capture_default_str();
+  cmd->add_option("--device", c.device, "CUDA device ordinal")->capture_default_str();
+  cmd->add_option("--threads", c.threads, "host backend: CPU threads for the worker")
+      ->capture_default_str();
+  cmd->add_option("--seed", c.seed, "seed for initialisation, shuffling and splits")
+      ->capture_default_str();
+  cmd->add_option("--metrics", c.metrics_path,
+                  "write one JSON line per evaluation (time, step, samples, loss, accuracy)");
+  cmd->add_option("--summary", c.summary_path,
+                  "write a JSON summary (final_test_accuracy, time_to_target_s, ...)");
+  cmd->add_flag("--progress,!--no-progress", c.progress,
+                "show a live progress line when stderr is a terminal");
+}
+
+void add_info_command(CLI::App& app) {
+  app.add_subcommand("info", "Print the compiled backends and transports and the devices found.");
+}
+
+void preload_config_file(int argc, char** argv, TrainOptions& o) {
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    std::string path;
+    if ((arg == "--config" || arg == "-c") && i + 1 < argc)
+      path = argv[i + 1];
+    else if (arg.rfind("--config=", 0) == 0)
+      path = arg.substr(std::strlen("--config="));
+    if (!path.empty()) {
+      apply_config_file(path, o.config);
+      return;
+    }
+  }
+}
+
+int run_selected(CLI::App& app, TrainOptions& train) {
+  if (app.got_subcommand("train")) return run_train(*app.get_subcommand("train"), train);
+  if (app.got_subcommand("info")) return run_info();
+  return 1;
+}
+
+}  // namespace asgd::cli

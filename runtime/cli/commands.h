@@ -1,0 +1,27 @@
+// Internal to the CLI: the subcommands and the options they fill.
+#pragma once
+
+#include <string>
+
+#include <CLI/CLI.hpp>
+
+#include "runtime/config.h"
+
+namespace asgd::cli {
+
+struct TrainOptions {
+  TrainConfig config;
+  std::string config_file;
+  std::string hidden;  // "256,256" as typed
+  std::string backend = "host";
+  std::string normalize = "auto";
+};
+
+void add_train_command(CLI::App& app, TrainOptions& options);
+void add_info_command(CLI::App& app);
+// Finds `--config FILE` (or `-c FILE`, `--config=FILE`) in argv and applies the file.
+void preload_config_file(int argc, char** argv, TrainOptions& options);
+// Runs whichever subcommand was parsed; returns the exit code.
+int run_selected(CLI::App& app, TrainOptions& train);
+
+}  // namespace asgd::cli
