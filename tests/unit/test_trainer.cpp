@@ -1,1 +1,210 @@
+// The single-worker training loop and its configuration, on small in-memory data sets.
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <sstream>
+#include <string>
+
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
+
+#include "runtime/config.h"
+#include "runtime/error.h"
+#include "runtime/trainer.h"
+
+namespace asgd {
+namespace {
+using ::testing::HasSubstr;
+namespace fs = std::filesystem;
+
+// Gaussian blobs around well-separated centres: linearly separable with high probability.
+Dataset blobs(std::int64_t rows, std::int64_t cols, int classes, std::uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> noise(0.0f, 0.3f);
+  Dataset d;
+  d.source = "blobs";
+  d.rows = rows;
+  d.cols = cols;
+  d.classes = classes;
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const int label = static_cast<int>(r % classes);
+    d.labels.push_back(label);
+    for (std::int64_t c = 0; c < cols; ++c)
+      d.features.push_back((c % classes == label ? 2.0f : 0.0f) + noise(rng));
+  }
+  return d;
+}
+
+TrainTest blob_data() { return {blobs(2000, 12, 4, 1), blobs(400, 12, 4, 2)}; }
+
+TrainConfig small_config() {
+  TrainConfig c;
+  c.model = {"mlp", {16}};
+  c.batch = 32;
+  c.lr = 0.1f;
+  c.epochs = 3;
+  c.eval_every = 20;
+  c.progress = false;
+  return c;
+}
+
+fs::path temp_path(const std::string& name) {
+  return fs::temp_directory_path() /
+         (name + "." + std::to_string(::testing::UnitTest::GetInstance()->random_seed()) + "." +
+          ::testing::UnitTest::GetInstance()->current_test_info()->name());
+}
+
+TEST(TrainerTest, ReachesTargetAndStops) {
+  TrainConfig c = small_config();
+  c.target_accuracy = 0.97;
+  const TrainResult r = train(c, blob_data());
+  EXPECT_EQ(r.stop_reason, "target");
+  ASSERT_TRUE(r.time_to_target_s.has_value());
+  EXPECT_GE(r.final_test_accuracy, 0.97);
+  EXPECT_LT(r.steps, 3 * 2000 / 32);
+  EXPECT_EQ(r.samples, r.steps * 32);
+  EXPECT_EQ(r.history.back().step, r.steps);
+  EXPECT_GT(r.samples_per_s, 0);
+}
+
+TEST(TrainerTest, EveryModelLearns) {
+  for (const char* kind : {"softmax", "logistic", "mlp"}) {
+    TrainConfig c = small_config();
+    c.model.kind = kind;
+    const TrainResult r = train(c, blob_data());
+    EXPECT_EQ(r.stop_reason, "epochs") << kind;
+    EXPECT_EQ(r.steps, 3 * (2000 / 32)) << kind;  // whole batches per epoch
+    EXPECT_GE(r.final_test_accuracy, 0.95) << kind;
+    EXPECT_LT(r.history.back().train_loss, r.history.front().train_loss) << kind;
+  }
+}
+
+TEST(TrainerTest, SameSeedIsBitForBitRepeatable) {
+  TrainConfig c = small_config();
+  c.epochs = 1;
+  const TrainResult a = train(c, blob_data());
+  const TrainResult b = train(c, blob_data());
+  ASSERT_EQ(a.history.size(), b.history.size());
+  for (std::size_t i = 0; i < a.history.size(); ++i) {
+    EXPECT_EQ(a.history[i].train_loss, b.history[i].train_loss) << i;
+    EXPECT_EQ(a.history[i].test_loss, b.history[i].test_loss) << i;
+  }
+  c.seed = 2;
+  const TrainResult other = train(c, blob_data());
+  EXPECT_NE(a.history.front().train_loss, other.history.front().train_loss);
+}
+
+TEST(TrainerTest, DivergenceIsAnErrorNotGarbage) {
+  TrainConfig c = small_config();
+  c.lr = 1e30f;
+  try {
+    train(c, blob_data());
+    FAIL() << "a run at lr 1e30 did not report divergence";
+  } catch (const Error& e) {
+    EXPECT_THAT(e.what(), HasSubstr("diverged"));
+    EXPECT_THAT(e.what(), HasSubstr("--lr"));
+  }
+}
+
+TEST(TrainerTest, WritesMetricsAndSummary) {
+  TrainConfig c = small_config();
+  c.epochs = 1;
+  c.metrics_path = temp_path("metrics.jsonl").string();
+  const TrainResult r = train(c, blob_data());
+  std::ifstream in(c.metrics_path);
+  std::string line;
+  int lines = 0;
+  while (std::getline(in, line)) {
+    ++lines;
+    for (const char* key : {"\"time_s\"", "\"step\"", "\"samples\"", "\"train_loss\"",
+                            "\"test_loss\"", "\"test_accuracy\""})
+      EXPECT_THAT(line, HasSubstr(key));
+  }
+  EXPECT_EQ(lines, static_cast<int>(r.history.size()));
+  const fs::path summary = temp_path("summary.json");
+  write_summary(summary.string(), c, r);
+  std::stringstream text;
+  text << std::ifstream(summary).rdbuf();
+  for (const char* key : {"\"final_test_accuracy\"", "\"time_to_target_s\": null",
+                          "\"train_seconds\"", "\"samples_per_s\"", "\"steps\"",
+                          "\"backend\": \"host\"", "\"workers\": 1"})
+    EXPECT_THAT(text.str(), HasSubstr(key));
+  fs::remove(c.metrics_path);
+  fs::remove(summary);
+}
+
+TEST(TrainerTest, RejectsBadSettings) {
+  TrainConfig c = small_config();
+  c.batch = 5000;  // more than the 2000 training rows
+  EXPECT_THROW(train(c, blob_data()), InputError);
+  c = small_config();
+  c.lr = -1;
+  EXPECT_THROW(train(c, blob_data()), InputError);
+  c = small_config();
+  c.target_accuracy = 1.5;
+  EXPECT_THROW(train(c, blob_data()), InputError);
+  TrainTest mismatched = blob_data();
+  mismatched.test = blobs(10, 11, 4, 3);
+  EXPECT_THROW(train(small_config(), mismatched), InputError);
+}
+
+class ConfigFileTest : public ::testing::Test {
+ protected:
+  std::string write(const std::string& text) {
+    path_ = temp_path("config.toml");
+    std::ofstream(path_) << text;
+    return path_.string();
+  }
+  void TearDown() override { fs::remove(path_); }
+  fs::path path_;
+};
+
+TEST_F(ConfigFileTest, SetsEveryKindOfValue) {
+  TrainConfig c;
+  apply_config_file(write("lr = 0.2\nhidden = [64, 32]\nbatch = 128\nbackend = \"host\"\n"
+                          "target-accuracy = 0.9\nprogress = false\nnormalize = \"none\"\n"),
+                    c);
+  EXPECT_FLOAT_EQ(c.lr, 0.2f);
+  EXPECT_EQ(c.model.hidden, (std::vector<std::int64_t>{64, 32}));
+  EXPECT_EQ(c.batch, 128);
+  EXPECT_DOUBLE_EQ(c.target_accuracy, 0.9);
+  EXPECT_FALSE(c.progress);
+  EXPECT_EQ(c.data.normalize, Normalize::kNone);
+}
+
+TEST_F(ConfigFileTest, UnknownKeyNamesFileLineAndKey) {
+  TrainConfig c;
+  const std::string path = write("lr = 0.2\nlearning_rate = 0.1\n");
+  try {
+    apply_config_file(path, c);
+    FAIL();
+  } catch (const InputError& e) {
+    EXPECT_THAT(e.what(), HasSubstr(path + ":2"));
+    EXPECT_THAT(e.what(), HasSubstr("unknown key 'learning_rate'"));
+  }
+}
+
+TEST_F(ConfigFileTest, WrongTypeAndBadSyntaxAndMissingFile) {
+  TrainConfig c;
+  std::string path = write("batch = \"big\"\n");
+  try {
+    apply_config_file(path, c);
+    FAIL();
+  } catch (const InputError& e) {
+    EXPECT_THAT(e.what(), HasSubstr(path + ":1"));
+    EXPECT_THAT(e.what(), HasSubstr("'batch' must be an integer"));
+  }
+  path = write("lr = = 3\n");
+  EXPECT_THROW(apply_config_file(path, c), InputError);
+  try {
+    apply_config_file("/nonexistent/asgd.toml", c);
+    FAIL();
+  } catch (const InputError& e) {
+    EXPECT_THAT(e.what(), HasSubstr("/nonexistent/asgd.toml"));
+  }
+}
+
+}  // namespace
+}  // namespace asgd

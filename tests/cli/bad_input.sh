@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Runs `asgd train` on one kind of bad input and checks that it fails with a non-zero exit
+# code and a one-line error on stderr that names what was wrong and where.
+#   bad_input.sh ASGD_BINARY CASE
+set -uo pipefail
+asgd=$1 case=$2
+dir=$(mktemp -d)
+trap 'rm -rf "$dir"' EXIT
+
+# An IDX image header: magic, count, rows, cols (big-endian 32-bit).
+idx_header() { printf "$(printf '\\x%02x\\x%02x\\x%02x\\x%02x' 0 0 "$1" "$2")"; for v in "${@:3}"; do
+  printf "$(printf '\\x%02x\\x%02x\\x%02x\\x%02x' $((v >> 24 & 255)) $((v >> 16 & 255)) $((v >> 8 & 255)) $((v & 255)))"; done; }
+
+one_line=1
+case "$case" in
+  missing_file)
+    args=(--dataset libsvm:"$dir/absent.svm"); expect="absent.svm" ;;
+  missing_idx_dir)
+    args=(--dataset idx:"$dir/absent"); expect="$dir/absent" ;;
+  idx_wrong_magic)
+    mkdir "$dir/idx"
+    { idx_header 8 4 2 2 2; head -c 8 /dev/zero; } > "$dir/idx/train-images-idx3-ubyte"
+    { idx_header 8 1 2; printf '\x01\x02'; } > "$dir/idx/train-labels-idx1-ubyte"
+    args=(--dataset idx:"$dir/idx"); expect="train-images-idx3-ubyte" ;;
+  idx_truncated)
+    mkdir "$dir/idx"
+    { idx_header 8 3 100 28 28; head -c 1000 /dev/urandom; } > "$dir/idx/train-images-idx3-ubyte"
+    { idx_header 8 1 100; head -c 100 /dev/zero; } > "$dir/idx/train-labels-idx1-ubyte"
+    args=(--dataset idx:"$dir/idx"); expect="train-images-idx3-ubyte" ;;
+  libsvm_malformed_line)
+    printf '1 1:0.5 2:1.5\n2 1:0.25 x:3\n1 2:1\n' > "$dir/bad.svm"
+    args=(--dataset libsvm:"$dir/bad.svm"); expect="bad.svm:2" ;;
+  label_out_of_range)
+    printf '1 1:0.5\n2 2:1.5\n1 1:1\n2 2:0.1\n' > "$dir/train.svm"
+    printf '1 1:0.5\n7 2:1.5\n' > "$dir/test.svm"
+    args=(--dataset libsvm:"$dir/train.svm" --test-dataset libsvm:"$dir/test.svm" --batch 2)
+    expect="test.svm:2" ;;
+  unknown_config_key)
+    printf 'lr = 0.1\nlearning_rate = 0.1\n' > "$dir/run.toml"
+    args=(--config "$dir/run.toml"); expect="unknown key 'learning_rate'" ;;
+  bad_backend)
+    args=(--backend tpu); expect="'tpu'" ;;
+  bad_hidden)
+    args=(--hidden 256,abc); expect="--hidden" ;;
+  unknown_flag)
+    args=(--learning-rate 0.1); expect="--learning-rate"; one_line=0 ;;
+  *)
+    echo "unknown case $case" >&2; exit 2 ;;
+esac
+
+"$asgd" train --epochs 0.01 --no-progress "${args[@]}" >"$dir/out" 2>"$dir/err"
+status=$?
+if ((status == 0)); then
+  echo "FAIL: asgd exited 0 on bad input ($case)"; cat "$dir/err"; exit 1
+fi
+if ! grep -qF -- "$expect" "$dir/err"; then
+  echo "FAIL: the error does not mention '$expect':"; cat "$dir/err"; exit 1
+fi
+if ((one_line)) && [[ $(grep -c . "$dir/err") -ne 1 ]]; then
+  echo "FAIL: expected a one-line error, got:"; cat "$dir/err"; exit 1
+fi
+echo "ok ($case, exit $status): $(cat "$dir/err")"
