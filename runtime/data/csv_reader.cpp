@@ -21,7 +21,9 @@ struct Field {
   bool quoted;
 };
 
-bool is_blank(char c) { return c == ' ' || c == '\t' || c == '\r'; }
+bool is_blank(char c) {
+  return c == ' ' || c == '\t' || c == '\r';
+}
 
 // Splits a line into fields. RFC 4180 quoting is understood so that a header such as
 // "name, with comma",x counts its fields right; "" inside quotes is kept as written, which
@@ -35,10 +37,12 @@ bool split_fields(std::string_view line, char delimiter, std::vector<Field>& fie
   std::size_t i = 0;
   const std::size_t n = line.size();
   if (blank_delimited) {
-    while (i < n && is_blank(line[i])) ++i;
+    while (i < n && is_blank(line[i]))
+      ++i;
   }
   for (;;) {
-    while (i < n && blank(line[i])) ++i;
+    while (i < n && blank(line[i]))
+      ++i;
     const auto column = static_cast<std::int64_t>(i) + 1;
     if (i < n && line[i] == '"') {
       std::size_t close = i + 1;
@@ -57,7 +61,8 @@ bool split_fields(std::string_view line, char delimiter, std::vector<Field>& fie
       }
       fields.push_back({line.substr(i + 1, close - i - 1), column, true});
       i = close + 1;
-      while (i < n && blank(line[i])) ++i;
+      while (i < n && blank(line[i]))
+        ++i;
       if (i < n && line[i] != delimiter && !(blank_delimited && is_blank(line[i]))) {
         error_column = static_cast<std::int64_t>(i) + 1;
         error = fmt::format("unexpected {} after a closing quote; expected the delimiter",
@@ -67,18 +72,21 @@ bool split_fields(std::string_view line, char delimiter, std::vector<Field>& fie
     } else {
       std::size_t end = i;
       if (blank_delimited) {
-        while (end < n && !is_blank(line[end])) ++end;
+        while (end < n && !is_blank(line[end]))
+          ++end;
       } else {
         end = line.find(delimiter, i);
         if (end == std::string_view::npos) end = n;
       }
       std::size_t trimmed = end;
-      while (trimmed > i && is_blank(line[trimmed - 1])) --trimmed;
+      while (trimmed > i && is_blank(line[trimmed - 1]))
+        --trimmed;
       fields.push_back({line.substr(i, trimmed - i), column, false});
       i = end;
     }
     if (blank_delimited) {
-      while (i < n && is_blank(line[i])) ++i;
+      while (i < n && is_blank(line[i]))
+        ++i;
       if (i >= n) return true;
     } else {
       if (i >= n) return true;
@@ -125,9 +133,9 @@ bool parse_row(std::string_view line, const Layout& layout, const LabelMap& labe
     return false;
   }
   if (fields.size() != layout.fields) {
-    out.fail(0, fmt::format("expected {} fields as on line {}, got {} (delimiter {})",
-                            layout.fields, layout.first_line, fields.size(),
-                            describe_delimiter(layout.delimiter)));
+    out.fail(0,
+             fmt::format("expected {} fields as on line {}, got {} (delimiter {})", layout.fields,
+                         layout.first_line, fields.size(), describe_delimiter(layout.delimiter)));
     return false;
   }
   const std::size_t base = out.features.size();
@@ -136,8 +144,6 @@ bool parse_row(std::string_view line, const Layout& layout, const LabelMap& labe
   double label = 0;
   for (std::size_t f = 0; f < fields.size(); ++f) {
     const Field& field = fields[f];
-    const std::string shown =
-        field.quoted ? "\"" + std::string(field.text) + "\"" : std::string(field.text);
     NumberStatus status;
     if (f == layout.label_column) {
       status = text_detail::parse_double(field.text, label);
@@ -145,6 +151,8 @@ bool parse_row(std::string_view line, const Layout& layout, const LabelMap& labe
       status = text_detail::parse_float(field.text, *row++);
     }
     if (status == NumberStatus::kOk) continue;
+    const std::string shown =
+        field.quoted ? "\"" + std::string(field.text) + "\"" : std::string(field.text);
     if (field.text.empty() && !field.quoted) {
       out.fail(field.column, "expected a number, got an empty field");
     } else if (status == NumberStatus::kNotFinite) {
@@ -159,8 +167,7 @@ bool parse_row(std::string_view line, const Layout& layout, const LabelMap& labe
   }
   if (!labels.values.empty() && text_detail::find_label(labels, label) < 0) {
     const Field& field = fields[layout.label_column];
-    out.fail(field.column,
-             fmt::format("label {} does not occur in the training file", field.text));
+    out.fail(field.column, fmt::format("label {} does not occur in the training file", field.text));
     return false;
   }
   out.labels.push_back(label);
@@ -200,26 +207,30 @@ Dataset read_csv(const std::string& path, const TextReadOptions& options, LabelM
     ASGD_INPUT_ERROR("{}:{}:{}: {}", path, line_number, error_column, error);
   bool header = options.header == CsvHeader::kYes;
   if (options.header == CsvHeader::kAuto) {
+    // An empty field does not make a header: it is a missing value, reported as such below.
     for (const Field& field : fields) {
       double ignored = 0;
-      if (text_detail::parse_double(field.text, ignored) == NumberStatus::kNotNumber) {
+      if (!field.text.empty() &&
+          text_detail::parse_double(field.text, ignored) == NumberStatus::kNotNumber) {
         header = true;
         break;
       }
     }
   }
   if (fields.size() < 2)
-    ASGD_INPUT_ERROR("{}:{}: only one field, but a label column and at least one feature column "
-                     "are needed; is the delimiter {} right?",
-                     path, line_number, describe_delimiter(options.delimiter));
-  const Layout layout{fields.size(),
-                      options.label_column < 0 ? fields.size() - 1
-                                               : static_cast<std::size_t>(options.label_column),
-                      line_number, options.delimiter};
+    ASGD_INPUT_ERROR(
+        "{}:{}: only one field, but a label column and at least one feature column "
+        "are needed; is the delimiter {} right?",
+        path, line_number, describe_delimiter(options.delimiter));
+  const Layout layout{
+      fields.size(),
+      options.label_column < 0 ? fields.size() - 1 : static_cast<std::size_t>(options.label_column),
+      line_number, options.delimiter};
   if (layout.label_column >= layout.fields)
-    ASGD_INPUT_ERROR("{}: label column {} does not exist: line {} has {} fields (columns are "
-                     "0-based; -1 is the last)",
-                     path, options.label_column, line_number, layout.fields);
+    ASGD_INPUT_ERROR(
+        "{}: label column {} does not exist: line {} has {} fields (columns are "
+        "0-based; -1 is the last)",
+        path, options.label_column, line_number, layout.fields);
 
   std::int64_t data_first_line = line_number;
   if (header) {

@@ -21,14 +21,16 @@ using text_detail::NumberStatus;
 using text_detail::show_token;
 
 struct LibsvmChunk : text_detail::ChunkBase {
-  std::vector<double> labels;           // one per row
-  std::vector<std::int64_t> row_end;    // one past the row's last entry in index/value
-  std::vector<std::int32_t> index;      // 0-based feature
+  std::vector<double> labels;         // one per row
+  std::vector<std::int64_t> row_end;  // one past the row's last entry in index/value
+  std::vector<std::int32_t> index;    // 0-based feature
   std::vector<float> value;
-  std::int64_t max_index = 0;           // largest 1-based index seen
+  std::int64_t max_index = 0;  // largest 1-based index seen
 };
 
-bool is_space(char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\v' || c == '\f'; }
+bool is_space(char c) {
+  return c == ' ' || c == '\t' || c == '\r' || c == '\v' || c == '\f';
+}
 
 struct Limits {
   std::int64_t limit;  // largest allowed 1-based index
@@ -44,9 +46,11 @@ bool parse_line(std::string_view line, const Limits& limits, const LabelMap& lab
   const char* p = start;
   auto column = [&](const char* at) { return static_cast<std::int64_t>(at - start) + 1; };
   auto next_token = [&]() {
-    while (p != end && is_space(*p)) ++p;
+    while (p != end && is_space(*p))
+      ++p;
     const char* token_begin = p;
-    while (p != end && !is_space(*p)) ++p;
+    while (p != end && !is_space(*p))
+      ++p;
     return std::string_view(token_begin, static_cast<std::size_t>(p - token_begin));
   };
 
@@ -58,7 +62,8 @@ bool parse_line(std::string_view line, const Limits& limits, const LabelMap& lab
     case NumberStatus::kOk:
       break;
     case NumberStatus::kNotFinite:
-      out.fail(column(token.data()), fmt::format("label {} is not a finite number", show_token(token)));
+      out.fail(column(token.data()),
+               fmt::format("label {} is not a finite number", show_token(token)));
       return false;
     case NumberStatus::kNotNumber:
       out.fail(column(token.data()),
@@ -88,7 +93,8 @@ bool parse_line(std::string_view line, const Limits& limits, const LabelMap& lab
     const auto [ptr, ec] =
         std::from_chars(index_text.data(), index_text.data() + index_text.size(), index);
     const bool all_digits = ptr == index_text.data() + index_text.size();
-    if (index_text.empty() || !all_digits || (ec != std::errc() && ec != std::errc::result_out_of_range)) {
+    if (index_text.empty() || !all_digits ||
+        (ec != std::errc() && ec != std::errc::result_out_of_range)) {
       out.fail(column(token.data()),
                fmt::format("expected '<index>:<value>' with an integer index, got {}",
                            show_token(token)));
@@ -129,9 +135,8 @@ bool parse_line(std::string_view line, const Limits& limits, const LabelMap& lab
                              show_token(value_text), index));
         return false;
       case NumberStatus::kNotNumber:
-        out.fail(column(value_text.data()),
-                 fmt::format("expected a number after '{}:', got {}", index,
-                             show_token(value_text)));
+        out.fail(column(value_text.data()), fmt::format("expected a number after '{}:', got {}",
+                                                        index, show_token(value_text)));
         return false;
     }
     previous = index;
@@ -150,7 +155,9 @@ bool parse_line(std::string_view line, const Limits& limits, const LabelMap& lab
 
 Dataset read_libsvm(const std::string& path, const TextReadOptions& options, LabelMap& labels) {
   constexpr std::int64_t kIndexLimit = std::numeric_limits<std::int32_t>::max();
-  if (options.dim < 0) ASGD_INPUT_ERROR("{}: the LIBSVM dimension must be >= 0, got {}", path, options.dim);
+  if (options.dim < 0)
+    ASGD_INPUT_ERROR("{}: the LIBSVM dimension (--libsvm-dim) must be >= 0, got {}", path,
+                     options.dim);
   if (options.dim == 0 && options.max_dim < 1)
     ASGD_INPUT_ERROR("{}: the LIBSVM feature limit (--libsvm-max-dim) must be >= 1, got {}", path,
                      options.max_dim);
@@ -178,11 +185,13 @@ Dataset read_libsvm(const std::string& path, const TextReadOptions& options, Lab
     if (options.dim == 0) dim = std::max(dim, chunks[i].max_index);
   }
   const std::int64_t rows = row_base.back();
-  if (rows == 0) ASGD_INPUT_ERROR("{}: no data rows (the file is empty or holds only comments)", path);
+  if (rows == 0)
+    ASGD_INPUT_ERROR("{}: no data rows (the file is empty or holds only comments)", path);
   if (dim == 0)
-    ASGD_INPUT_ERROR("{}: no row has any feature, so the dimension cannot be inferred; pass "
-                     "--libsvm-dim",
-                     path);
+    ASGD_INPUT_ERROR(
+        "{}: no row has any feature, so the dimension cannot be inferred; pass "
+        "--libsvm-dim",
+        path);
 
   Dataset data;
   data.source = path;

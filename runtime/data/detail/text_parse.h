@@ -29,8 +29,7 @@ namespace asgd::text_detail {
 // Reads a whole file into memory; InputError for a missing, unreadable or directory path.
 inline std::string read_text_file(const std::string& path) {
   std::error_code ec;
-  if (!std::filesystem::exists(path, ec))
-    ASGD_INPUT_ERROR("{}: no such file", path);
+  if (!std::filesystem::exists(path, ec)) ASGD_INPUT_ERROR("{}: no such file", path);
   if (std::filesystem::is_directory(path, ec))
     ASGD_INPUT_ERROR("{}: is a directory, expected a data file", path);
   std::FILE* file = std::fopen(path.c_str(), "rb");
@@ -41,7 +40,8 @@ inline std::string read_text_file(const std::string& path) {
   // Read in blocks rather than trusting file_size: pipes and /proc files report 0.
   char block[1 << 16];
   std::size_t got = 0;
-  while ((got = std::fread(block, 1, sizeof(block), file)) > 0) text.append(block, got);
+  while ((got = std::fread(block, 1, sizeof(block), file)) > 0)
+    text.append(block, got);
   const bool failed = std::ferror(file) != 0;
   const int read_errno = errno;
   std::fclose(file);
@@ -195,13 +195,15 @@ inline std::vector<float> allocate_dense(const std::string& path, std::int64_t r
   try {
     return std::vector<float>(static_cast<std::size_t>(rows * cols));
   } catch (const std::bad_alloc&) {
-    ASGD_INPUT_ERROR("{}: storing {} rows x {} features densely needs {:.1f} GiB, more than "
-                     "can be allocated",
-                     path, rows, cols, gib);
+    ASGD_INPUT_ERROR(
+        "{}: storing {} rows x {} features densely needs {:.1f} GiB, more than "
+        "can be allocated",
+        path, rows, cols, gib);
   } catch (const std::length_error&) {
-    ASGD_INPUT_ERROR("{}: storing {} rows x {} features densely needs {:.1f} GiB, more than "
-                     "can be allocated",
-                     path, rows, cols, gib);
+    ASGD_INPUT_ERROR(
+        "{}: storing {} rows x {} features densely needs {:.1f} GiB, more than "
+        "can be allocated",
+        path, rows, cols, gib);
   }
 }
 
