@@ -46,7 +46,8 @@ void Model::init(float* params, std::uint64_t seed, const Stream& stream) const 
 
 std::unique_ptr<Model> make_model(const ModelSpec& spec, std::int64_t input_dim,
                                   std::int32_t classes, std::int64_t max_batch,
-                                  const Stream& stream) {
+                                  const Stream& stream, const Dataset* init_data) {
+  (void)init_data;
   if (input_dim < 1) ASGD_INPUT_ERROR("the data has {} features; a model needs at least 1", input_dim);
   if (classes < 2)
     ASGD_INPUT_ERROR("the data has {} class(es); a classifier needs at least 2", classes);
@@ -68,7 +69,7 @@ std::unique_ptr<Model> make_model(const ModelSpec& spec, std::int64_t input_dim,
     return std::make_unique<FeedForward>("mlp", std::move(widths), classes, OutputLoss::kSoftmax,
                                          max_batch, stream);
   }
-  ASGD_INPUT_ERROR("unknown model '{}': expected softmax, logistic or mlp", spec.kind);
+  ASGD_INPUT_ERROR("unknown model '{}': expected softmax, logistic, mlp or kmeans", spec.kind);
 }
 
 }  // namespace asgd

@@ -45,6 +45,9 @@ class Model {
   virtual const std::vector<TensorInfo>& layout() const = 0;
   // The largest batch loss_and_gradient() accepts.
   virtual std::int64_t max_batch() const = 0;
+  // Classifiers count correct predictions in evaluate(); other models (K-Means) leave
+  // `correct` alone and are judged by their loss alone (the objective).
+  virtual bool is_classifier() const { return true; }
 
   // Total number of parameters (the length of the flat vector).
   std::int64_t parameter_count() const;
@@ -72,16 +75,21 @@ class Model {
 // The built-in models.
 struct ModelSpec {
   // "softmax" (multinomial logistic regression), "logistic" (sigmoid outputs: binary when the
-  // data has 2 classes, one-vs-rest otherwise) or "mlp" (ReLU hidden layers, softmax output).
+  // data has 2 classes, one-vs-rest otherwise), "mlp" (ReLU hidden layers, softmax output) or
+  // "kmeans" (mini-batch SGD K-Means; the objective is the quantisation error).
   std::string kind = "mlp";
   std::vector<std::int64_t> hidden = {256, 256};  // mlp only
+  std::int64_t clusters = 0;                      // kmeans: K; 0 = the data's class count
 };
 
+struct Dataset;
+
 // Builds a built-in model for `input_dim` features and `classes` classes whose scratch memory
-// lives on the stream's device and holds batches of up to `max_batch` rows. Throws
+// lives on the stream's device and holds batches of up to `max_batch` rows. `init_data` is the
+// training set, which K-Means draws its initial centres from (others ignore it). Throws
 // InputError for an unknown kind or a bad width.
 std::unique_ptr<Model> make_model(const ModelSpec& spec, std::int64_t input_dim,
                                   std::int32_t classes, std::int64_t max_batch,
-                                  const Stream& stream);
+                                  const Stream& stream, const Dataset* init_data = nullptr);
 
 }  // namespace asgd

@@ -1,0 +1,65 @@
+// A receive slot: the newest message from one sender to one receiver.
+//
+// Semantics: "latest wins" — publishing a message replaces an unread older one (counted), and
+// "consume once" — acquire() hands out each published message at most once.
+//
+// It is a triple buffer: writers fill a private back buffer and publish it by exchanging it
+// with the shared middle buffer; the reader takes the middle buffer in exchange for the one it
+// held. The reader's side is one atomic exchange, with no lock and no wait, so the compute
+// path never blocks on communication. Writers are serialised among themselves by a mutex
+// (normally there is one writer, the sender or the communication thread).
+//
+// Thread-safety: any number of writer threads (write_buffer() ... publish() under the writer
+// lock, see Writer), one reader thread.
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+
+#include "comm/message.h"
+
+namespace asgd {
+
+class MessageSlot {
+ public:
+  // Buffers for messages of up to `capacity` elements.
+  explicit MessageSlot(std::int64_t capacity);
+  MessageSlot(const MessageSlot&) = delete;
+  MessageSlot& operator=(const MessageSlot&) = delete;
+
+  // Exclusive access for one writer: fill message(), then publish().
+  class Writer {
+   public:
+    explicit Writer(MessageSlot& slot) : slot_(slot), lock_(slot.writer_mutex_) {}
+    Message& message() { return *slot_.buffers_[slot_.back_]; }
+    // Makes the message the latest. Returns true when it replaced one the reader never took.
+    bool publish();
+
+   private:
+    MessageSlot& slot_;
+    std::lock_guard<std::mutex> lock_;
+  };
+
+  // Reader: the newest message not handed out before, or nullptr. The returned message stays
+  // valid and unchanged until the next acquire() call.
+  const Message* acquire();
+
+  std::int64_t published() const { return published_.load(std::memory_order_relaxed); }
+  std::int64_t overwritten() const { return overwritten_.load(std::memory_order_relaxed); }
+
+ private:
+  static constexpr std::uint8_t kFresh = 0x4;  // in middle_: the buffer there is unread
+
+  std::array<std::unique_ptr<Message>, 3> buffers_;
+  std::mutex writer_mutex_;
+  std::uint8_t back_ = 0;                // writers' buffer (under writer_mutex_)
+  std::atomic<std::uint8_t> middle_{1};  // index | kFresh
+  std::uint8_t front_ = 2;               // the reader's buffer
+  std::atomic<std::int64_t> published_{0};
+  std::atomic<std::int64_t> overwritten_{0};
+};
+
+}  // namespace asgd
