@@ -1,7 +1,9 @@
 #include "runtime/config.h"
 
+#include <charconv>
 #include <cmath>
 #include <functional>
+#include <limits>
 #include <map>
 
 #include <toml++/toml.h>
@@ -29,6 +31,29 @@ T get_as(const std::string& path, const std::string& key, const toml::node& node
     if (node.is_string()) return *node.value<std::string>();
   }
   ASGD_INPUT_ERROR("{}: '{}' must be {}", where(path, node), key, expected);
+}
+
+std::vector<std::vector<double>> get_matrix(const std::string& path, const std::string& key,
+                                           const toml::node& node) {
+  std::vector<std::vector<double>> m;
+  const auto* rows = node.as_array();
+  if (!rows) ASGD_INPUT_ERROR("{}: '{}' must be an array of arrays of numbers", where(path, node), key);
+  for (const auto& row : *rows) {
+    const auto* cols = row.as_array();
+    if (!cols) ASGD_INPUT_ERROR("{}: '{}' must be an array of arrays of numbers", where(path, row), key);
+    m.emplace_back();
+    for (const auto& v : *cols) m.back().push_back(get_as<double>(path, key, v, "a number"));
+  }
+  return m;
+}
+
+double parse_number(std::string_view text, std::string_view what) {
+  double v = 0;
+  const char* end = text.data() + text.size();
+  auto [ptr, ec] = std::from_chars(text.data(), end, v);
+  if (text == "inf") return std::numeric_limits<double>::infinity();
+  if (ec != std::errc() || ptr != end) ASGD_INPUT_ERROR("{}: '{}' is not a number", what, text);
+  return v;
 }
 
 using Setter = std::function<void(const std::string& path, const std::string& key,
@@ -109,6 +134,55 @@ const std::map<std::string, Setter>& setters() {
       {"summary", custom([](auto& p, auto& k, auto& n, TrainConfig& c) {
          c.summary_path = get_as<std::string>(p, k, n, "a string");
        })},
+      {"workers", custom([](auto& p, auto& k, auto& n, TrainConfig& c) {
+         c.workers = static_cast<int>(get_as<std::int64_t>(p, k, n, "an integer"));
+       })},
+      {"algo", custom([](auto& p, auto& k, auto& n, TrainConfig& c) {
+         c.algorithm = parse_algorithm(get_as<std::string>(p, k, n, "a string"));
+       })},
+      {"message-size", integer(&TrainConfig::message_size)},
+      {"send-interval", integer(&TrainConfig::send_interval)},
+      {"queue-capacity", custom([](auto& p, auto& k, auto& n, TrainConfig& c) {
+         c.queue_capacity = static_cast<int>(get_as<std::int64_t>(p, k, n, "an integer"));
+       })},
+      {"merge", custom([](auto& p, auto& k, auto& n, TrainConfig& c) {
+         c.merge = parse_merge(get_as<std::string>(p, k, n, "a string"));
+       })},
+      {"window", custom([](auto& p, auto& k, auto& n, TrainConfig& c) {
+         if (n.is_string()) {
+           c.window = static_cast<float>(parse_number(*n.template value<std::string>(), "window"));
+         } else {
+           c.window = static_cast<float>(get_as<double>(p, k, n, "a number or \"inf\""));
+         }
+       })},
+      {"window-history", custom([](auto& p, auto& k, auto& n, TrainConfig& c) {
+         c.window_history = static_cast<int>(get_as<std::int64_t>(p, k, n, "an integer"));
+       })},
+      {"window-warmup", custom([](auto& p, auto& k, auto& n, TrainConfig& c) {
+         c.window_warmup = static_cast<int>(get_as<std::int64_t>(p, k, n, "an integer"));
+       })},
+      {"link-bandwidth", custom([](const std::string& p, const std::string& k,
+                                   const toml::node& n, TrainConfig& c) {
+         if (n.is_array()) {
+           c.links.bandwidth_matrix = get_matrix(p, k, n);
+         } else {
+           c.links.bandwidth = get_as<double>(p, k, n, "a number or a matrix");
+         }
+       })},
+      {"link-latency", custom([](const std::string& p, const std::string& k,
+                                 const toml::node& n, TrainConfig& c) {
+         if (n.is_array()) {
+           c.links.latency_matrix = get_matrix(p, k, n);
+         } else {
+           c.links.latency = get_as<double>(p, k, n, "a number or a matrix");
+         }
+       })},
+      {"straggler", custom([](auto& p, auto& k, auto& n, TrainConfig& c) {
+         c.straggler = parse_straggler(get_as<std::string>(p, k, n, "a string"));
+       })},
+      {"deterministic", custom([](auto& p, auto& k, auto& n, TrainConfig& c) {
+         c.deterministic = get_as<bool>(p, k, n, "true or false");
+       })},
       {"progress", custom([](auto& p, auto& k, auto& n, TrainConfig& c) {
          c.progress = get_as<bool>(p, k, n, "true or false");
        })},
@@ -117,6 +191,70 @@ const std::map<std::string, Setter>& setters() {
 }
 
 }  // namespace
+
+Algorithm parse_algorithm(std::string_view name) {
+  if (name == "asgd") return Algorithm::kAsgd;
+  if (name == "asgd-nofilter") return Algorithm::kAsgdNoFilter;
+  if (name == "sync") return Algorithm::kSync;
+  if (name == "simu") return Algorithm::kSimu;
+  if (name == "local") return Algorithm::kLocal;
+  ASGD_INPUT_ERROR("unknown algorithm '{}': expected asgd, asgd-nofilter, sync, simu or local",
+                   name);
+}
+
+std::string_view to_string(Algorithm a) {
+  switch (a) {
+    case Algorithm::kAsgd: return "asgd";
+    case Algorithm::kAsgdNoFilter: return "asgd-nofilter";
+    case Algorithm::kSync: return "sync";
+    case Algorithm::kSimu: return "simu";
+    case Algorithm::kLocal: return "local";
+  }
+  return "?";
+}
+
+bool communicates(Algorithm a) { return a == Algorithm::kAsgd || a == Algorithm::kAsgdNoFilter; }
+
+MergeSpec parse_merge(std::string_view text) {
+  MergeSpec m;
+  if (text == "seed") return m;
+  if (text == "average") {
+    m.rule = MergeRule::kAverage;
+    return m;
+  }
+  if (text.rfind("elastic", 0) == 0) {
+    m.rule = MergeRule::kElastic;
+    if (text.size() > 7) {
+      if (text[7] != ':') ASGD_INPUT_ERROR("--merge '{}': expected elastic:ALPHA", text);
+      m.alpha = static_cast<float>(parse_number(text.substr(8), "--merge elastic:ALPHA"));
+    }
+    if (!(m.alpha > 0.0f && m.alpha <= 1.0f))
+      ASGD_INPUT_ERROR("--merge '{}': ALPHA must lie in (0, 1]", text);
+    return m;
+  }
+  ASGD_INPUT_ERROR("unknown merge rule '{}': expected seed, average or elastic:ALPHA", text);
+}
+
+std::string to_string(const MergeSpec& m) {
+  switch (m.rule) {
+    case MergeRule::kSeed: return "seed";
+    case MergeRule::kAverage: return "average";
+    case MergeRule::kElastic: return fmt::format("elastic:{}", m.alpha);
+  }
+  return "?";
+}
+
+Straggler parse_straggler(std::string_view text) {
+  const auto colon = text.find(':');
+  if (colon == std::string_view::npos)
+    ASGD_INPUT_ERROR("--straggler '{}': expected WORKER:FACTOR, e.g. 1:3", text);
+  Straggler s;
+  s.worker = static_cast<int>(parse_number(text.substr(0, colon), "--straggler WORKER"));
+  s.factor = parse_number(text.substr(colon + 1), "--straggler FACTOR");
+  if (s.worker < 0 || !(s.factor >= 1.0) || !std::isfinite(s.factor))
+    ASGD_INPUT_ERROR("--straggler '{}': WORKER must be >= 0 and FACTOR >= 1", text);
+  return s;
+}
 
 void apply_config_file(const std::string& path, TrainConfig& config) {
   toml::table table;
@@ -152,6 +290,28 @@ void validate(const TrainConfig& c) {
     ASGD_INPUT_ERROR("--target-accuracy must lie in [0, 1], got {}", c.target_accuracy);
   if (c.eval_every < 1) ASGD_INPUT_ERROR("--eval-every must be at least 1, got {}", c.eval_every);
   if (c.threads < 1) ASGD_INPUT_ERROR("--threads must be at least 1, got {}", c.threads);
+  if (c.workers < 1) ASGD_INPUT_ERROR("--workers must be at least 1, got {}", c.workers);
+  if (c.message_size < 0) ASGD_INPUT_ERROR("--message-size must be >= 0, got {}", c.message_size);
+  if (c.send_interval < 1)
+    ASGD_INPUT_ERROR("--send-interval must be at least 1, got {}", c.send_interval);
+  if (c.queue_capacity < 1)
+    ASGD_INPUT_ERROR("--queue-capacity must be at least 1, got {}", c.queue_capacity);
+  if (!(c.window > 0.0f)) ASGD_INPUT_ERROR("--window must be positive (or inf), got {}", c.window);
+  if (c.window_history < 1 || c.window_warmup < 0)
+    ASGD_INPUT_ERROR("--window-history must be >= 1 and --window-warmup >= 0");
+  if (c.links.bandwidth < 0 || c.links.latency < 0)
+    ASGD_INPUT_ERROR("--link-bandwidth and --link-latency must be >= 0");
+  for (const auto* m : {&c.links.bandwidth_matrix, &c.links.latency_matrix}) {
+    if (m->empty()) continue;
+    if (static_cast<int>(m->size()) != c.workers)
+      ASGD_INPUT_ERROR("a link matrix has {} rows for {} workers", m->size(), c.workers);
+    for (const auto& row : *m)
+      if (static_cast<int>(row.size()) != c.workers)
+        ASGD_INPUT_ERROR("a link matrix row has {} entries for {} workers", row.size(), c.workers);
+  }
+  if (c.straggler.worker >= c.workers)
+    ASGD_INPUT_ERROR("--straggler names worker {} but there are {} workers", c.straggler.worker,
+                     c.workers);
   if (!(c.data.test_fraction > 0.0 && c.data.test_fraction < 1.0))
     ASGD_INPUT_ERROR("--test-fraction must lie in (0, 1), got {}", c.data.test_fraction);
 }

@@ -5,13 +5,52 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "kernels/models/model.h"
+#include "kernels/parzen.h"
 #include "runtime/data/dataset.h"
 #include "runtime/device.h"
 
 namespace asgd {
+
+// The training algorithm: ASGD (DESIGN.md section 1) and the baselines that share its kernels.
+enum class Algorithm {
+  kAsgd,          // asynchronous, Parzen-window filter
+  kAsgdNoFilter,  // asynchronous, every message accepted
+  kSync,          // gradient average every step, with a barrier
+  kSimu,          // SimuParallelSGD: independent SGD, one average at the end
+  kLocal,         // independent SGD, no communication
+};
+Algorithm parse_algorithm(std::string_view name);  // "asgd", "asgd-nofilter", "sync", ...
+std::string_view to_string(Algorithm algorithm);
+bool communicates(Algorithm algorithm);  // asgd and asgd-nofilter exchange states
+
+// A merge rule as typed: "seed", "average" or "elastic:ALPHA".
+struct MergeSpec {
+  MergeRule rule = MergeRule::kSeed;
+  float alpha = 0.5f;  // elastic only
+};
+MergeSpec parse_merge(std::string_view text);
+std::string to_string(const MergeSpec& merge);
+
+// One emulated link setting for the in-process transport: every pair, or a matrix whose
+// entry [from][to] is the directed link (from the config file). Bandwidth in bytes/s,
+// latency in seconds; 0 bandwidth means unlimited.
+struct LinkSettings {
+  double bandwidth = 0.0;
+  double latency = 0.0;
+  std::vector<std::vector<double>> bandwidth_matrix;
+  std::vector<std::vector<double>> latency_matrix;
+};
+
+// Worker W runs F times slower than it would (it idles (F-1) times each step's duration).
+struct Straggler {
+  int worker = -1;
+  double factor = 1.0;
+};
+Straggler parse_straggler(std::string_view text);  // "W:F"
 
 struct TrainConfig {
   DataOptions data;
@@ -26,6 +65,20 @@ struct TrainConfig {
   int device = 0;
   int threads = 1;  // host backend: OpenMP/OpenBLAS threads
   std::uint64_t seed = 1;
+  // Workers and the algorithm.
+  int workers = 1;
+  Algorithm algorithm = Algorithm::kAsgd;
+  std::int64_t message_size = 0;  // elements per message; 0 = the whole state
+  std::int64_t send_interval = 1;  // k: steps between sends
+  int queue_capacity = 2;          // unsent messages per peer before the oldest is superseded
+  MergeSpec merge;
+  float window = 4.0f;  // r of the Parzen window; +inf = bare direction test
+  int window_history = 64;
+  int window_warmup = 8;
+  LinkSettings links;
+  Straggler straggler;
+  bool deterministic = false;  // one thread steps the workers in a fixed seeded order
+
   std::string metrics_path;  // JSON lines, one per evaluation
   std::string summary_path;  // one JSON object at the end
   bool progress = true;      // a live progress line when stderr is a terminal

@@ -1,8 +1,11 @@
-// Training one model on one worker: the loop of local SGD steps with periodic evaluation on a
-// held-out set, stop conditions (epochs, wall time, target accuracy) and metrics.
+// Training a model with N workers: ASGD or a baseline (runtime/config.h), one thread per
+// worker over the in-process transport, or all workers stepped by one thread in a fixed
+// seeded order (deterministic mode). Each worker evaluates its own state on the test set
+// every --eval-every of its steps; worker 0's evaluations decide the stop (target accuracy)
+// and make up the run's history.
 //
-// Thread-safety: train() may run on any thread; it owns everything it creates. All device
-// work is issued on one stream; the host reads device results only at evaluations.
+// Thread-safety: train() may run on any thread; it owns everything it creates and joins every
+// thread it starts before returning or throwing (the first error of any worker is rethrown).
 #pragma once
 
 #include <cstdint>
@@ -12,19 +15,29 @@
 
 #include "runtime/config.h"
 #include "runtime/data/dataset.h"
+#include "runtime/worker.h"
 
 namespace asgd {
 
-// One evaluation on the test set.
+// One evaluation of one worker's state on the test set.
 struct EvalPoint {
+  int worker = 0;            // -1: the average of all workers' states (simu's result)
   double time_s = 0;         // wall time since training started
   std::int64_t step = 0;
   std::int64_t samples = 0;  // training samples processed
   double epoch = 0;          // samples / training rows
   double train_loss = 0;     // mean training loss since the previous evaluation
   double test_loss = 0;
-  double test_accuracy = 0;
-  double samples_per_s = 0;  // training throughput since the previous evaluation
+  double test_accuracy = 0;  // classifiers; 0 otherwise
+  double samples_per_s = 0;  // this worker's training throughput since its previous evaluation
+  // Communication since the start (workers that communicate).
+  std::int64_t messages_sent = 0;
+  std::int64_t messages_received = 0;
+  std::int64_t messages_accepted = 0;
+  std::int64_t messages_rejected = 0;  // by direction or window
+  std::int64_t messages_nonfinite = 0;
+  std::int64_t bytes_sent = 0;
+  double mean_staleness = 0;  // steps between a message's sending and its use
 };
 
 struct TrainResult {
@@ -38,6 +51,19 @@ struct TrainResult {
   std::int64_t samples = 0;
   double samples_per_s = 0;  // samples / (train_seconds - eval_seconds)
   std::string stop_reason;   // "target", "epochs" or "max-seconds"
+  bool classifier = true;    // false: test_loss is the objective, accuracy is meaningless
+  int workers = 1;
+  std::string algorithm;
+  // Totals over all workers.
+  std::int64_t total_samples = 0;
+  std::int64_t messages_sent = 0;
+  std::int64_t messages_received = 0;
+  std::int64_t messages_accepted = 0;
+  std::int64_t messages_rejected = 0;
+  std::int64_t messages_nonfinite = 0;
+  std::int64_t messages_superseded = 0;  // dropped unsent from full send queues
+  std::int64_t bytes_sent = 0;
+  std::vector<EvalPoint> worker_final;   // each worker's last evaluation
   std::string model;         // Model::describe()
   std::int64_t parameters = 0;
   std::uint64_t fingerprint = 0;
@@ -48,8 +74,11 @@ struct TrainResult {
 // Loads the data set that config.data names, then trains. Throws InputError for bad input and
 // Error when training diverges (a non-finite loss) or a device call fails.
 TrainResult train(const TrainConfig& config);
-// Trains on data already in memory.
+// Trains on data already in memory (sharded across the workers).
 TrainResult train(const TrainConfig& config, const TrainTest& data);
+// Trains a model of the caller's own (see kernels/models/model.h and runtime/worker.h).
+TrainResult train(const TrainConfig& config, const TrainTest& data,
+                  const ModelFactory& factory);
 
 // Writes `result` and the configuration as one JSON object to `path`.
 void write_summary(const std::string& path, const TrainConfig& config, const TrainResult& result);

@@ -7,6 +7,7 @@
 
 #include "kernels/activation.h"
 #include "kernels/gemm.h"
+#include "kernels/parzen.h"
 #include "runtime/device.h"
 
 namespace asgd::cuda_ops {
@@ -36,5 +37,22 @@ void reduce_dot(const Stream& stream, std::int64_t n, const float* x, const floa
                 double* out);
 void reduce_squared_norm(const Stream& stream, std::int64_t n, const float* x, double* out);
 void count_nonfinite(const Stream& stream, std::int64_t n, const float* x, std::int64_t* out);
+void parzen_statistics(const Stream& stream, std::int64_t length, const float* g, const float* w,
+                       const float* e, double* out);
+void parzen_decide(const Stream& stream, const ParzenParams& params, int count,
+                   const double* stats, const std::int64_t* lengths, float* history,
+                   std::int64_t* history_seen, std::int32_t* accept, std::int64_t* counters);
+void parzen_merge(const Stream& stream, MergeRule rule, float eps, float alpha, std::int64_t n,
+                  const float* g, float* w, const MergeRange* ranges, int count,
+                  const std::int32_t* accept);
+
+void row_squared_norms(const Stream& stream, std::int64_t rows, std::int64_t cols, const float* x,
+                       float* out);
+void kmeans_assign(const Stream& stream, std::int64_t rows, std::int64_t k, std::int64_t d,
+                   const float* x, const float* dots, const float* centre_norms, float loss_scale,
+                   std::int32_t* assign, double* loss_sum);
+void kmeans_gradient(const Stream& stream, std::int64_t rows, std::int64_t k, std::int64_t d,
+                     const float* x, const std::int32_t* assign, const float* centres,
+                     float grad_scale, float* grad);
 
 }  // namespace asgd::cuda_ops

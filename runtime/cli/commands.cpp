@@ -1,6 +1,8 @@
 #include "runtime/cli/commands.h"
 
 #include <charconv>
+#include <cstdlib>
+#include <limits>
 #include <cstring>
 #include <thread>
 
@@ -38,6 +40,19 @@ int run_train(CLI::App& cmd, TrainOptions& o) {
   if (cmd.count("--hidden")) c.model.hidden = parse_widths(o.hidden);
   if (cmd.count("--backend")) c.backend = parse_backend(o.backend);
   if (cmd.count("--normalize")) c.data.normalize = parse_normalize(o.normalize);
+  if (cmd.count("--algo")) c.algorithm = parse_algorithm(o.algo);
+  if (cmd.count("--merge")) c.merge = parse_merge(o.merge);
+  if (cmd.count("--straggler")) c.straggler = parse_straggler(o.straggler);
+  if (cmd.count("--window")) {
+    if (o.window == "inf") {
+      c.window = std::numeric_limits<float>::infinity();
+    } else {
+      char* end = nullptr;
+      c.window = std::strtof(o.window.c_str(), &end);
+      if (end == o.window.c_str() || *end != '\0')
+        ASGD_INPUT_ERROR("--window '{}': expected a positive number or inf", o.window);
+    }
+  }
   validate(c);
   if (c.backend == Backend::kCuda && cuda_device_count() == 0)
     ASGD_INPUT_ERROR("--backend cuda: {}; use --backend host", cuda_unavailable_reason());
@@ -48,13 +63,22 @@ int run_train(CLI::App& cmd, TrainOptions& o) {
                static_cast<long long>(data.test.rows), static_cast<long long>(data.train.cols),
                static_cast<int>(data.train.classes));
   const TrainResult r = train(c, data);
+  const std::string quality =
+      r.classifier ? fmt::format("test accuracy {:.4f}", r.final_test_accuracy)
+                   : fmt::format("test objective {:.6g}", r.final_test_loss);
   std::fprintf(stderr,
-               "asgd: %s (%lld parameters) on %s: test accuracy %.4f after %lld steps, %.2f s "
-               "(%.0f samples/s), stopped by %s",
-               r.model.c_str(), static_cast<long long>(r.parameters),
-               std::string(to_string(c.backend)).c_str(), r.final_test_accuracy,
+               "asgd: %s (%lld parameters), %s on %d %s worker(s): %s after %lld steps of worker "
+               "0, %.2f s (%.0f samples/s in all), stopped by %s",
+               r.model.c_str(), static_cast<long long>(r.parameters), r.algorithm.c_str(),
+               r.workers, std::string(to_string(c.backend)).c_str(), quality.c_str(),
                static_cast<long long>(r.steps), r.train_seconds, r.samples_per_s,
                r.stop_reason.c_str());
+  if (communicates(c.algorithm) && c.workers > 1)
+    std::fprintf(stderr, "; messages sent %lld, accepted %lld, rejected %lld, non-finite %lld",
+                 static_cast<long long>(r.messages_sent),
+                 static_cast<long long>(r.messages_accepted),
+                 static_cast<long long>(r.messages_rejected),
+                 static_cast<long long>(r.messages_nonfinite));
   if (c.target_accuracy > 0) {
     if (r.time_to_target_s)
       std::fprintf(stderr, "; reached %.4f at %.2f s", c.target_accuracy, *r.time_to_target_s);
@@ -89,7 +113,7 @@ int run_info() {
 
 void add_train_command(CLI::App& app, TrainOptions& o) {
   TrainConfig& c = o.config;
-  CLI::App* cmd = app.add_subcommand("train", "Train a model (one worker for now).");
+  CLI::App* cmd = app.add_subcommand("train", "Train a model with one or more workers.");
   cmd->footer(
       "Every option can also be set in the TOML file given with --config, by its long name\n"
       "without dashes in front (e.g. lr = 0.1, hidden = [256, 256], target-accuracy = 0.85).\n"
@@ -135,6 +159,38 @@ void add_train_command(CLI::App& app, TrainOptions& o) {
       ->capture_default_str();
   cmd->add_option("--seed", c.seed, "seed for initialisation, shuffling and splits")
       ->capture_default_str();
+  cmd->add_option("--workers", c.workers, "workers (threads of this process)")
+      ->capture_default_str();
+  cmd->add_option("--algo", o.algo,
+                  "asgd | asgd-nofilter | sync (gradient average every step) | simu "
+                  "(SimuParallelSGD: average once at the end) | local (no communication)")
+      ->capture_default_str();
+  cmd->add_option("--message-size", c.message_size,
+                  "elements per message, ranges rotating over the state (0: the whole state)")
+      ->capture_default_str();
+  cmd->add_option("--send-interval", c.send_interval, "steps between sends (k)")
+      ->capture_default_str();
+  cmd->add_option("--queue-capacity", c.queue_capacity,
+                  "unsent messages per peer before the oldest is superseded")
+      ->capture_default_str();
+  cmd->add_option("--merge", o.merge, "seed | average | elastic:ALPHA")->capture_default_str();
+  cmd->add_option("--window", o.window,
+                  "Parzen window radius factor r (inf: bare direction test)")
+      ->capture_default_str();
+  cmd->add_option("--window-history", c.window_history, "messages in the window's median (H)")
+      ->capture_default_str();
+  cmd->add_option("--window-warmup", c.window_warmup,
+                  "messages seen before the window accepts any")
+      ->capture_default_str();
+  cmd->add_option("--link-bandwidth", c.links.bandwidth,
+                  "emulated bandwidth of every link, bytes/s (0: unlimited; a per-pair matrix "
+                  "in the config file)")
+      ->capture_default_str();
+  cmd->add_option("--link-latency", c.links.latency, "emulated latency of every link, seconds")
+      ->capture_default_str();
+  cmd->add_option("--straggler", o.straggler, "W:F makes worker W run F times slower");
+  cmd->add_flag("--deterministic", c.deterministic,
+                "one thread steps the workers in a fixed seeded order; bit-for-bit repeatable");
   cmd->add_option("--metrics", c.metrics_path,
                   "write one JSON line per evaluation (time, step, samples, loss, accuracy)");
   cmd->add_option("--summary", c.summary_path,

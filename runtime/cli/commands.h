@@ -15,6 +15,10 @@ struct TrainOptions {
   std::string hidden;  // "256,256" as typed
   std::string backend = "host";
   std::string normalize = "auto";
+  std::string algo = "asgd";
+  std::string merge = "seed";
+  std::string window = "4";
+  std::string straggler;
 };
 
 void add_train_command(CLI::App& app, TrainOptions& options);

@@ -1,0 +1,128 @@
+#!/usr/bin/python3
+"""asgd's host backend against PyTorch on one MLP training step, one thread each.
+
+Both sides do the same work per step: gather a mini-batch from a resident 60000 x 784
+training set by a per-epoch permutation, forward, softmax cross-entropy, backward, SGD
+update. PyTorch runs in this process (Debian's python3-torch, OpenBLAS); asgd runs as
+build/bin/asgd_bench_mlp_step. The two alternate for several rounds so that machine noise
+hits both; each reports the median samples/s of its repeats, and the table shows the median
+over rounds and the ratio asgd / PyTorch.
+
+    bench/mlp_step.py [--build build] [--rounds 3] [--out bench/results/mlp_step.json]
+"""
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+# One thread for OpenBLAS and OpenMP in this process and in asgd's (set before torch loads).
+os.environ["OPENBLAS_NUM_THREADS"] = "1"
+os.environ["OMP_NUM_THREADS"] = "1"
+
+import torch  # noqa: E402
+
+SHAPES = [  # (hidden widths, batch, timed steps per repeat)
+    ((256, 256), 64, 300),
+    ((1024, 1024), 128, 60),
+]
+ROWS, INPUT, CLASSES, WARMUP, REPEATS = 60000, 784, 10, 50, 5
+
+
+def torch_samples_per_s(hidden, batch, steps):
+    torch.manual_seed(1)
+    layers, width = [], INPUT
+    for h in hidden:
+        layers += [torch.nn.Linear(width, h), torch.nn.ReLU()]
+        width = h
+    layers.append(torch.nn.Linear(width, CLASSES))
+    model = torch.nn.Sequential(*layers)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    x_all = torch.rand(ROWS, INPUT)
+    y_all = torch.randint(0, CLASSES, (ROWS,))
+    state = {"perm": torch.randperm(ROWS), "pos": 0}
+
+    def step():
+        if state["pos"] + batch > ROWS:
+            state["perm"], state["pos"] = torch.randperm(ROWS), 0
+        idx = state["perm"][state["pos"]:state["pos"] + batch]
+        state["pos"] += batch
+        x, y = x_all[idx], y_all[idx]
+        opt.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+
+    for _ in range(WARMUP):
+        step()
+    rates = []
+    for _ in range(REPEATS):
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        rates.append(steps * batch / (time.perf_counter() - t0))
+    return statistics.median(rates)
+
+
+def asgd_samples_per_s(binary, hidden, batch, steps):
+    out = subprocess.run(
+        [binary, "--hidden", ",".join(map(str, hidden)), "--batch", str(batch),
+         "--steps", str(steps), "--warmup", str(WARMUP), "--repeats", str(REPEATS),
+         "--threads", "1", "--backend", "host"],
+        check=True, capture_output=True, text=True)
+    return json.loads(out.stdout)["samples_per_s"]
+
+
+def machine():
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"host": platform.node(), "cpu": cpu, "cores": os.cpu_count(),
+            "python": platform.python_version(), "torch": torch.__version__}
+
+
+def main():
+    here = os.path.dirname(os.path.abspath(__file__))
+    root = os.path.dirname(here)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--build", default=os.path.join(root, "build"))
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--out", default=os.path.join(here, "results", "mlp_step.json"))
+    args = ap.parse_args()
+    binary = os.path.join(args.build, "bin", "asgd_bench_mlp_step")
+    if not os.path.exists(binary):
+        sys.exit(f"{binary} not found: build first (scripts/build.sh)")
+    torch.set_num_threads(1)
+    commit = subprocess.run(["git", "-C", root, "rev-parse", "--short=12", "HEAD"],
+                            capture_output=True, text=True).stdout.strip() or "unknown"
+
+    rows = []
+    print(f"{'model':>22} {'batch':>5} {'asgd samples/s':>15} {'torch samples/s':>16} {'ratio':>6}")
+    for hidden, batch, steps in SHAPES:
+        a, t = [], []
+        for _ in range(args.rounds):
+            a.append(asgd_samples_per_s(binary, hidden, batch, steps))
+            t.append(torch_samples_per_s(hidden, batch, steps))
+        ma, mt = statistics.median(a), statistics.median(t)
+        name = "mlp " + "-".join(map(str, (INPUT, *hidden, CLASSES)))
+        print(f"{name:>22} {batch:>5} {ma:>15.0f} {mt:>16.0f} {ma / mt:>6.2f}")
+        rows.append({"model": name, "batch": batch, "asgd_samples_per_s": ma,
+                     "torch_samples_per_s": mt, "ratio": ma / mt,
+                     "asgd_rounds": a, "torch_rounds": t})
+    result = {"benchmark": "mlp_step", "commit": commit, "machine": machine(),
+              "threads": 1, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "results": rows}
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=2)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,206 @@
+#include "comm/local/local_transport.h"
+
+#include <algorithm>
+#include <cstring>
+#include <limits>
+
+namespace asgd {
+namespace {
+constexpr double kNever = std::numeric_limits<double>::infinity();
+}
+
+LocalTransport::LocalTransport(int workers, const LocalTransportOptions& options)
+    : workers_(workers),
+      options_(options),
+      epoch_(std::chrono::steady_clock::now()),
+      next_sender_(static_cast<std::size_t>(workers), 0),
+      links_(static_cast<std::size_t>(workers) * static_cast<std::size_t>(workers)) {
+  ASGD_CHECK(workers >= 1, "a transport for {} workers", workers);
+  ASGD_CHECK(options.max_message >= 1, "max_message must be positive, got {}",
+             options.max_message);
+  ASGD_CHECK(options.queue_capacity >= 1, "queue_capacity must be positive, got {}",
+             options.queue_capacity);
+  slots_.reserve(static_cast<std::size_t>(workers) * static_cast<std::size_t>(workers));
+  for (int r = 0; r < workers; ++r)
+    for (int s = 0; s < workers; ++s)
+      slots_.push_back(r == s ? nullptr : std::make_unique<MessageSlot>(options.max_message));
+  thread_ = std::thread([this] { communication_loop(); });
+}
+
+LocalTransport::~LocalTransport() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stop_ = true;
+  }
+  wake_.notify_all();
+  thread_.join();
+}
+
+double LocalTransport::now() const {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - epoch_).count();
+}
+
+void LocalTransport::check_pair(int from, int to) const {
+  ASGD_CHECK(from >= 0 && from < workers_ && to >= 0 && to < workers_ && from != to,
+             "no link from worker {} to worker {} among {}", from, to, workers_);
+}
+
+void LocalTransport::set_link(int from, int to, const LinkModel& model) {
+  check_pair(from, to);
+  ASGD_CHECK(model.bandwidth_bytes_per_s > 0 && model.latency_s >= 0,
+             "link {}->{}: bandwidth must be positive and latency non-negative", from, to);
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    link_at(from, to).model = model;
+  }
+  wake_.notify_all();
+}
+
+LinkModel LocalTransport::link(int from, int to) const {
+  check_pair(from, to);
+  std::lock_guard<std::mutex> lock(mutex_);
+  return link_at(from, to).model;
+}
+
+LinkStats LocalTransport::stats(int from, int to) const {
+  check_pair(from, to);
+  LinkStats s;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    s = link_at(from, to).stats;
+  }
+  s.overwritten = slots_[static_cast<std::size_t>(to * workers_ + from)]->overwritten();
+  return s;
+}
+
+void LocalTransport::deliver(int to, const Message& message, double transfer_s) {
+  MessageSlot::Writer writer(slot(to, message.header.sender));
+  Message& out = writer.message();
+  out.header = message.header;
+  std::memcpy(out.payload.data(), message.payload.data(),
+              static_cast<std::size_t>(message.header.length) * sizeof(float));
+  writer.publish();
+  std::lock_guard<std::mutex> lock(mutex_);
+  LinkStats& s = link_at(message.header.sender, to).stats;
+  ++s.delivered;
+  s.bytes_delivered += message.header.length * static_cast<std::int64_t>(sizeof(float));
+  s.busy_seconds += transfer_s;
+}
+
+void LocalTransport::post(int peer, const MessageHeader& header, const float* data) {
+  error_.rethrow_if_set();
+  const int from = header.sender;
+  check_pair(from, peer);
+  ASGD_CHECK(header.length >= 1 && header.length <= options_.max_message && header.offset >= 0,
+             "message of {} elements at offset {} (the transport carries 1 to {})", header.length,
+             header.offset, options_.max_message);
+  std::unique_ptr<Message> buffer;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    Link& l = link_at(from, peer);
+    ++l.stats.posted;
+    if (options_.deterministic || l.model.ideal()) {
+      // Delivered below, on this thread, without the lock.
+    } else if (!l.pool.empty()) {
+      buffer = std::move(l.pool.back());
+      l.pool.pop_back();
+    } else {
+      buffer = std::make_unique<Message>(options_.max_message);
+    }
+  }
+  if (!buffer) {
+    MessageSlot::Writer writer(slot(peer, from));
+    Message& out = writer.message();
+    out.header = header;
+    std::memcpy(out.payload.data(), data, static_cast<std::size_t>(header.length) * sizeof(float));
+    writer.publish();
+    std::lock_guard<std::mutex> lock(mutex_);
+    LinkStats& s = link_at(from, peer).stats;
+    ++s.delivered;
+    s.bytes_delivered += header.length * static_cast<std::int64_t>(sizeof(float));
+    return;
+  }
+  buffer->header = header;
+  std::memcpy(buffer->payload.data(), data, static_cast<std::size_t>(header.length) * sizeof(float));
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    Link& l = link_at(from, peer);
+    if (static_cast<int>(l.queue.size()) >= options_.queue_capacity) {
+      // Stale states are worth less than fresh ones: the oldest unsent one makes room.
+      l.pool.push_back(std::move(l.queue.front().message));
+      l.queue.pop_front();
+      ++l.stats.superseded;
+    }
+    Pending p;
+    p.message = std::move(buffer);
+    p.ready_s = now();
+    l.queue.push_back(std::move(p));
+  }
+  wake_.notify_all();
+}
+
+int LocalTransport::collect(int receiver, const Message** out, int max) {
+  int n = 0;
+  const int start = next_sender_[static_cast<std::size_t>(receiver)];
+  for (int i = 0; i < workers_ && n < max; ++i) {
+    const int sender = (start + i) % workers_;
+    if (sender == receiver) continue;
+    if (const Message* m = slot(receiver, sender).acquire()) out[n++] = m;
+  }
+  // The next call starts after the first sender skipped for lack of room, so every sender is
+  // served even when more have fresh messages than `max`.
+  next_sender_[static_cast<std::size_t>(receiver)] = (start + 1) % workers_;
+  return n;
+}
+
+void LocalTransport::communication_loop() {
+  std::unique_lock<std::mutex> lock(mutex_);
+  try {
+    while (!stop_) {
+      const double t = now();
+      double next = kNever;
+      for (int from = 0; from < workers_; ++from) {
+        for (int to = 0; to < workers_; ++to) {
+          if (from == to) continue;
+          Link& l = link_at(from, to);
+          // Start queued messages in virtual time, so a late wake-up does not slow the link.
+          while (!l.queue.empty()) {
+            Pending& head = l.queue.front();
+            const double start = std::max(l.busy_until_s, head.ready_s);
+            if (start > t) {
+              next = std::min(next, start);
+              break;
+            }
+            head.start_s = start;
+            l.busy_until_s =
+                start + static_cast<double>(head.message->header.length * sizeof(float)) /
+                            l.model.bandwidth_bytes_per_s;
+            head.arrive_s = l.busy_until_s + l.model.latency_s;
+            l.in_flight.push_back(std::move(head));
+            l.queue.pop_front();
+          }
+          // Deliver what has arrived; the copy runs without the lock.
+          while (!l.in_flight.empty() && l.in_flight.front().arrive_s <= t) {
+            Pending p = std::move(l.in_flight.front());
+            l.in_flight.pop_front();
+            lock.unlock();
+            deliver(to, *p.message, p.arrive_s - p.start_s);
+            lock.lock();
+            link_at(from, to).pool.push_back(std::move(p.message));
+          }
+          if (!l.in_flight.empty()) next = std::min(next, l.in_flight.front().arrive_s);
+        }
+      }
+      if (next == kNever) {
+        wake_.wait(lock);
+      } else {
+        wake_.wait_until(lock, epoch_ + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                                            std::chrono::duration<double>(next)));
+      }
+    }
+  } catch (...) {
+    error_.capture(std::current_exception());
+  }
+}
+
+}  // namespace asgd

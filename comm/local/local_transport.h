@@ -1,0 +1,93 @@
+// The in-process transport: workers are threads of one process and messages are copies
+// between buffers. It can emulate links: each directed pair has a bandwidth and a latency,
+// settable at start and changeable while running, and a message is delivered when a real link
+// of that speed would have delivered it (transfers on one link go one at a time; latency
+// overlaps). So slow and uneven networks can be studied on one machine.
+//
+// Ideal links (infinite bandwidth, no latency), and every link in deterministic mode, deliver
+// inside post() on the sender's thread. Emulated links are served by one communication thread
+// that sleeps until the next delivery is due.
+//
+// Thread-safety: as Transport; set_link() from any thread.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "comm/message_slot.h"
+#include "comm/transport.h"
+#include "runtime/error.h"
+
+namespace asgd {
+
+struct LocalTransportOptions {
+  std::int64_t max_message = 0;  // elements; usually the parameter count
+  int queue_capacity = 2;        // unsent messages per link before the oldest is superseded
+  bool deterministic = false;    // deliver every message inside post(), links ignored
+};
+
+class LocalTransport final : public Transport {
+ public:
+  LocalTransport(int workers, const LocalTransportOptions& options);
+  ~LocalTransport() override;
+
+  int size() const override { return workers_; }
+  std::int64_t max_message() const override { return options_.max_message; }
+  void post(int peer, const MessageHeader& header, const float* data) override;
+  int collect(int receiver, const Message** out, int max) override;
+  LinkStats stats(int from, int to) const override;
+
+  // Sets the emulated link from -> to; messages that start transmitting later use it.
+  void set_link(int from, int to, const LinkModel& link);
+  LinkModel link(int from, int to) const;
+
+  // Seconds since the transport was created (the clock of send times and deliveries).
+  double now() const;
+
+ private:
+  struct Pending {
+    std::unique_ptr<Message> message;
+    double ready_s = 0;   // when post() finished copying
+    double start_s = 0;   // when the link started sending it
+    double arrive_s = 0;  // when it reaches the receiver
+  };
+  struct Link {
+    LinkModel model;
+    std::deque<Pending> queue;      // posted, not started
+    std::deque<Pending> in_flight;  // started, not arrived (in start order)
+    std::vector<std::unique_ptr<Message>> pool;
+    double busy_until_s = 0;
+    LinkStats stats;
+  };
+
+  Link& link_at(int from, int to) { return links_[static_cast<std::size_t>(from * workers_ + to)]; }
+  const Link& link_at(int from, int to) const {
+    return links_[static_cast<std::size_t>(from * workers_ + to)];
+  }
+  MessageSlot& slot(int receiver, int sender) {
+    return *slots_[static_cast<std::size_t>(receiver * workers_ + sender)];
+  }
+  void deliver(int to, const Message& message, double transfer_s);
+  void communication_loop();
+  void check_pair(int from, int to) const;
+
+  const int workers_;
+  const LocalTransportOptions options_;
+  const std::chrono::steady_clock::time_point epoch_;
+  std::vector<std::unique_ptr<MessageSlot>> slots_;  // [receiver][sender]
+  std::vector<int> next_sender_;                     // per receiver: where collect() starts
+
+  mutable std::mutex mutex_;  // links_ (all fields), stop_
+  std::condition_variable wake_;
+  std::vector<Link> links_;   // [from][to]
+  bool stop_ = false;
+  std::thread thread_;
+  ErrorSlot error_;
+};
+
+}  // namespace asgd

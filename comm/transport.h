@@ -1,0 +1,56 @@
+// The transport interface: how workers' messages move. Written against it, the engine runs
+// unchanged over the in-process transport (comm/local/) and, later, MPI and NCCL.
+//
+// Thread-safety: post() may be called concurrently by different senders; collect() only by
+// the receiver's own thread, and it never blocks or takes a lock (the compute path).
+#pragma once
+
+#include <cstdint>
+#include <limits>
+
+#include "comm/message.h"
+
+namespace asgd {
+
+// An emulated or measured link: a transfer of b bytes takes latency + b / bandwidth.
+struct LinkModel {
+  double bandwidth_bytes_per_s = std::numeric_limits<double>::infinity();
+  double latency_s = 0.0;
+  bool ideal() const { return latency_s <= 0.0 && bandwidth_bytes_per_s == std::numeric_limits<double>::infinity(); }
+  // Seconds to move `bytes` over this link.
+  double transfer_seconds(double bytes) const { return latency_s + bytes / bandwidth_bytes_per_s; }
+};
+
+// Counters of one directed link, since the transport was created.
+struct LinkStats {
+  std::int64_t posted = 0;      // messages handed to post()
+  std::int64_t superseded = 0;  // dropped unsent from a full send queue by a newer one
+  std::int64_t delivered = 0;   // published into the receiver's slot
+  std::int64_t overwritten = 0; // replaced in the slot before the receiver took them
+  std::int64_t bytes_delivered = 0;
+  double busy_seconds = 0;      // sum of the transfer times of delivered messages
+};
+
+class Transport {
+ public:
+  virtual ~Transport() = default;
+
+  virtual int size() const = 0;
+  // The largest message (elements) the transport carries.
+  virtual std::int64_t max_message() const = 0;
+
+  // Sends header.length floats at `data` from header.sender to `peer`. The data is copied
+  // before post() returns; post() never waits for the link. A full send queue drops its
+  // oldest unsent message (counted as superseded). Rethrows the first error of the
+  // transport's background thread, if any.
+  virtual void post(int peer, const MessageHeader& header, const float* data) = 0;
+
+  // Takes the newest unread message from each sender to `receiver`, at most `max` of them,
+  // into out[0..returned). Each message stays valid and unchanged until the receiver's next
+  // collect(). Lock-free.
+  virtual int collect(int receiver, const Message** out, int max) = 0;
+
+  virtual LinkStats stats(int from, int to) const = 0;
+};
+
+}  // namespace asgd

@@ -1,0 +1,78 @@
+// The Parzen-window test and merge of DESIGN.md section 1, steps 3 and 4: how a worker decides
+// which received states to take and folds them into its own state in the same pass as its
+// SGD step.
+//
+// A received message e covers the range R = [offset, offset + length) of the flat state. It
+// is accepted iff
+//   direction:  dot(g_R, w_R - e) > (eps/2) * ||g_R||^2   (the local step moves w towards e)
+//   window:     d2 = ||w_R - e||^2 / length <= window * median(d2 of the last `history`
+//               messages received), after `warmup` messages have been seen
+//   finite:     every value involved is finite (a NaN/Inf, or a value so large that its square
+//               overflows, rejects the message and is counted as non-finite)
+// window = +inf is the bare direction test (no warm-up). With `filter` off every message is
+// accepted (the "asgd-nofilter" baseline).
+//
+// The three launchers below are asynchronous on CUDA; decisions and counters stay on the
+// device and are read by the host only at logging intervals.
+#pragma once
+
+#include <cstdint>
+
+#include "runtime/device.h"
+
+namespace asgd {
+
+// At most this many messages are tested and merged in one step; more stay in their slots.
+inline constexpr int kMaxMergeMessages = 64;
+
+enum class MergeRule {
+  kSeed,     // w <- w - eps/(c+1) * (g + sum_e (w - e))
+  kAverage,  // w <- ((w - eps*g) + sum_e e) / (c+1)
+  kElastic,  // w' = w - eps*g;  w <- w' - alpha * (w' - mean_e e)
+};
+
+struct ParzenParams {
+  float eps = 0.05f;     // the step size of this step
+  float window = 4.0f;   // r; +inf: direction test only
+  int history = 64;      // H
+  int warmup = 8;        // messages seen before the window can accept
+  bool filter = true;
+};
+
+// Counters, in this order, in an int64 array of kParzenCounterCount on the device.
+enum ParzenCounter : int {
+  kAccepted = 0,
+  kRejectedDirection = 1,
+  kRejectedWindow = 2,
+  kNonFinite = 3,
+  kParzenCounterCount = 4,
+};
+
+// One pass over a range: out[0] = dot(g, w - e), out[1] = ||g||^2, out[2] = ||w - e||^2
+// (double accumulation, overwritten). g and w point at the range's first element.
+void parzen_statistics(const Stream& stream, std::int64_t length, const float* g, const float* w,
+                       const float* e, double* out);
+
+// The decisions for `count` messages whose statistics are stats[4*m .. 4*m+2] and whose
+// lengths (host array) are `lengths`: writes accept[m] (0 or 1), adds to counters, and pushes
+// each finite d2 into the history ring. `history` holds params.history floats and
+// `history_seen` (one int64) the number of values pushed so far; both start zeroed.
+void parzen_decide(const Stream& stream, const ParzenParams& params, int count,
+                   const double* stats, const std::int64_t* lengths, float* history,
+                   std::int64_t* history_seen, std::int32_t* accept, std::int64_t* counters);
+
+// One received range for parzen_merge: `data` is memory of the stream's device.
+struct MergeRange {
+  const float* data = nullptr;
+  std::int64_t offset = 0;
+  std::int64_t length = 0;
+};
+
+// Applies the merge rule and the SGD step to all n elements of w: an element covered by c
+// accepted ranges (accept[m] != 0, a device array) takes the rule with those c states, an
+// element covered by none takes w - eps*g. `ranges` is a host array of `count` entries.
+void parzen_merge(const Stream& stream, MergeRule rule, float eps, float alpha, std::int64_t n,
+                  const float* g, float* w, const MergeRange* ranges, int count,
+                  const std::int32_t* accept);
+
+}  // namespace asgd

@@ -1,0 +1,237 @@
+#include "runtime/worker.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "kernels/sgd.h"
+#include "runtime/error.h"
+
+namespace asgd {
+namespace {
+// Evaluation runs in chunks of the model's largest batch; larger chunks make it cheaper.
+constexpr std::int64_t kEvalChunk = 1024;
+
+Stream worker_stream(const TrainConfig& c, int id) {
+  if (c.backend == Backend::kCuda) {
+    const int devices = cuda_device_count();
+    if (devices == 0)
+      ASGD_INPUT_ERROR("--backend cuda: {}; use --backend host", cuda_unavailable_reason());
+    return Stream::cuda((c.device + id) % devices);
+  }
+  return Stream::host(c.threads);
+}
+}  // namespace
+
+ModelFactory builtin_model_factory(const ModelSpec& spec) {
+  return [spec](const Stream& stream, std::int64_t input_dim, std::int32_t classes,
+                std::int64_t max_batch, const Dataset& train) {
+    return make_model(spec, input_dim, classes, max_batch, stream, &train);
+  };
+}
+
+Worker::Worker(int id, const TrainConfig& config, const Dataset& shard, const Dataset& test,
+               const ModelFactory& factory)
+    : id_(id),
+      config_(config),
+      stream_(worker_stream(config, id)),
+      train_(shard, stream_),
+      test_(test, stream_),
+      model_(factory(stream_, shard.cols, std::max(shard.classes, test.classes),
+                     std::max<std::int64_t>(config.batch, kEvalChunk), shard)),
+      n_(model_->parameter_count()),
+      max_steps_(std::max<std::int64_t>(
+          1, std::llround(config.epochs * static_cast<double>(shard.rows / config.batch)))),
+      params_(stream_.backend(), stream_.device(), static_cast<std::size_t>(n_)),
+      grad_(stream_.backend(), stream_.device(), static_cast<std::size_t>(n_)),
+      sampler_(train_, config.batch, config.seed + 1 + 7919 * static_cast<std::uint64_t>(id),
+               stream_),
+      loss_(stream_.backend(), stream_.device(), 2),
+      correct_(stream_.backend(), stream_.device(), 1),
+      peer_rng_(config.seed * 0x9E3779B97F4A7C15ull + static_cast<std::uint64_t>(id)),
+      stats_(stream_.backend(), stream_.device(), 4 * kMaxMergeMessages),
+      accept_(stream_.backend(), stream_.device(), kMaxMergeMessages),
+      history_(stream_.backend(), stream_.device(),
+               static_cast<std::size_t>(config.window_history)),
+      history_seen_(stream_.backend(), stream_.device(), 1),
+      parzen_counters_(stream_.backend(), stream_.device(), kParzenCounterCount) {
+  if (model_->input_dim() != shard.cols)
+    ASGD_INPUT_ERROR("the model '{}' expects {} features but the data has {}",
+                     model_->describe(), model_->input_dim(), shard.cols);
+  // Every worker starts from the same state: the seed, not the worker, picks it.
+  model_->init(params_.data(), config.seed, stream_);
+  loss_.zero(stream_);
+  correct_.zero(stream_);
+  history_.zero(stream_);
+  history_seen_.zero(stream_);
+  parzen_counters_.zero(stream_);
+  parzen_.eps = config.lr;
+  parzen_.window = config.window;
+  parzen_.history = config.window_history;
+  parzen_.warmup = config.window_warmup;
+  parzen_.filter = config.algorithm != Algorithm::kAsgdNoFilter;
+  if (!stream_.is_host()) {
+    received_ = std::make_unique<Event>(stream_.backend(), stream_.device());
+    staged_ = std::make_unique<Event>(stream_.backend(), stream_.device());
+  }
+  stream_.synchronize();
+}
+
+Worker::~Worker() = default;
+
+std::vector<float> Worker::download_state() const {
+  std::vector<float> host(static_cast<std::size_t>(n_));
+  params_.download(host.data(), host.size(), stream_);
+  stream_.synchronize();
+  return host;
+}
+
+void Worker::upload_state(const std::vector<float>& state) {
+  ASGD_CHECK(static_cast<std::int64_t>(state.size()) == n_, "state of {} for a model of {}",
+             state.size(), n_);
+  params_.upload(state.data(), state.size(), stream_);
+  stream_.synchronize();
+}
+
+void Worker::compute_gradient() {
+  const Batch batch = sampler_.next(stream_);
+  model_->loss_and_gradient(params_.data(), batch, grad_.data(), loss_.data(), stream_);
+}
+
+void Worker::step() {
+  compute_gradient();
+  if (communicates(config_.algorithm) && transport_) {
+    exchange_and_update();
+  } else {
+    sgd_step(stream_, n_, config_.lr, grad_.data(), params_.data());
+  }
+  ++steps_;
+  if (communicates(config_.algorithm) && transport_ && steps_ % config_.send_interval == 0) send();
+}
+
+void Worker::apply_mean_gradient(const std::vector<Worker*>& all) {
+  // Every worker sums the gradients in the same order, so all states stay bit-identical.
+  // The caller has made every gradient complete and visible (barrier, stream synchronised).
+  if (mean_grad_.empty())
+    mean_grad_ = DeviceBuffer<float>(stream_.backend(), stream_.device(), static_cast<std::size_t>(n_));
+  const float scale = 1.0f / static_cast<float>(all.size());
+  axpby(stream_, n_, scale, all[0]->gradient(), 0.0f, mean_grad_.data());
+  for (std::size_t i = 1; i < all.size(); ++i)
+    axpby(stream_, n_, scale, all[i]->gradient(), 1.0f, mean_grad_.data());
+  sgd_step(stream_, n_, config_.lr, mean_grad_.data(), params_.data());
+  ++steps_;
+}
+
+void Worker::exchange_and_update() {
+  flush_pending_send();
+  const Message* messages[kMaxMergeMessages];
+  // The previous step's copies of received payloads must be done before their slots are
+  // handed back (collect() recycles them).
+  if (received_) received_->synchronize();
+  const int count = transport_->collect(id_, messages, kMaxMergeMessages);
+  MergeRange ranges[kMaxMergeMessages];
+  std::int64_t lengths[kMaxMergeMessages];
+  int used = 0;
+  for (int i = 0; i < count; ++i) {
+    const MessageHeader& h = messages[i]->header;
+    ++counters_.received;
+    if (h.offset < 0 || h.length < 1 || h.offset + h.length > n_) {
+      ++counters_.malformed;  // nothing malformed reaches the model
+      continue;
+    }
+    counters_.staleness_sum += static_cast<double>(steps_ - h.sender_step);
+    const float* data = messages[i]->payload.data();
+    if (!stream_.is_host()) {
+      if (static_cast<int>(receive_.size()) <= used)
+        receive_.emplace_back(stream_.backend(), stream_.device(),
+                              static_cast<std::size_t>(transport_->max_message()));
+      receive_[used].upload(data, static_cast<std::size_t>(h.length), stream_);
+      data = receive_[used].data();
+    }
+    ranges[used] = {data, h.offset, h.length};
+    lengths[used] = h.length;
+    parzen_statistics(stream_, h.length, grad_.data() + h.offset, params_.data() + h.offset,
+                      data, stats_.data() + 4 * used);
+    ++used;
+  }
+  if (received_ && used > 0) received_->record(stream_);
+  if (used == 0) {
+    sgd_step(stream_, n_, config_.lr, grad_.data(), params_.data());
+    return;
+  }
+  parzen_decide(stream_, parzen_, used, stats_.data(), lengths, history_.data(),
+                history_seen_.data(), accept_.data(), parzen_counters_.data());
+  parzen_merge(stream_, config_.merge.rule, config_.lr, config_.merge.alpha, n_, grad_.data(),
+               params_.data(), ranges, used, accept_.data());
+}
+
+void Worker::send() {
+  const int peers = transport_->size() - 1;
+  if (peers < 1) return;
+  const std::int64_t m = config_.message_size > 0 ? std::min(config_.message_size, n_) : n_;
+  if (send_cursor_ >= n_) send_cursor_ = 0;
+  MessageHeader h;
+  h.sender = id_;
+  h.sender_step = steps_;
+  h.offset = send_cursor_;
+  h.length = std::min(m, n_ - send_cursor_);
+  send_cursor_ += h.length;
+  // Uniform over the others: draw among peers-many and skip over ourselves.
+  int peer = static_cast<int>(peer_rng_() % static_cast<std::uint64_t>(peers));
+  if (peer >= id_) ++peer;
+  ++counters_.sent;
+  counters_.bytes_sent += h.length * static_cast<std::int64_t>(sizeof(float));
+  if (stream_.is_host()) {
+    transport_->post(peer, h, params_.data() + h.offset);
+    return;
+  }
+  // On a GPU the range goes to pinned memory first; it is posted at the next step, when the
+  // copy has long finished, so the compute stream never waits for it.
+  flush_pending_send();
+  if (send_staging_.size() < static_cast<std::size_t>(transport_->max_message()))
+    send_staging_ = PinnedBuffer<float>(static_cast<std::size_t>(transport_->max_message()));
+  params_.download(send_staging_.data(), static_cast<std::size_t>(h.length), stream_,
+                   static_cast<std::size_t>(h.offset));
+  staged_->record(stream_);
+  pending_header_ = h;
+  pending_peer_ = peer;
+  send_pending_ = true;
+}
+
+void Worker::flush_pending_send() {
+  if (!send_pending_) return;
+  staged_->synchronize();
+  transport_->post(pending_peer_, pending_header_, send_staging_.data());
+  send_pending_ = false;
+}
+
+WorkerEval Worker::evaluate() {
+  model_->evaluate(params_.data(), test_.all(), loss_.data() + 1, correct_.data(), stream_);
+  double loss[2];
+  std::int64_t correct = 0;
+  loss_.download(loss, 2, stream_);
+  correct_.download(&correct, 1, stream_);
+  stream_.synchronize();
+  loss_.zero(stream_);
+  correct_.zero(stream_);
+  WorkerEval e;
+  const std::int64_t steps = steps_ - steps_at_last_eval_;
+  steps_at_last_eval_ = steps_;
+  e.train_steps = steps;
+  e.train_loss = steps > 0 ? loss[0] / static_cast<double>(steps * config_.batch) : std::nan("");
+  e.loss = loss[1] / static_cast<double>(test_.rows());
+  e.accuracy = static_cast<double>(correct) / static_cast<double>(test_.rows());
+  return e;
+}
+
+WorkerCounters Worker::counters() {
+  std::int64_t c[kParzenCounterCount];
+  parzen_counters_.download(c, kParzenCounterCount, stream_);
+  stream_.synchronize();
+  counters_.accepted = c[kAccepted];
+  counters_.rejected_direction = c[kRejectedDirection];
+  counters_.rejected_window = c[kRejectedWindow];
+  counters_.nonfinite = c[kNonFinite];
+  return counters_;
+}
+
+}  // namespace asgd

@@ -1,0 +1,131 @@
+// One worker of a run: its device stream, model, state, shard and the per-step algorithm of
+// DESIGN.md section 1 — local gradient, collect fresh messages, Parzen-window test, merge
+// with the SGD step, send a range of the state every k steps — or one of the baselines.
+//
+// Ownership: a Worker owns its stream, model, buffers and resident data; it borrows the
+// Transport, which must outlive it. Thread-safety: a Worker is driven by one thread at a time.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <random>
+#include <vector>
+
+#include "comm/transport.h"
+#include "kernels/models/model.h"
+#include "kernels/parzen.h"
+#include "runtime/buffer.h"
+#include "runtime/config.h"
+#include "runtime/data/device_dataset.h"
+
+namespace asgd {
+
+// Builds a worker's model on its stream. `train` is the worker's shard (K-Means draws its
+// initial centres from it). Research code passes its own to train() to use its own model.
+using ModelFactory = std::function<std::unique_ptr<Model>(
+    const Stream& stream, std::int64_t input_dim, std::int32_t classes, std::int64_t max_batch,
+    const Dataset& train)>;
+
+// The built-in models of config.model.
+ModelFactory builtin_model_factory(const ModelSpec& spec);
+
+// Communication counters of one worker since the start (host copies, read at evaluations).
+struct WorkerCounters {
+  std::int64_t sent = 0;
+  std::int64_t bytes_sent = 0;
+  std::int64_t received = 0;
+  std::int64_t accepted = 0;
+  std::int64_t rejected_direction = 0;
+  std::int64_t rejected_window = 0;
+  std::int64_t nonfinite = 0;
+  std::int64_t malformed = 0;      // ranges outside the state: dropped before any test
+  double staleness_sum = 0;        // sum over received messages of (own step - sender step)
+};
+
+// An evaluation of the worker's current state on the test set.
+struct WorkerEval {
+  double loss = 0;      // mean test loss (the objective for non-classifiers)
+  double accuracy = 0;  // classifiers only
+  double train_loss = 0;  // mean training loss since the previous evaluation (NaN if none)
+  std::int64_t train_steps = 0;  // steps since the previous evaluation
+};
+
+class Worker {
+ public:
+  Worker(int id, const TrainConfig& config, const Dataset& shard, const Dataset& test,
+         const ModelFactory& factory);
+  Worker(const Worker&) = delete;
+  Worker& operator=(const Worker&) = delete;
+  ~Worker();
+
+  // Connects the worker to its peers (algorithms that communicate).
+  void attach(Transport* transport) { transport_ = transport; }
+
+  // One step of asgd, asgd-nofilter, simu or local.
+  void step();
+  // sync: the two halves of a step around the gradient exchange.
+  void compute_gradient();
+  void apply_mean_gradient(const std::vector<Worker*>& all);
+
+  WorkerEval evaluate();
+  WorkerCounters counters();
+
+  int id() const { return id_; }
+  std::int64_t steps() const { return steps_; }
+  std::int64_t max_steps() const { return max_steps_; }
+  std::int64_t parameter_count() const { return n_; }
+  const Model& model() const { return *model_; }
+  Model& model() { return *model_; }
+  const Stream& stream() const { return stream_; }
+  float* params() { return params_.data(); }
+  const float* gradient() const { return grad_.data(); }
+  // Copies the state to host memory (synchronises).
+  std::vector<float> download_state() const;
+  void upload_state(const std::vector<float>& state);
+
+ private:
+  void exchange_and_update();
+  void send();
+  void flush_pending_send();
+
+  const int id_;
+  const TrainConfig& config_;
+  Stream stream_;
+  DeviceDataset train_;
+  DeviceDataset test_;
+  std::unique_ptr<Model> model_;
+  std::int64_t n_;
+  std::int64_t max_steps_;
+  DeviceBuffer<float> params_;
+  DeviceBuffer<float> grad_;
+  DeviceBuffer<float> mean_grad_;  // sync only
+  BatchSampler sampler_;
+  DeviceBuffer<double> loss_;           // [0] training loss since last eval, [1] test loss
+  DeviceBuffer<std::int64_t> correct_;  // test
+  std::int64_t steps_ = 0;
+  std::int64_t steps_at_last_eval_ = 0;
+
+  // Communication.
+  Transport* transport_ = nullptr;
+  std::mt19937_64 peer_rng_;
+  std::int64_t send_cursor_ = 0;
+  WorkerCounters counters_;
+  ParzenParams parzen_;
+  DeviceBuffer<double> stats_;              // 4 per message
+  DeviceBuffer<std::int32_t> accept_;
+  DeviceBuffer<float> history_;
+  DeviceBuffer<std::int64_t> history_seen_;
+  DeviceBuffer<std::int64_t> parzen_counters_;
+  // CUDA only: received payloads copied to the device, and the outgoing range staged in
+  // pinned memory (posted one step later, once its copy has completed).
+  std::vector<DeviceBuffer<float>> receive_;
+  std::unique_ptr<Event> received_;
+  PinnedBuffer<float> send_staging_;
+  std::unique_ptr<Event> staged_;
+  bool send_pending_ = false;
+  MessageHeader pending_header_;
+  int pending_peer_ = -1;
+};
+
+}  // namespace asgd

@@ -1,0 +1,213 @@
+// The Parzen-window test and merge on hand-made cases with exact answers, and against a
+// float64 reference on random inputs.
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "kernels/parzen.h"
+#include "runtime/error.h"
+#include "tests/common/reference.h"
+
+namespace asgd {
+namespace {
+
+struct Decision {
+  std::vector<std::int32_t> accept;
+  std::vector<std::int64_t> counters = std::vector<std::int64_t>(kParzenCounterCount, 0);
+};
+
+// Runs statistics + decision for messages that each cover the whole (small) state.
+class ParzenFixture : public ::testing::Test {
+ protected:
+  Decision decide(const std::vector<float>& g, const std::vector<float>& w,
+                  const std::vector<std::vector<float>>& messages) {
+    const auto n = static_cast<std::int64_t>(w.size());
+    std::vector<double> stats(4 * messages.size());
+    std::vector<std::int64_t> lengths(messages.size(), n);
+    for (std::size_t m = 0; m < messages.size(); ++m)
+      parzen_statistics(stream_, n, g.data(), w.data(), messages[m].data(), &stats[4 * m]);
+    Decision d;
+    d.accept.assign(messages.size(), -1);
+    parzen_decide(stream_, params_, static_cast<int>(messages.size()), stats.data(),
+                  lengths.data(), history_.data(), &seen_, d.accept.data(), d.counters.data());
+    return d;
+  }
+  Stream stream_ = Stream::host();
+  ParzenParams params_;
+  std::vector<float> history_ = std::vector<float>(64, 0.0f);
+  std::int64_t seen_ = 0;
+};
+
+TEST_F(ParzenFixture, AcceptsAStateTheStepMovesTowards) {
+  params_.eps = 0.5f;
+  params_.window = std::numeric_limits<float>::infinity();
+  // w - eps*g = [0.5, 0.5] is closer to e = [0, 0] than w = [1, 1] is.
+  const Decision d = decide({1, 1}, {1, 1}, {{0, 0}, {2, 2}});
+  EXPECT_EQ(d.accept, (std::vector<std::int32_t>{1, 0}));
+  EXPECT_EQ(d.counters[kAccepted], 1);
+  EXPECT_EQ(d.counters[kRejectedDirection], 1);
+  EXPECT_EQ(seen_, 2);  // both distances enter the history
+}
+
+TEST_F(ParzenFixture, ATieIsRejected) {
+  params_.eps = 0.5f;
+  params_.window = std::numeric_limits<float>::infinity();
+  // dot(g, w - e) = 0.25 == eps/2 * ||g||^2: equally far before and after the step.
+  const Decision d = decide({1, 0}, {0.25f, 0}, {{0, 0}});
+  EXPECT_EQ(d.accept[0], 0);
+  EXPECT_EQ(d.counters[kRejectedDirection], 1);
+}
+
+TEST_F(ParzenFixture, NonFiniteValuesAreRejectedAndCounted) {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const float inf = std::numeric_limits<float>::infinity();
+  params_.window = inf;
+  const Decision d = decide({1, 1}, {1, 1}, {{0, nan}, {inf, 0}, {-inf, 0}, {0, 3e38f}});
+  EXPECT_EQ(d.accept, (std::vector<std::int32_t>{0, 0, 0, 0}));
+  EXPECT_EQ(d.counters[kNonFinite], 4);  // 3e38 squared overflows: counted as non-finite
+  EXPECT_EQ(d.counters[kAccepted] + d.counters[kRejectedDirection], 0);
+  EXPECT_EQ(seen_, 0);  // nothing non-finite enters the history
+}
+
+TEST_F(ParzenFixture, WindowWarmsUpThenRejectsFarStates) {
+  params_.eps = 0.5f;
+  params_.window = 4.0f;
+  params_.warmup = 3;
+  const std::vector<float> g{1, 1}, w{1, 1};
+  // d2 = ||w - e||^2 / 2 = 1 for e = [0, 0]; each passes the direction test.
+  Decision d = decide(g, w, {{0, 0}, {0, 0}, {0, 0}});
+  EXPECT_EQ(d.counters[kRejectedWindow], 3) << "nothing is accepted during the warm-up";
+  d = decide(g, w, {{0, 0}});
+  EXPECT_EQ(d.accept[0], 1);
+  // e = [-2, -2]: d2 = 9 > 4 * median(1, 1, 1, 1) but the direction test passes.
+  d = decide(g, w, {{-2, -2}, {-0.5f, -0.5f}});
+  EXPECT_EQ(d.accept, (std::vector<std::int32_t>{0, 1}));  // 2.25 <= 4
+  EXPECT_EQ(d.counters[kRejectedWindow], 1);
+  EXPECT_EQ(seen_, 6);
+}
+
+TEST_F(ParzenFixture, MedianIsOverTheLastHistoryMessages) {
+  params_.eps = 0.5f;
+  params_.window = 2.0f;
+  params_.warmup = 0;
+  params_.history = 2;
+  const std::vector<float> g{1, 1}, w{1, 1};
+  decide(g, w, {{0, 0}, {0, 0}});  // history {1, 1}
+  // d2 = 4 for e = [-1, -1]: rejected against median 1 ...
+  EXPECT_EQ(decide(g, w, {{-1, -1}}).accept[0], 0);
+  // ... which pushed 4 out the oldest 1: the history is {4, 1}, median 2.5: now accepted.
+  EXPECT_EQ(decide(g, w, {{-1, -1}}).accept[0], 1);
+}
+
+TEST_F(ParzenFixture, FilterOffAcceptsEverything) {
+  params_.filter = false;
+  const Decision d =
+      decide({1, 1}, {1, 1}, {{2, 2}, {std::numeric_limits<float>::quiet_NaN(), 0}});
+  EXPECT_EQ(d.accept, (std::vector<std::int32_t>{1, 1}));
+  EXPECT_EQ(d.counters[kAccepted], 2);
+}
+
+// Merge: state of 6, message A covers [0, 4), B covers [2, 6).
+struct MergeCase {
+  MergeRule rule;
+  std::vector<std::int32_t> accept;
+};
+
+class MergeTest : public ::testing::TestWithParam<MergeCase> {};
+
+TEST_P(MergeTest, MatchesTheRuleElementByElement) {
+  const MergeCase mc = GetParam();
+  const float eps = 0.3f, alpha = 0.4f;
+  const auto g = testing::random_vector(6, 1);
+  auto w = testing::random_vector(6, 2);
+  const auto a = testing::random_vector(4, 3), b = testing::random_vector(4, 4);
+  const MergeRange ranges[2] = {{a.data(), 0, 4}, {b.data(), 2, 4}};
+  std::vector<double> expected(6);
+  for (int i = 0; i < 6; ++i) {
+    std::vector<double> e;
+    if (mc.accept[0] && i < 4) e.push_back(a[i]);
+    if (mc.accept[1] && i >= 2) e.push_back(b[i - 2]);
+    const double c = static_cast<double>(e.size()), wi = w[i], gi = g[i];
+    double sum = 0;
+    for (double v : e) sum += v;
+    const double local = wi - eps * gi;
+    if (e.empty()) {
+      expected[i] = local;
+    } else if (mc.rule == MergeRule::kSeed) {
+      expected[i] = wi - eps / (c + 1) * (gi + c * wi - sum);
+    } else if (mc.rule == MergeRule::kAverage) {
+      expected[i] = (local + sum) / (c + 1);
+    } else {
+      expected[i] = local - alpha * (local - sum / c);
+    }
+  }
+  parzen_merge(Stream::host(), mc.rule, eps, alpha, 6, g.data(), w.data(), ranges, 2,
+               mc.accept.data());
+  EXPECT_TRUE(testing::all_close(w, expected, 1e-6, 1e-6));
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Rules, MergeTest,
+    ::testing::Values(MergeCase{MergeRule::kSeed, {1, 1}}, MergeCase{MergeRule::kSeed, {1, 0}},
+                      MergeCase{MergeRule::kSeed, {0, 0}}, MergeCase{MergeRule::kAverage, {1, 1}},
+                      MergeCase{MergeRule::kAverage, {0, 1}},
+                      MergeCase{MergeRule::kElastic, {1, 1}},
+                      MergeCase{MergeRule::kElastic, {1, 0}}));
+
+TEST(ParzenKernels, StatisticsMatchFloat64OnLargeRandomInputs) {
+  for (int threads : {1, 2}) {
+    const std::int64_t n = 300001;
+    const auto g = testing::random_vector(n, 5), w = testing::random_vector(n, 6);
+    const auto e = testing::random_vector(n, 7);
+    double dot = 0, gg = 0, dd = 0;
+    for (std::int64_t i = 0; i < n; ++i) {
+      const double d = static_cast<double>(w[i]) - e[i];
+      dot += g[i] * d;
+      gg += static_cast<double>(g[i]) * g[i];
+      dd += d * d;
+    }
+    double out[4];
+    parzen_statistics(Stream::host(threads), n, g.data(), w.data(), e.data(), out);
+    EXPECT_NEAR(out[0], dot, 1e-6 * n);
+    EXPECT_NEAR(out[1], gg, 1e-6 * gg);
+    EXPECT_NEAR(out[2], dd, 1e-6 * dd);
+  }
+}
+
+TEST(ParzenKernels, MergeOnLargeStateWithThreadsMatchesOneThread) {
+  const std::int64_t n = 200003;
+  const auto g = testing::random_vector(n, 8);
+  const auto w0 = testing::random_vector(n, 9);
+  const auto e1 = testing::random_vector(70000, 10), e2 = testing::random_vector(n, 11);
+  const MergeRange ranges[2] = {{e1.data(), 100000, 70000}, {e2.data(), 0, n}};
+  const std::int32_t accept[2] = {1, 1};
+  auto w1 = w0, w2 = w0;
+  parzen_merge(Stream::host(1), MergeRule::kSeed, 0.1f, 0, n, g.data(), w1.data(), ranges, 2,
+               accept);
+  parzen_merge(Stream::host(2), MergeRule::kSeed, 0.1f, 0, n, g.data(), w2.data(), ranges, 2,
+               accept);
+  EXPECT_EQ(w1, w2);
+  // Spot checks against the formula on elements covered once and twice.
+  for (std::int64_t i : {std::int64_t{5}, std::int64_t{100000}, std::int64_t{169999},
+                         std::int64_t{170000}, n - 1}) {
+    const bool both = i >= 100000 && i < 170000;
+    const double c = both ? 2 : 1;
+    const double sum = e2[i] + (both ? e1[i - 100000] : 0.0);
+    const double expect = w0[i] - 0.1 / (c + 1) * (g[i] + c * w0[i] - sum);
+    EXPECT_NEAR(w1[i], expect, 1e-6) << i;
+  }
+}
+
+TEST(ParzenKernels, RejectsRangesOutsideTheState) {
+  std::vector<float> g(4), w(4), e(4);
+  const MergeRange bad[1] = {{e.data(), 2, 4}};
+  const std::int32_t accept[1] = {1};
+  EXPECT_THROW(parzen_merge(Stream::host(), MergeRule::kSeed, 0.1f, 0, 4, g.data(), w.data(), bad,
+                            1, accept),
+               Error);
+}
+
+}  // namespace
+}  // namespace asgd
