@@ -5,7 +5,6 @@
 // the thread that creates a worker's stream is ready to launch on it. The destroy/free
 // functions restore the caller's current device afterwards: tearing down an object of another
 // device must not redirect the caller's later work.
-#include <mutex>
 #include <string>
 #include <vector>
 
@@ -164,12 +163,13 @@ void event_destroy(int device, void* event) noexcept {
 }
 
 void event_record(void* event, void* stream) {
-  ASGD_CHECK_CUDA(cudaEventRecord(static_cast<cudaEvent_t>(event), static_cast<cudaStream_t>(stream)));
+  ASGD_CHECK_CUDA(
+      cudaEventRecord(static_cast<cudaEvent_t>(event), static_cast<cudaStream_t>(stream)));
 }
 
 void event_wait(void* event, void* stream) {
-  ASGD_CHECK_CUDA(cudaStreamWaitEvent(static_cast<cudaStream_t>(stream),
-                                      static_cast<cudaEvent_t>(event), 0));
+  ASGD_CHECK_CUDA(
+      cudaStreamWaitEvent(static_cast<cudaStream_t>(stream), static_cast<cudaEvent_t>(event), 0));
 }
 
 void event_synchronize(void* event) {
@@ -178,8 +178,8 @@ void event_synchronize(void* event) {
 
 float event_elapsed_ms(void* start, void* end) {
   float ms = 0.0f;
-  ASGD_CHECK_CUDA(cudaEventElapsedTime(&ms, static_cast<cudaEvent_t>(start),
-                                       static_cast<cudaEvent_t>(end)));
+  ASGD_CHECK_CUDA(
+      cudaEventElapsedTime(&ms, static_cast<cudaEvent_t>(start), static_cast<cudaEvent_t>(end)));
   return ms;
 }
 

@@ -1,0 +1,153 @@
+#!/usr/bin/env bash
+# The gpu tier on a machine with a GPU: configures and builds asgd with the CUDA backend, runs
+# the tests labelled gpu, then runs asgd_gpu_tests under compute-sanitizer.
+#
+#   scripts/gpu_checks.sh [--deps DIR] [--build DIR] [--tools "memcheck racecheck ..."]
+#                         [-- EXTRA_CMAKE_ARGS...]
+#
+#   --deps DIR   headers and libraries packed by scripts/pack_gpu_deps.sh, for a machine that
+#                has a compiler, nvcc, cmake and ninja but not our Debian -dev packages
+#   --build DIR  build folder (default build-gpu; kept between runs, so a rerun is incremental)
+#   --tools      compute-sanitizer tools to run (default "memcheck racecheck synccheck")
+#
+# Writes to $OUT, or to bench/results/ when OUT is unset:
+#   gpu_checks_env.txt        nvidia-smi, driver, toolkit and compiler versions
+#   gpu_checks_build.log      configure and build
+#   gpu_checks_tests.log      ctest -L gpu;  gpu_checks_tests.xml: its JUnit report
+#   gpu_checks_sanitizer.log  every compute-sanitizer run
+#   gpu_checks_summary.txt    one line per step
+# Exits 0 only when every step passed. Without a visible GPU every gpu test skips itself and
+# the summary says so.
+set -uo pipefail
+
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+deps=""
+build="$repo/build-gpu"
+tools="memcheck racecheck synccheck"
+cmake_extra=()
+
+die() {
+  echo "gpu_checks: $*" >&2
+  exit 2
+}
+
+while (($#)); do
+  case "$1" in
+    --deps) deps="${2:?--deps needs a folder}"; shift 2 ;;
+    --build) build="${2:?--build needs a folder}"; shift 2 ;;
+    --tools) tools="${2?--tools needs a list}"; shift 2 ;;
+    --) shift; cmake_extra=("$@"); break ;;
+    -h | --help) sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    *) die "unknown argument '$1' (see --help)" ;;
+  esac
+done
+
+out="${OUT:-$repo/bench/results}"
+mkdir -p "$out" "$build" || die "cannot create $out or $build"
+out="$(cd "$out" && pwd)"
+build="$(cd "$build" && pwd)"
+summary="$out/gpu_checks_summary.txt"
+: >"$summary"
+failed=0
+
+# record STEP RC [NOTE]: one summary line; a nonzero RC fails the run.
+record() {
+  local verdict=PASS
+  if [[ "$2" == skip ]]; then verdict=SKIP; elif (($2 != 0)); then verdict="FAIL (exit $2)"; failed=1; fi
+  echo "$1: $verdict${3:+ - $3}" | tee -a "$summary"
+}
+
+# The toolkit's tools may not be on PATH on a fresh machine.
+for d in /usr/local/cuda/bin /usr/local/cuda/compute-sanitizer; do
+  [[ -d "$d" && ":$PATH:" != *":$d:"* ]] && PATH="$PATH:$d"
+done
+export PATH
+
+# ---------------------------------------------------------------------------------------------
+# The machine.
+{
+  echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo "host: $(uname -srm)"
+  echo "commit: $(git -C "$repo" rev-parse HEAD 2>/dev/null || echo unknown)"
+  if command -v nvidia-smi >/dev/null; then
+    nvidia-smi
+    nvidia-smi --query-gpu=index,name,driver_version,memory.total,compute_cap --format=csv
+  else
+    echo "nvidia-smi: not found"
+  fi
+  command -v nvcc >/dev/null && nvcc --version | tail -2 || echo "nvcc: not found"
+  cmake --version | head -1
+  ninja --version | sed 's/^/ninja /'
+  "${CXX:-c++}" --version | head -1
+} 2>&1 | tee "$out/gpu_checks_env.txt"
+gpus="$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)"
+
+# ---------------------------------------------------------------------------------------------
+# Packed dependencies: CMake finds them through deps.cmake; the loader finds the shared
+# libraries through links named by their SONAMEs (the pack stores each library only once).
+cmake_args=()
+if [[ -n "$deps" ]]; then
+  deps="$(cd "$deps" 2>/dev/null && pwd)" || die "--deps folder not found"
+  [[ -f "$deps/deps.cmake" && -f "$deps/lib/sonames.txt" ]] ||
+    die "$deps was not made by scripts/pack_gpu_deps.sh (no deps.cmake or lib/sonames.txt)"
+  cmake_args+=(-C "$deps/deps.cmake")
+  runtime="$build/deps-runtime"
+  rm -rf "$runtime" && mkdir -p "$runtime"
+  while read -r soname rel; do
+    ln -s "$deps/$rel" "$runtime/$soname"
+  done <"$deps/lib/sonames.txt"
+  export LD_LIBRARY_PATH="$runtime${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  echo "gpu_checks: dependencies from $deps"
+fi
+
+# ---------------------------------------------------------------------------------------------
+# Configure and build everything (the build runs the test binaries to list their tests).
+{
+  cmake -S "$repo" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DASGD_CUDA=ON \
+    -DASGD_MPI=OFF -DASGD_NCCL=OFF -DASGD_BUILD_TESTS=ON -DASGD_BUILD_BENCH=OFF \
+    "${cmake_args[@]}" "${cmake_extra[@]}" &&
+    cmake --build "$build" --parallel "$(nproc)"
+} 2>&1 | tee "$out/gpu_checks_build.log"
+build_rc=${PIPESTATUS[0]}
+record build "$build_rc"
+if ((build_rc != 0)); then
+  echo "gpu_checks: the build failed; see $out/gpu_checks_build.log" >&2
+  exit 1
+fi
+
+# ---------------------------------------------------------------------------------------------
+# The gpu tier.
+ctest --test-dir "$build" -L gpu --output-on-failure --output-junit "$out/gpu_checks_tests.xml" \
+  2>&1 | tee "$out/gpu_checks_tests.log"
+tests_rc=${PIPESTATUS[0]}
+skipped="$(grep -c '\*\*\*Skipped' "$out/gpu_checks_tests.log" || true)"
+note="$gpus GPU(s) visible, $skipped test(s) skipped"
+((gpus == 0)) && note="$note: no GPU, so nothing ran on one"
+record "gpu tests" "$tests_rc" "$note"
+
+# ---------------------------------------------------------------------------------------------
+# compute-sanitizer over the whole gpu test binary. CudaFaultTest faults a kernel on purpose
+# (in a child process), which the sanitizer would rightly report, so it is left out here.
+sanitizer="$(command -v compute-sanitizer || true)"
+: >"$out/gpu_checks_sanitizer.log"
+if [[ -z "$sanitizer" ]]; then
+  record compute-sanitizer skip "not installed"
+elif ((gpus == 0)); then
+  record compute-sanitizer skip "no GPU"
+else
+  for tool in $tools; do
+    args=(--tool "$tool" --error-exitcode 86)
+    [[ "$tool" == memcheck ]] && args+=(--leak-check full)
+    {
+      echo "=== compute-sanitizer ${args[*]}"
+      "$sanitizer" "${args[@]}" "$build/bin/asgd_gpu_tests" --gtest_filter='-CudaFaultTest.*'
+    } >>"$out/gpu_checks_sanitizer.log" 2>&1
+    rc=$?
+    tail -n 3 "$out/gpu_checks_sanitizer.log"
+    record "compute-sanitizer $tool" "$rc"
+  done
+fi
+
+echo "gpu_checks: results in $out"
+cat "$summary"
+exit "$failed"
