@@ -10,7 +10,8 @@ namespace asgd {
 // Plain SGD step: w[i] <- w[i] - lr * g[i].
 void sgd_step(const Stream& stream, std::int64_t n, float lr, const float* g, float* w);
 
-// y[i] <- alpha * x[i] + beta * y[i].
+// y[i] <- alpha * x[i] + beta * y[i]. With beta == 0, y is not read (as in BLAS), so it may
+// hold anything, NaN included.
 void axpby(const Stream& stream, std::int64_t n, float alpha, const float* x, float beta,
            float* y);
 

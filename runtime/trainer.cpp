@@ -97,7 +97,7 @@ class Run {
       ASGD_INPUT_ERROR("--algo sync with several GPUs in one process is not supported; use one "
                        "GPU or the MPI transport");
     for (int i = 0; i < c.workers; ++i) {
-      shards_.push_back(c.workers == 1 ? data.train : shard(data.train, i, c.workers));
+      shards_.push_back(c.workers == 1 ? data.train : shard(data.train, i, c.workers, c.seed));
       workers_.push_back(std::make_unique<Worker>(i, c, shards_.back(), data.test, factory));
     }
     Worker& w0 = *workers_.front();

@@ -141,15 +141,19 @@ void LocalTransport::post(int peer, const MessageHeader& header, const float* da
 
 int LocalTransport::collect(int receiver, const Message** out, int max) {
   int n = 0;
-  const int start = next_sender_[static_cast<std::size_t>(receiver)];
+  int& start = next_sender_[static_cast<std::size_t>(receiver)];
+  int last = start;
   for (int i = 0; i < workers_ && n < max; ++i) {
     const int sender = (start + i) % workers_;
     if (sender == receiver) continue;
-    if (const Message* m = slot(receiver, sender).acquire()) out[n++] = m;
+    if (const Message* m = slot(receiver, sender).acquire()) {
+      out[n++] = m;
+      last = sender;
+    }
   }
-  // The next call starts after the first sender skipped for lack of room, so every sender is
-  // served even when more have fresh messages than `max`.
-  next_sender_[static_cast<std::size_t>(receiver)] = (start + 1) % workers_;
+  // The next call starts after the last sender served, so every sender gets its turn even when
+  // more have fresh messages than `max`.
+  start = (last + 1) % workers_;
   return n;
 }
 

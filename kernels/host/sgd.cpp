@@ -26,7 +26,11 @@ void axpby(const Stream& stream, std::int64_t n, float alpha, const float* x, fl
   detail::parallel_for(stream, n, kGrain, [&](std::int64_t i0, std::int64_t i1) {
     const float* __restrict xx = x;
     float* __restrict yy = y;
-    for (std::int64_t i = i0; i < i1; ++i) yy[i] = alpha * xx[i] + beta * yy[i];
+    if (beta == 0.0f) {
+      for (std::int64_t i = i0; i < i1; ++i) yy[i] = alpha * xx[i];
+    } else {
+      for (std::int64_t i = i0; i < i1; ++i) yy[i] = alpha * xx[i] + beta * yy[i];
+    }
   });
 }
 

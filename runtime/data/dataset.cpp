@@ -1,9 +1,10 @@
 // Loading a data set named on the command line: spec parsing, train/test pairing, splitting,
 // normalisation and sharding. The readers live in idx_reader.cpp, libsvm_reader.cpp and
-// csv_reader.cpp.
+// csv_reader.cpp, the generators in synthetic.cpp.
 #include "runtime/data/dataset.h"
 
 #include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -13,23 +14,59 @@
 #include <random>
 #include <string>
 #include <string_view>
+#include <system_error>
 #include <vector>
 
 #include "runtime/data/idx.h"
+#include "runtime/data/synthetic.h"
 #include "runtime/data/text_formats.h"
 #include "runtime/error.h"
 
 namespace asgd {
 namespace {
 
-constexpr const char* kAcceptedSpecs = "fashion-mnist, idx:DIR, libsvm:PATH or csv:PATH";
+constexpr const char* kAcceptedSpecs =
+    "fashion-mnist, idx:DIR, libsvm:PATH or csv:PATH (files), or blobs:N,D,K (generated)";
+constexpr const char* kBlobsForm =
+    "blobs:N,D,K: N points in D dimensions from K Gaussian blobs, three positive integers";
 
-enum class Format { kIdx, kLibsvm, kCsv };
+enum class Format { kIdx, kLibsvm, kCsv, kBlobs };
+
+struct BlobsShape {
+  std::int64_t points = 0;
+  std::int64_t dims = 0;
+  std::int32_t blobs = 0;
+};
 
 struct Spec {
   Format format;
-  std::string path;  // a directory for kIdx
+  std::string path;    // a directory for kIdx; "N,D,K" for kBlobs
+  BlobsShape blobs{};  // kBlobs only
 };
+
+// Parses "N,D,K" strictly: three comma-separated decimal integers, nothing else, no signs or
+// spaces. Zero and out-of-range values are left to make_blobs, which says what is wrong.
+BlobsShape parse_blobs(const std::string& spec, const std::string& args, const char* what) {
+  std::int64_t values[3] = {};
+  std::size_t begin = 0;
+  for (int i = 0; i < 3; ++i) {
+    const std::size_t end = i < 2 ? args.find(',', begin) : args.size();
+    const bool digits = end != std::string::npos && end > begin &&
+                        std::all_of(args.begin() + static_cast<std::ptrdiff_t>(begin),
+                                    args.begin() + static_cast<std::ptrdiff_t>(end),
+                                    [](char c) { return c >= '0' && c <= '9'; });
+    const char* first = args.data() + begin;
+    const char* last = args.data() + (end == std::string::npos ? args.size() : end);
+    const auto parsed = std::from_chars(first, last, values[i]);
+    if (!digits || parsed.ec != std::errc() || parsed.ptr != last)
+      ASGD_INPUT_ERROR("{} '{}' is not of the form {}", what, spec, kBlobsForm);
+    begin = end + 1;
+  }
+  if (values[2] > INT32_MAX)
+    ASGD_INPUT_ERROR("{} '{}': {} blobs is too many; K must be at most {}", what, spec, values[2],
+                     INT32_MAX);
+  return {values[0], values[1], static_cast<std::int32_t>(values[2])};
+}
 
 Spec parse_spec(const std::string& spec, const char* what) {
   if (spec == "fashion-mnist") return {Format::kIdx, fashion_mnist_dir()};
@@ -43,6 +80,8 @@ Spec parse_spec(const std::string& spec, const char* what) {
     format = Format::kLibsvm;
   } else if (scheme == "csv") {
     format = Format::kCsv;
+  } else if (scheme == "blobs") {
+    return {Format::kBlobs, path, parse_blobs(spec, path, what)};
   } else {
     ASGD_INPUT_ERROR("unknown {} '{}'; expected {}", what, spec, kAcceptedSpecs);
   }
@@ -59,6 +98,8 @@ const char* format_name(Format format) {
       return "LIBSVM";
     case Format::kCsv:
       return "CSV";
+    case Format::kBlobs:
+      return "generated blobs";
   }
   return "?";
 }
@@ -226,6 +267,12 @@ std::string fashion_mnist_dir() {
 TrainTest load_dataset(const DataOptions& options) {
   const Spec train_spec = parse_spec(options.spec, "data set");
   const bool has_test_spec = !options.test_spec.empty();
+  // A second generated set would have centres of its own, so it could not test the first.
+  if (has_test_spec && train_spec.format == Format::kBlobs)
+    ASGD_INPUT_ERROR(
+        "the data set '{}' is generated and split into train and test by the test fraction; "
+        "it takes no separate test set ('{}')",
+        options.spec, options.test_spec);
   Spec test_spec{};
   if (has_test_spec) {
     test_spec = parse_spec(options.test_spec, "test set");
@@ -262,6 +309,10 @@ TrainTest load_dataset(const DataOptions& options) {
       data.test = test_read.get();
       have_test = true;
     }
+  } else if (train_spec.format == Format::kBlobs) {
+    validate_fraction(options.test_fraction);
+    const BlobsShape& b = train_spec.blobs;
+    data.train = make_blobs(b.points, b.dims, b.blobs, options.seed);
   } else {
     if (!has_test_spec) validate_fraction(options.test_fraction);
     TextReadOptions text;
@@ -294,7 +345,14 @@ TrainTest load_dataset(const DataOptions& options) {
   } else {
     data = split_train_test(data.train, options.test_fraction, options.seed);
   }
-  normalize(data, options.normalize, from_bytes);
+  // Blobs are left as generated: their scale is known (centres in [-10, 10], unit noise), and
+  // standardising would rescale the noise by each feature's spread of centres, moving the
+  // objective's floor away from D / 2.
+  const Normalize mode =
+      train_spec.format == Format::kBlobs && options.normalize == Normalize::kAuto
+          ? Normalize::kNone
+          : options.normalize;
+  normalize(data, mode, from_bytes);
   return data;
 }
 
@@ -338,16 +396,24 @@ void normalize(TrainTest& data, Normalize mode, bool from_bytes) {
   }
 }
 
-Dataset shard(const Dataset& data, int index, int count) {
+Dataset shard(const Dataset& data, int index, int count, std::uint64_t seed) {
   ASGD_CHECK(count >= 1 && index >= 0 && index < count, "shard {} of {} does not exist", index,
              count);
   if (data.rows < count)
     ASGD_INPUT_ERROR("{}: {} rows cannot be shared by {} workers: each needs at least one row",
                      data.source, data.rows, count);
+  // Files are often sorted (by label, by time): a seeded permutation first, so that every
+  // shard is a fair sample of the whole; every worker computes the same permutation.
+  std::vector<std::int64_t> order(static_cast<std::size_t>(data.rows));
+  for (std::int64_t r = 0; r < data.rows; ++r) order[static_cast<std::size_t>(r)] = r;
+  std::mt19937_64 rng(seed);
+  for (std::int64_t i = data.rows - 1; i > 0; --i)
+    std::swap(order[static_cast<std::size_t>(i)],
+              order[uniform_below(rng, static_cast<std::uint64_t>(i + 1))]);
   std::vector<std::int64_t> rows;
   rows.reserve(static_cast<std::size_t>(data.rows / count + 1));
   for (std::int64_t r = index; r < data.rows; r += count)
-    rows.push_back(r);
+    rows.push_back(order[static_cast<std::size_t>(r)]);
   return take_rows(data, rows);
 }
 

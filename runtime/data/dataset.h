@@ -38,7 +38,9 @@ Normalize parse_normalize(std::string_view name);  // "auto", "none", "unit", "s
 enum class CsvHeader { kAuto, kYes, kNo };
 
 struct DataOptions {
-  // "fashion-mnist", "idx:DIR", "libsvm:PATH", "csv:PATH".
+  // "fashion-mnist", "idx:DIR", "libsvm:PATH", "csv:PATH", or "blobs:N,D,K": N points in D
+  // dimensions from K Gaussian blobs (make_blobs in synthetic.h, seeded with `seed`), split by
+  // test_fraction, taking no test_spec, and not normalised under Normalize::kAuto.
   std::string spec = "fashion-mnist";
   // Optional held-out set in the same format ("libsvm:PATH", ...); when empty and the spec has
   // no test part of its own (IDX directories with t10k-* files do), the train file is split.
@@ -70,7 +72,9 @@ TrainTest split_train_test(const Dataset& all, double test_fraction, std::uint64
 // Normalises both sets in place with statistics of `data.train` only.
 void normalize(TrainTest& data, Normalize mode, bool from_bytes);
 
-// Worker `index` of `count` gets rows index, index + count, index + 2*count, ...
-Dataset shard(const Dataset& data, int index, int count);
+// Worker `index` of `count` gets rows index, index + count, index + 2*count, ... of a
+// permutation of the rows drawn from `seed` (the same for every worker, so the shards are
+// disjoint and cover every row).
+Dataset shard(const Dataset& data, int index, int count, std::uint64_t seed);
 
 }  // namespace asgd

@@ -1027,34 +1027,50 @@ TEST(SplitShard, SplitRejectsBadInput) {
   expect_input_error([&] { split_train_test(numbered_rows(1), 0.5, 1); }, {"numbered", "1 row"});
 }
 
-TEST(SplitShard, ShardsAreStridedDisjointAndComplete) {
+TEST(SplitShard, ShardsAreDisjointCompleteAndSeeded) {
   const Dataset all = numbered_rows(10);
   std::vector<int> owner(10, -1);
   const std::vector<std::int64_t> sizes = {4, 3, 3};
   for (int s = 0; s < 3; ++s) {
-    const Dataset part = shard(all, s, 3);
+    const Dataset part = shard(all, s, 3, 7);
     EXPECT_EQ(part.rows, sizes[static_cast<std::size_t>(s)]);
     EXPECT_EQ(part.cols, 2);
     EXPECT_EQ(part.classes, all.classes);
     expect_rows_consistent(part);
+    EXPECT_EQ(part.labels, shard(all, s, 3, 7).labels);  // the seed decides
     for (std::int64_t r = 0; r < part.rows; ++r) {
       const int row = part.labels[static_cast<std::size_t>(r)];
-      EXPECT_EQ(row, s + 3 * r);
       EXPECT_EQ(owner[static_cast<std::size_t>(row)], -1) << "row " << row << " in two shards";
       owner[static_cast<std::size_t>(row)] = s;
     }
   }
   for (int o : owner)
     EXPECT_NE(o, -1);
-  EXPECT_EQ(shard(all, 0, 1).labels, all.labels);
+  EXPECT_NE(shard(all, 0, 3, 7).labels, shard(all, 0, 3, 8).labels);
+  const Dataset whole = shard(all, 0, 1, 7);
+  std::vector<int> sorted(whole.labels.begin(), whole.labels.end());
+  std::sort(sorted.begin(), sorted.end());
+  EXPECT_EQ(sorted, std::vector<int>(all.labels.begin(), all.labels.end()));
+}
+
+TEST(SplitShard, ShardsOfALabelSortedFileSeeEveryLabel) {
+  // Rows whose label is row % 4: a strided split into 2 would give each shard two labels.
+  Dataset all = numbered_rows(400);
+  for (std::int64_t r = 0; r < all.rows; ++r) all.labels[static_cast<std::size_t>(r)] = r % 4;
+  all.classes = 4;
+  for (int s = 0; s < 2; ++s) {
+    const Dataset part = shard(all, s, 2, 1);
+    const std::set<int> labels(part.labels.begin(), part.labels.end());
+    EXPECT_EQ(labels.size(), 4u);
+  }
 }
 
 TEST(SplitShard, ShardRejectsBadArguments) {
   const Dataset all = numbered_rows(3);
-  expect_input_error([&] { shard(all, 0, 4); }, {"numbered", "3 rows", "4 workers"});
-  EXPECT_THROW(shard(all, 3, 3), Error);
-  EXPECT_THROW(shard(all, -1, 3), Error);
-  EXPECT_THROW(shard(all, 0, 0), Error);
+  expect_input_error([&] { shard(all, 0, 4, 1); }, {"numbered", "3 rows", "4 workers"});
+  EXPECT_THROW(shard(all, 3, 3, 1), Error);
+  EXPECT_THROW(shard(all, -1, 3, 1), Error);
+  EXPECT_THROW(shard(all, 0, 0, 1), Error);
 }
 
 }  // namespace

@@ -172,6 +172,12 @@ TEST_P(VectorTest, SgdAxpbyFill) {
   axpby(s, n, 2.0f, g.data(), -0.5f, w.data());
   EXPECT_TRUE(all_close(w, expected, 1e-6, 1e-7));
 
+  // beta == 0 does not read y: a NaN there must not survive.
+  std::vector<float> y(n, std::numeric_limits<float>::quiet_NaN());
+  axpby(s, n, 0.5f, g.data(), 0.0f, y.data());
+  for (int i = 0; i < n; ++i) expected[i] = 0.5 * g[i];
+  EXPECT_TRUE(all_close(y, expected, 1e-7, 0));
+
   fill(s, n, 3.25f, w.data());
   EXPECT_TRUE(all_close(w, std::vector<double>(n, 3.25), 0, 0));
 }

@@ -3,7 +3,6 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
-#include <random>
 #include <sstream>
 #include <string>
 
@@ -13,31 +12,16 @@
 #include "runtime/config.h"
 #include "runtime/error.h"
 #include "runtime/trainer.h"
+#include "tests/common/separable.h"
 
 namespace asgd {
 namespace {
 using ::testing::HasSubstr;
 namespace fs = std::filesystem;
 
-// Gaussian blobs around well-separated centres: linearly separable with high probability.
-Dataset blobs(std::int64_t rows, std::int64_t cols, int classes, std::uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> noise(0.0f, 0.3f);
-  Dataset d;
-  d.source = "blobs";
-  d.rows = rows;
-  d.cols = cols;
-  d.classes = classes;
-  for (std::int64_t r = 0; r < rows; ++r) {
-    const int label = static_cast<int>(r % classes);
-    d.labels.push_back(label);
-    for (std::int64_t c = 0; c < cols; ++c)
-      d.features.push_back((c % classes == label ? 2.0f : 0.0f) + noise(rng));
-  }
-  return d;
-}
+using testing::separable;
 
-TrainTest blob_data() { return {blobs(2000, 12, 4, 1), blobs(400, 12, 4, 2)}; }
+TrainTest blob_data() { return testing::separable_train_test(); }
 
 TrainConfig small_config() {
   TrainConfig c;
@@ -146,7 +130,7 @@ TEST(TrainerTest, RejectsBadSettings) {
   c.target_accuracy = 1.5;
   EXPECT_THROW(train(c, blob_data()), InputError);
   TrainTest mismatched = blob_data();
-  mismatched.test = blobs(10, 11, 4, 3);
+  mismatched.test = separable(10, 11, 4, 3);
   EXPECT_THROW(train(small_config(), mismatched), InputError);
 }
 

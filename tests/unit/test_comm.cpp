@@ -1,0 +1,163 @@
+// The receive slot and the in-process transport: latest wins, consume once, bounded queues.
+#include <atomic>
+#include <set>
+#include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "comm/local/local_transport.h"
+#include "comm/message_slot.h"
+#include "runtime/error.h"
+
+namespace asgd {
+namespace {
+
+void write(MessageSlot& slot, int sender, std::int64_t seq, std::int64_t length) {
+  MessageSlot::Writer w(slot);
+  Message& m = w.message();
+  m.header.sender = sender;
+  m.header.sender_step = seq;
+  m.header.length = length;
+  for (std::int64_t i = 0; i < length; ++i)
+    m.payload[static_cast<std::size_t>(i)] = static_cast<float>(sender * 1000003 + seq + i);
+  w.publish();
+}
+
+TEST(MessageSlotTest, LatestWinsAndConsumeOnce) {
+  MessageSlot slot(8);
+  EXPECT_EQ(slot.acquire(), nullptr);
+  write(slot, 1, 10, 8);
+  write(slot, 1, 11, 8);  // replaces the unread 10
+  const Message* m = slot.acquire();
+  ASSERT_NE(m, nullptr);
+  EXPECT_EQ(m->header.sender_step, 11);
+  EXPECT_EQ(slot.acquire(), nullptr);  // consumed once
+  write(slot, 1, 12, 4);
+  m = slot.acquire();
+  ASSERT_NE(m, nullptr);
+  EXPECT_EQ(m->header.sender_step, 12);
+  EXPECT_EQ(m->header.length, 4);
+  EXPECT_EQ(slot.published(), 3);
+  EXPECT_EQ(slot.overwritten(), 1);
+}
+
+// Several writers and one reader hammer one slot. Every message the reader gets must be whole
+// (its payload matches its header), none twice, each writer's in increasing order, and every
+// published message is either read or counted as overwritten.
+TEST(MessageSlotTest, ConcurrentWritersStress) {
+  constexpr int kWriters = 3;
+  constexpr std::int64_t kPerWriter = 20000, kLength = 257;
+  MessageSlot slot(kLength);
+  std::atomic<int> done{0};
+  std::vector<std::thread> writers;
+  for (int w = 0; w < kWriters; ++w)
+    writers.emplace_back([&, w] {
+      for (std::int64_t s = 0; s < kPerWriter; ++s) write(slot, w, s, kLength);
+      ++done;
+    });
+  std::set<std::pair<int, std::int64_t>> seen;
+  std::vector<std::int64_t> last(kWriters, -1);
+  std::int64_t read = 0, torn = 0, repeated = 0, out_of_order = 0;
+  auto drain = [&] {
+    while (const Message* m = slot.acquire()) {
+      ++read;
+      const int s = m->header.sender;
+      const std::int64_t q = m->header.sender_step;
+      for (std::int64_t i = 0; i < kLength; ++i)
+        if (m->payload[static_cast<std::size_t>(i)] != static_cast<float>(s * 1000003 + q + i)) {
+          ++torn;
+          break;
+        }
+      if (!seen.insert({s, q}).second) ++repeated;
+      if (q <= last[static_cast<std::size_t>(s)]) ++out_of_order;
+      last[static_cast<std::size_t>(s)] = q;
+    }
+  };
+  while (done.load() < kWriters) drain();
+  for (auto& t : writers) t.join();
+  drain();
+  EXPECT_EQ(torn, 0);
+  EXPECT_EQ(repeated, 0);
+  EXPECT_EQ(out_of_order, 0);
+  EXPECT_GT(read, 0);
+  EXPECT_EQ(slot.published(), kWriters * kPerWriter);
+  EXPECT_EQ(read + slot.overwritten(), slot.published());
+}
+
+TEST(LocalTransportTest, IdealLinksDeliverInsidePost) {
+  LocalTransport t(3, {16, 2, false});
+  std::vector<float> data{1, 2, 3, 4};
+  MessageHeader h;
+  h.sender = 0;
+  h.offset = 5;
+  h.length = 4;
+  t.post(2, h, data.data());
+  h.sender = 1;
+  t.post(2, h, data.data());
+  const Message* got[4];
+  EXPECT_EQ(t.collect(1, got, 4), 0);
+  ASSERT_EQ(t.collect(2, got, 4), 2);
+  EXPECT_NE(got[0]->header.sender, got[1]->header.sender);
+  EXPECT_EQ(got[0]->header.offset, 5);
+  EXPECT_EQ(got[1]->payload[3], 4.0f);
+  EXPECT_EQ(t.collect(2, got, 4), 0);
+  EXPECT_EQ(t.stats(0, 2).delivered, 1);
+  EXPECT_EQ(t.stats(0, 2).bytes_delivered, 16);
+}
+
+TEST(LocalTransportTest, CollectHonoursItsLimitAndServesEverySender) {
+  LocalTransport t(4, {4, 2, true});
+  std::vector<float> data(4, 1.0f);
+  const Message* got[4];
+  std::set<int> served;
+  for (int round = 0; round < 3; ++round) {
+    for (int s = 1; s < 4; ++s) {
+      MessageHeader h;
+      h.sender = s;
+      h.length = 4;
+      t.post(0, h, data.data());
+    }
+    ASSERT_EQ(t.collect(0, got, 1), 1);
+    served.insert(got[0]->header.sender);
+  }
+  EXPECT_EQ(served.size(), 3u);  // the starting sender rotates
+}
+
+TEST(LocalTransportTest, FullQueueSupersedesTheOldestUnsentMessage) {
+  LocalTransport t(2, {1024, 2, false});
+  t.set_link(0, 1, {1.0, 0.0});  // one byte per second: nothing arrives during the test
+  std::vector<float> data(1024, 0.5f);
+  MessageHeader h;
+  h.sender = 0;
+  h.length = 1024;
+  const int posts = 6;
+  for (int i = 0; i < posts; ++i) {
+    h.sender_step = i;
+    t.post(1, h, data.data());
+  }
+  const LinkStats s = t.stats(0, 1);
+  EXPECT_EQ(s.posted, posts);
+  EXPECT_EQ(s.delivered, 0);
+  // At most one message is on the wire and two wait; all others were superseded.
+  EXPECT_GE(s.superseded, posts - 3);
+  EXPECT_LE(s.superseded, posts - 2);
+  const Message* got[1];
+  EXPECT_EQ(t.collect(1, got, 1), 0);
+}
+
+TEST(LocalTransportTest, RejectsBadMessagesAndLinks) {
+  LocalTransport t(2, {8, 2, false});
+  std::vector<float> data(16);
+  MessageHeader h;
+  h.sender = 0;
+  h.length = 9;  // larger than the transport carries
+  EXPECT_THROW(t.post(1, h, data.data()), Error);
+  h.length = 4;
+  EXPECT_THROW(t.post(0, h, data.data()), Error);  // to itself
+  EXPECT_THROW(t.post(2, h, data.data()), Error);  // no such worker
+  EXPECT_THROW(t.set_link(0, 1, {0.0, 0.0}), Error);
+}
+
+}  // namespace
+}  // namespace asgd

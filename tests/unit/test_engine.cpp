@@ -1,0 +1,216 @@
+// Multi-worker training in one process: every algorithm, deterministic mode, custom models,
+// and errors raised inside worker threads.
+#include <atomic>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "kernels/gemm.h"
+#include "kernels/loss.h"
+#include "kernels/models/model.h"
+#include "runtime/error.h"
+#include "runtime/trainer.h"
+#include "tests/common/separable.h"
+
+namespace asgd {
+namespace {
+using ::testing::HasSubstr;
+
+TrainConfig engine_config(Algorithm algorithm, int workers) {
+  TrainConfig c;
+  c.model = {"mlp", {16}};
+  c.batch = 16;
+  c.lr = 0.1f;
+  c.epochs = 3;
+  c.eval_every = 25;
+  c.progress = false;
+  c.workers = workers;
+  c.algorithm = algorithm;
+  c.window_warmup = 4;
+  return c;
+}
+
+class AlgorithmTest : public ::testing::TestWithParam<Algorithm> {};
+
+TEST_P(AlgorithmTest, ThreeWorkersLearn) {
+  const TrainConfig c = engine_config(GetParam(), 3);
+  const TrainResult r = train(c, testing::separable_train_test());
+  EXPECT_EQ(r.workers, 3);
+  EXPECT_GE(r.final_test_accuracy, 0.95) << to_string(GetParam());
+  EXPECT_EQ(r.stop_reason, "epochs");
+  if (communicates(GetParam())) {
+    EXPECT_GT(r.messages_sent, 0);
+    // How many arrive in time depends on the scheduling of the threads; deterministic mode
+    // checks exact counts.
+    EXPECT_LE(r.messages_received, r.messages_sent);
+    EXPECT_LE(r.messages_accepted + r.messages_rejected, r.messages_received);
+    EXPECT_EQ(r.bytes_sent, r.messages_sent * r.parameters * 4);  // whole-state messages
+    if (GetParam() == Algorithm::kAsgdNoFilter) {
+      EXPECT_EQ(r.messages_rejected, 0);
+    }
+  } else {
+    EXPECT_EQ(r.messages_sent, 0);
+  }
+  if (GetParam() == Algorithm::kSimu) {
+    EXPECT_EQ(r.history.back().worker, -1);  // the average
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Engine, AlgorithmTest,
+                         ::testing::Values(Algorithm::kAsgd, Algorithm::kAsgdNoFilter,
+                                           Algorithm::kSync, Algorithm::kSimu, Algorithm::kLocal),
+                         [](const auto& p) {
+                           std::string n(to_string(p.param));
+                           for (auto& ch : n)
+                             if (ch == '-') ch = '_';
+                           return n;
+                         });
+
+// Runs a deterministic configuration and returns everything observable about it.
+// NaN (a training loss over no steps) is recorded as -1 so that vectors compare equal.
+std::vector<double> observe(const TrainConfig& c) {
+  const TrainResult r = train(c, testing::separable_train_test());
+  std::vector<double> v;
+  auto push = [&v](double x) { v.push_back(std::isnan(x) ? -1.0 : x); };
+  for (const EvalPoint& p : r.history) {
+    push(p.train_loss);
+    push(p.test_loss);
+    push(static_cast<double>(p.messages_accepted));
+  }
+  for (const EvalPoint& p : r.worker_final) push(p.test_loss);
+  push(static_cast<double>(r.messages_accepted));
+  push(static_cast<double>(r.messages_rejected));
+  return v;
+}
+
+TEST(DeterministicTest, AsgdIsRepeatableBitForBit) {
+  TrainConfig c = engine_config(Algorithm::kAsgd, 4);
+  c.deterministic = true;
+  c.message_size = 100;  // partial messages rotating over the state
+  c.send_interval = 2;
+  c.straggler = {1, 2.0};
+  const auto a = observe(c);
+  const auto b = observe(c);
+  EXPECT_EQ(a, b);  // exact, not approximate
+  c.seed = 7;
+  EXPECT_NE(observe(c), a);
+}
+
+TEST(DeterministicTest, EveryAlgorithmIsRepeatable) {
+  for (Algorithm algo : {Algorithm::kAsgdNoFilter, Algorithm::kSync, Algorithm::kSimu,
+                         Algorithm::kLocal}) {
+    SCOPED_TRACE(std::string(to_string(algo)));
+    TrainConfig c = engine_config(algo, 2);
+    c.deterministic = true;
+    c.epochs = 1;
+    EXPECT_EQ(observe(c), observe(c)) << to_string(algo);
+  }
+}
+
+TEST(DeterministicTest, FilterIsActive) {
+  TrainConfig c = engine_config(Algorithm::kAsgd, 3);
+  c.deterministic = true;
+  const TrainResult r = train(c, testing::separable_train_test());
+  EXPECT_GT(r.messages_accepted, 0);
+  EXPECT_GT(r.messages_rejected, 0);
+  EXPECT_EQ(r.messages_nonfinite, 0);
+}
+
+// A model written outside the library: multinomial logistic regression through the public
+// kernels, as examples/02_custom_model does.
+class TinySoftmax final : public Model {
+ public:
+  TinySoftmax(std::int64_t d, std::int32_t k, std::int64_t max_batch, const Stream& s)
+      : d_(d), k_(k), max_batch_(max_batch), logits_(s.backend(), s.device(), max_batch * k) {
+    layout_ = {{"w", {k, d}, 0, d}};
+  }
+  std::string describe() const override { return "tiny-softmax"; }
+  std::int64_t input_dim() const override { return d_; }
+  std::int32_t num_classes() const override { return k_; }
+  const std::vector<TensorInfo>& layout() const override { return layout_; }
+  std::int64_t max_batch() const override { return max_batch_; }
+  void loss_and_gradient(const float* w, const Batch& b, float* g, double* loss,
+                         const Stream& s) override {
+    ++calls;
+    if (fail_at > 0 && calls == fail_at) ASGD_THROW("injected failure at call {}", calls);
+    gemm(s, Trans::kNo, Trans::kYes, b.rows, k_, d_, 1, b.x, d_, w, d_, 0, logits_.data(), k_);
+    softmax_cross_entropy(s, b.rows, k_, logits_.data(), b.y, 1.0f / b.rows, logits_.data(),
+                          loss, nullptr);
+    gemm(s, Trans::kYes, Trans::kNo, k_, d_, b.rows, 1, logits_.data(), k_, b.x, d_, 0, g, d_);
+  }
+  void evaluate(const float* w, const Batch& data, double* loss, std::int64_t* correct,
+                const Stream& s) override {
+    for (std::int64_t r0 = 0; r0 < data.rows; r0 += max_batch_) {
+      const std::int64_t rows = std::min(max_batch_, data.rows - r0);
+      gemm(s, Trans::kNo, Trans::kYes, rows, k_, d_, 1, data.x + r0 * d_, d_, w, d_, 0,
+           logits_.data(), k_);
+      softmax_cross_entropy(s, rows, k_, logits_.data(), data.y + r0, 1, nullptr, loss, correct);
+    }
+  }
+  int fail_at = 0;
+  int calls = 0;
+
+ private:
+  std::int64_t d_;
+  std::int32_t k_;
+  std::int64_t max_batch_;
+  std::vector<TensorInfo> layout_;
+  DeviceBuffer<float> logits_;
+};
+
+TEST(CustomModelTest, TrainsWithAsgdOnSeveralWorkers) {
+  const ModelFactory factory = [](const Stream& s, std::int64_t d, std::int32_t k,
+                                  std::int64_t max_batch, const Dataset&) {
+    return std::make_unique<TinySoftmax>(d, k, max_batch, s);
+  };
+  const TrainResult r =
+      train(engine_config(Algorithm::kAsgd, 2), testing::separable_train_test(), factory);
+  EXPECT_EQ(r.model, "tiny-softmax");
+  EXPECT_GE(r.final_test_accuracy, 0.95);
+}
+
+class WorkerFailureTest : public ::testing::TestWithParam<std::pair<Algorithm, bool>> {};
+
+TEST_P(WorkerFailureTest, FirstErrorOfAWorkerIsRethrownAndNothingHangs) {
+  const auto [algo, deterministic] = GetParam();
+  std::atomic<int> built{0};
+  const ModelFactory factory = [&](const Stream& s, std::int64_t d, std::int32_t k,
+                                   std::int64_t max_batch, const Dataset&) {
+    auto m = std::make_unique<TinySoftmax>(d, k, max_batch, s);
+    // Worker 0 fails at its 10th step: it is the one worker certain to get there, since the
+    // others stop when it stops. The others are mid-run and must be stopped and joined.
+    if (built++ == 0) m->fail_at = 10;
+    return m;
+  };
+  TrainConfig c = engine_config(algo, 3);
+  c.deterministic = deterministic;
+  try {
+    train(c, testing::separable_train_test(), factory);
+    FAIL() << "the injected failure was not reported";
+  } catch (const Error& e) {
+    EXPECT_THAT(e.what(), HasSubstr("injected failure at call 10"));
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Engine, WorkerFailureTest,
+    ::testing::Values(std::make_pair(Algorithm::kAsgd, false),
+                      std::make_pair(Algorithm::kSync, false),
+                      std::make_pair(Algorithm::kAsgd, true)));
+
+TEST(EngineConfigTest, RejectsImpossibleSettings) {
+  TrainConfig c = engine_config(Algorithm::kAsgd, 2);
+  c.straggler = {5, 2.0};
+  EXPECT_THROW(train(c, testing::separable_train_test()), InputError);
+  c = engine_config(Algorithm::kAsgd, 2);
+  c.links.bandwidth_matrix = {{0, 1}};
+  EXPECT_THROW(train(c, testing::separable_train_test()), InputError);
+  c = engine_config(Algorithm::kAsgd, 3000);
+  EXPECT_THROW(train(c, testing::separable_train_test()), InputError);
+}
+
+}  // namespace
+}  // namespace asgd
