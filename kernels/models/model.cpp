@@ -6,7 +6,9 @@
 #include <xxhash.h>
 
 #include "kernels/models/feed_forward.h"
+#include "kernels/models/kmeans.h"
 #include "runtime/buffer.h"
+#include "runtime/data/dataset.h"
 #include "runtime/error.h"
 
 namespace asgd {
@@ -47,8 +49,27 @@ void Model::init(float* params, std::uint64_t seed, const Stream& stream) const 
 std::unique_ptr<Model> make_model(const ModelSpec& spec, std::int64_t input_dim,
                                   std::int32_t classes, std::int64_t max_batch,
                                   const Stream& stream, const Dataset* init_data) {
-  (void)init_data;
   if (input_dim < 1) ASGD_INPUT_ERROR("the data has {} features; a model needs at least 1", input_dim);
+  // Before the class check: K-Means ignores labels, so one class is fine when K is given.
+  if (spec.kind == "kmeans") {
+    if (init_data == nullptr)
+      ASGD_INPUT_ERROR(
+          "kmeans draws its initial centres from the training set, but none was given");
+    if (spec.clusters < 0)
+      ASGD_INPUT_ERROR("kmeans: {} clusters; give K >= 1, or 0 for the data's class count",
+                       spec.clusters);
+    const std::int64_t k = spec.clusters > 0 ? spec.clusters : classes;
+    if (k < 1 || k > INT32_MAX)
+      ASGD_INPUT_ERROR("kmeans: K={} is out of range; it must lie in [1, {}]", k, INT32_MAX);
+    if (init_data->cols != input_dim)
+      ASGD_INPUT_ERROR("{}: {} feature(s) per row, but the kmeans model was asked for {}",
+                       init_data->source, init_data->cols, input_dim);
+    if (init_data->rows < k)
+      ASGD_INPUT_ERROR("{}: kmeans with K={} needs at least {} training rows, but there are {}",
+                       init_data->source, k, k, init_data->rows);
+    return std::make_unique<KMeans>(k, input_dim, max_batch, init_data->features.data(),
+                                    init_data->rows, stream);
+  }
   if (classes < 2)
     ASGD_INPUT_ERROR("the data has {} class(es); a classifier needs at least 2", classes);
   if (spec.kind == "softmax")

@@ -1,0 +1,133 @@
+#include "kernels/models/kmeans.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <numeric>
+#include <random>
+#include <unordered_map>
+
+#include <xxhash.h>
+
+#include "kernels/gemm.h"
+#include "kernels/kmeans.h"
+#include "runtime/error.h"
+
+namespace asgd {
+namespace {
+// Candidate values kept for init() when the training set is larger: 16 MiB of floats, enough
+// for thousands of rows of MNIST-sized data, small beside a worker's shard.
+constexpr std::int64_t kCandidateValues = std::int64_t{1} << 22;
+// At least this many candidates per centre, whatever the dimension, so that different seeds
+// still give different starts.
+constexpr std::int64_t kCandidatesPerCentre = 4;
+
+// A uniform integer in [0, bound) by rejection, so that the centres chosen for a seed are the
+// same with every standard library (std::uniform_int_distribution is not specified exactly).
+std::uint64_t uniform_below(std::mt19937_64& rng, std::uint64_t bound) {
+  const std::uint64_t limit = UINT64_MAX - UINT64_MAX % bound;
+  std::uint64_t x = rng();
+  while (x >= limit)
+    x = rng();
+  return x % bound;
+}
+}  // namespace
+
+KMeans::KMeans(std::int64_t clusters, std::int64_t dim, std::int64_t max_batch, const float* data,
+               std::int64_t rows, const Stream& stream)
+    : clusters_(clusters), dim_(dim), max_batch_(max_batch) {
+  ASGD_CHECK(clusters_ >= 1 && clusters_ <= INT32_MAX, "K-Means with K={}", clusters_);
+  ASGD_CHECK(dim_ >= 1, "K-Means in {} dimensions", dim_);
+  ASGD_CHECK(max_batch_ >= 1, "max_batch must be positive, got {}", max_batch_);
+  ASGD_CHECK(rows >= 0 && (rows == 0 || data), "K-Means given {} rows of initial data", rows);
+  layout_.push_back({"centres", {clusters_, dim_}, 0, dim_});
+
+  // An evenly strided sample rather than the first rows: files are often sorted by class.
+  const std::int64_t wanted =
+      std::min(rows, std::max(kCandidateValues / dim_, kCandidatesPerCentre * clusters_));
+  candidates_.reserve(static_cast<std::size_t>(wanted * dim_));
+  // Duplicate rows would make duplicate centres, of which the one with the higher index never
+  // wins an assignment; so only the first copy of each row is kept, compared by value (with
+  // -0 stored as +0 so that the hash agrees with ==). Rows with non-finite values are skipped.
+  std::unordered_map<std::uint64_t, std::vector<std::int64_t>> seen;
+  for (std::int64_t i = 0; i < wanted; ++i) {
+    const float* row = data + (i * rows / wanted) * dim_;
+    if (!std::all_of(row, row + dim_, [](float v) { return std::isfinite(v); })) continue;
+    const std::size_t at = candidates_.size();
+    for (std::int64_t c = 0; c < dim_; ++c)
+      candidates_.push_back(row[c] + 0.0f);
+    const float* kept = candidates_.data() + at;
+    const std::uint64_t hash = XXH64(kept, static_cast<std::size_t>(dim_) * sizeof(float), 0);
+    auto& same_hash = seen[hash];
+    const bool duplicate = std::any_of(same_hash.begin(), same_hash.end(), [&](std::int64_t j) {
+      return std::equal(kept, kept + dim_, candidates_.data() + j * dim_);
+    });
+    if (duplicate) {
+      candidates_.resize(at);
+    } else {
+      same_hash.push_back(candidate_rows_++);
+    }
+  }
+  if (candidate_rows_ < clusters_)
+    ASGD_INPUT_ERROR(
+        "K-Means with K={} starts from K distinct training rows, but {} {} training rows hold "
+        "only {} distinct finite ones; use fewer clusters",
+        clusters_, wanted == rows ? "the" : "a sample of", wanted, candidate_rows_);
+  candidates_.shrink_to_fit();
+
+  dots_ = DeviceBuffer<float>(stream.backend(), stream.device(),
+                              static_cast<std::size_t>(max_batch_ * clusters_));
+  centre_norms_ =
+      DeviceBuffer<float>(stream.backend(), stream.device(), static_cast<std::size_t>(clusters_));
+  assign_ = DeviceBuffer<std::int32_t>(stream.backend(), stream.device(),
+                                       static_cast<std::size_t>(max_batch_));
+}
+
+std::string KMeans::describe() const {
+  return fmt::format("kmeans K={} D={}", clusters_, dim_);
+}
+
+void KMeans::init(float* params, std::uint64_t seed, const Stream& stream) const {
+  std::vector<float> host(static_cast<std::size_t>(clusters_ * dim_));
+  std::vector<std::int64_t> order(static_cast<std::size_t>(candidate_rows_));
+  std::iota(order.begin(), order.end(), std::int64_t{0});
+  std::mt19937_64 rng(seed);
+  // The first K steps of a Fisher-Yates shuffle: K distinct candidates, uniformly.
+  for (std::int64_t i = 0; i < clusters_; ++i) {
+    const auto pick = i + static_cast<std::int64_t>(
+                              uniform_below(rng, static_cast<std::uint64_t>(candidate_rows_ - i)));
+    std::swap(order[i], order[pick]);
+    std::copy_n(candidates_.begin() + order[i] * dim_, dim_, host.begin() + i * dim_);
+  }
+  copy_async(params, host.data(), host.size() * sizeof(float), stream);
+  stream.synchronize();  // `host` dies here
+}
+
+void KMeans::loss_and_gradient(const float* params, const Batch& batch, float* grad,
+                               double* loss_sum, const Stream& stream) {
+  ASGD_CHECK(batch.rows >= 1 && batch.rows <= max_batch_,
+             "batch of {} rows; this model was built for 1 to {}", batch.rows, max_batch_);
+  const std::int64_t rows = batch.rows;
+  kmeans_nearest(stream, rows, clusters_, dim_, batch.x, params, dots_.data(), centre_norms_.data(),
+                 0.5f, assign_.data(), loss_sum);
+  kmeans_gradient(stream, rows, clusters_, dim_, batch.x, assign_.data(), params,
+                  1.0f / static_cast<float>(rows), grad);
+}
+
+void KMeans::evaluate(const float* params, const Batch& data, double* loss_sum,
+                      std::int64_t* correct, const Stream& stream) {
+  (void)correct;  // a quantiser classifies nothing
+  ASGD_CHECK(data.rows >= 0, "evaluate on {} rows", data.rows);
+  if (!loss_sum || data.rows == 0) return;
+  row_squared_norms(stream, clusters_, dim_, params, centre_norms_.data());
+  for (std::int64_t r0 = 0; r0 < data.rows; r0 += max_batch_) {
+    const std::int64_t rows = std::min(max_batch_, data.rows - r0);
+    const float* x = data.x + r0 * dim_;
+    gemm(stream, Trans::kNo, Trans::kYes, rows, clusters_, dim_, 1.0f, x, dim_, params, dim_, 0.0f,
+         dots_.data(), clusters_);
+    kmeans_assign(stream, rows, clusters_, dim_, x, dots_.data(), centre_norms_.data(), 0.5f,
+                  nullptr, loss_sum);
+  }
+}
+
+}  // namespace asgd
