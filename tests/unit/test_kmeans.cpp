@@ -17,6 +17,7 @@
 #include <gtest/gtest.h>
 
 #include "kernels/kmeans.h"
+#include "kernels/models/kmeans.h"
 #include "kernels/models/model.h"
 #include "kernels/sgd.h"
 #include "runtime/data/dataset.h"
@@ -243,7 +244,7 @@ TEST(KMeansKernel, LossIsClampedAtZeroButKeepsNaN) {
   double loss = 0.0;
   kmeans_nearest(s, k, k, d, c.data(), c.data(), dots.data(), norms.data(), 1.0f, nullptr, &loss);
   EXPECT_GE(loss, 0.0);
-  EXPECT_LE(loss, 1e-5 * k * 2 * d * 1100.0 * 1100.0);
+  EXPECT_LE(loss, 1e-6 * k * 2 * d * 1100.0 * 1100.0);
 
   std::vector<float> x(c.begin(), c.begin() + 2 * d);
   x[d + 3] = std::numeric_limits<float>::quiet_NaN();
@@ -500,6 +501,23 @@ TEST(KMeansModel, InitSkipsDuplicateAndNonFiniteRows) {
         make_model(ModelSpec{"kmeans", {}, 4}, 3, 2, 8, s, &data);
       },
       {"K=4", "only 3 distinct"});
+}
+
+TEST(KMeansModel, LargeTrainingSetsAreSampledForInit) {
+  const Stream s = Stream::host();
+  // 4.8M values, more than the 4M (16 MiB) the model keeps: an even sample of 262144 rows.
+  const std::int64_t n = 300000, d = 16;
+  const Dataset data = make_blobs(n, d, 3, 5);
+  auto model = make_model(ModelSpec{"kmeans", {}, 0}, d, 3, 8, s, &data);
+  const auto* kmeans = dynamic_cast<const KMeans*>(model.get());
+  ASSERT_NE(kmeans, nullptr);
+  EXPECT_EQ(kmeans->candidate_rows(), (std::int64_t{1} << 22) / d);
+  std::vector<float> params(3 * d);
+  model->init(params.data(), 1, s);
+  const auto training = rows_of(data.features, d);
+  const std::set<std::vector<float>> training_set(training.begin(), training.end());
+  for (const auto& centre : rows_of(params, d))
+    EXPECT_EQ(training_set.count(centre), 1u);
 }
 
 // ---------------------------------------------------------------------------------------------
