@@ -108,6 +108,9 @@ const std::map<std::string, Setter>& setters() {
          for (const auto& e : *arr)
            c.model.hidden.push_back(get_as<std::int64_t>(p, k, e, "an array of integers"));
        })},
+      {"clusters", custom([](auto& p, auto& k, auto& n, TrainConfig& c) {
+         c.model.clusters = get_as<std::int64_t>(p, k, n, "an integer");
+       })},
       {"batch", integer(&TrainConfig::batch)},
       {"lr", custom([](auto& p, auto& k, auto& n, TrainConfig& c) {
          c.lr = static_cast<float>(get_as<double>(p, k, n, "a number"));
@@ -179,6 +182,9 @@ const std::map<std::string, Setter>& setters() {
        })},
       {"straggler", custom([](auto& p, auto& k, auto& n, TrainConfig& c) {
          c.straggler = parse_straggler(get_as<std::string>(p, k, n, "a string"));
+       })},
+      {"adversary", custom([](auto& p, auto& k, auto& n, TrainConfig& c) {
+         c.adversary = parse_adversary(get_as<std::string>(p, k, n, "a string"));
        })},
       {"deterministic", custom([](auto& p, auto& k, auto& n, TrainConfig& c) {
          c.deterministic = get_as<bool>(p, k, n, "true or false");
@@ -256,6 +262,25 @@ Straggler parse_straggler(std::string_view text) {
   return s;
 }
 
+Adversary parse_adversary(std::string_view text) {
+  Adversary a;
+  const auto first = text.find(':');
+  if (first == std::string_view::npos)
+    ASGD_INPUT_ERROR("--adversary '{}': expected WORKER:KIND[:SCALE], e.g. 3:noise:0.1", text);
+  a.worker = static_cast<int>(parse_number(text.substr(0, first), "--adversary WORKER"));
+  std::string_view rest = text.substr(first + 1);
+  const auto second = rest.find(':');
+  a.kind = std::string(rest.substr(0, second));
+  if (second != std::string_view::npos)
+    a.scale = parse_number(rest.substr(second + 1), "--adversary SCALE");
+  if (a.worker < 0) ASGD_INPUT_ERROR("--adversary '{}': WORKER must be >= 0", text);
+  if (a.kind != "noise" && a.kind != "random" && a.kind != "scaled" && a.kind != "negate" &&
+      a.kind != "nan")
+    ASGD_INPUT_ERROR("--adversary '{}': KIND must be noise, random, scaled, negate or nan", text);
+  if (!std::isfinite(a.scale)) ASGD_INPUT_ERROR("--adversary '{}': SCALE must be finite", text);
+  return a;
+}
+
 void apply_config_file(const std::string& path, TrainConfig& config) {
   toml::table table;
   try {
@@ -311,6 +336,9 @@ void validate(const TrainConfig& c) {
   }
   if (c.straggler.worker >= c.workers)
     ASGD_INPUT_ERROR("--straggler names worker {} but there are {} workers", c.straggler.worker,
+                     c.workers);
+  if (c.adversary.worker >= c.workers)
+    ASGD_INPUT_ERROR("--adversary names worker {} but there are {} workers", c.adversary.worker,
                      c.workers);
   if (!(c.data.test_fraction > 0.0 && c.data.test_fraction < 1.0))
     ASGD_INPUT_ERROR("--test-fraction must lie in (0, 1), got {}", c.data.test_fraction);

@@ -52,6 +52,16 @@ struct Straggler {
 };
 Straggler parse_straggler(std::string_view text);  // "W:F"
 
+// A worker that sends adversarial states, for experiments on the filter: "noise" adds
+// N(0, scale^2) to each value it sends, "random" sends N(0, scale^2) values, "scaled"
+// multiplies its state by scale, "negate" sends minus its state, "nan" sends NaNs.
+struct Adversary {
+  int worker = -1;
+  std::string kind = "noise";
+  double scale = 1.0;
+};
+Adversary parse_adversary(std::string_view text);  // "W:KIND" or "W:KIND:SCALE"
+
 struct TrainConfig {
   DataOptions data;
   ModelSpec model;
@@ -77,6 +87,7 @@ struct TrainConfig {
   int window_warmup = 8;
   LinkSettings links;
   Straggler straggler;
+  Adversary adversary;
   bool deterministic = false;  // one thread steps the workers in a fixed seeded order
 
   std::string metrics_path;  // JSON lines, one per evaluation

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "kernels/sgd.h"
 #include "runtime/error.h"
@@ -48,6 +49,7 @@ Worker::Worker(int id, const TrainConfig& config, const Dataset& shard, const Da
       loss_(stream_.backend(), stream_.device(), 2),
       correct_(stream_.backend(), stream_.device(), 1),
       peer_rng_(config.seed * 0x9E3779B97F4A7C15ull + static_cast<std::uint64_t>(id)),
+      adversary_rng_(config.seed + 0xADu),
       stats_(stream_.backend(), stream_.device(), 4 * kMaxMergeMessages),
       accept_(stream_.backend(), stream_.device(), kMaxMergeMessages),
       history_(stream_.backend(), stream_.device(),
@@ -180,26 +182,47 @@ void Worker::send() {
   if (peer >= id_) ++peer;
   ++counters_.sent;
   counters_.bytes_sent += h.length * static_cast<std::int64_t>(sizeof(float));
-  if (stream_.is_host()) {
+  const bool adversary = config_.adversary.worker == id_;
+  if (stream_.is_host() && !adversary) {
     transport_->post(peer, h, params_.data() + h.offset);
     return;
   }
   // On a GPU the range goes to pinned memory first; it is posted at the next step, when the
-  // copy has long finished, so the compute stream never waits for it.
+  // copy has long finished, so the compute stream never waits for it. (An adversary on the
+  // host takes the same path: it must not corrupt its own state.)
   flush_pending_send();
   if (send_staging_.size() < static_cast<std::size_t>(transport_->max_message()))
     send_staging_ = PinnedBuffer<float>(static_cast<std::size_t>(transport_->max_message()));
   params_.download(send_staging_.data(), static_cast<std::size_t>(h.length), stream_,
                    static_cast<std::size_t>(h.offset));
-  staged_->record(stream_);
+  if (staged_) staged_->record(stream_);
   pending_header_ = h;
   pending_peer_ = peer;
   send_pending_ = true;
+  if (stream_.is_host()) flush_pending_send();  // the copy above is already complete
+}
+
+void Worker::corrupt(float* data, std::int64_t length) {
+  const Adversary& a = config_.adversary;
+  const auto scale = static_cast<float>(a.scale);
+  std::normal_distribution<float> normal(0.0f, scale);
+  if (a.kind == "noise") {
+    for (std::int64_t i = 0; i < length; ++i) data[i] += normal(adversary_rng_);
+  } else if (a.kind == "random") {
+    for (std::int64_t i = 0; i < length; ++i) data[i] = normal(adversary_rng_);
+  } else if (a.kind == "scaled") {
+    for (std::int64_t i = 0; i < length; ++i) data[i] *= scale;
+  } else if (a.kind == "negate") {
+    for (std::int64_t i = 0; i < length; ++i) data[i] = -data[i];
+  } else {
+    std::fill(data, data + length, std::numeric_limits<float>::quiet_NaN());
+  }
 }
 
 void Worker::flush_pending_send() {
   if (!send_pending_) return;
-  staged_->synchronize();
+  if (staged_) staged_->synchronize();
+  if (config_.adversary.worker == id_) corrupt(send_staging_.data(), pending_header_.length);
   transport_->post(pending_peer_, pending_header_, send_staging_.data());
   send_pending_ = false;
 }

@@ -88,6 +88,8 @@ class Worker {
   void exchange_and_update();
   void send();
   void flush_pending_send();
+  // An adversary's transformation of what it is about to send (config.adversary).
+  void corrupt(float* data, std::int64_t length);
 
   const int id_;
   const TrainConfig& config_;
@@ -109,6 +111,7 @@ class Worker {
   // Communication.
   Transport* transport_ = nullptr;
   std::mt19937_64 peer_rng_;
+  std::mt19937_64 adversary_rng_;
   std::int64_t send_cursor_ = 0;
   WorkerCounters counters_;
   ParzenParams parzen_;

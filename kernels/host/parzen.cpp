@@ -16,28 +16,51 @@ struct Stats {
   double dot = 0, gg = 0, dd = 0;
 };
 
+// Sixteen independent lanes per sum: one accumulator per quantity would make every addition
+// wait for the previous one, which caps the loop at one element per cycle even in cache.
+constexpr int kLanes = 16;
+// Software prefetch distance in elements: the three streams run ahead of the hardware
+// prefetcher on one core, which otherwise leaves DRAM bandwidth unused.
+constexpr std::int64_t kPrefetch = 1024;
+
+__attribute__((target_clones("avx2", "default")))
 Stats statistics_range(const float* __restrict g, const float* __restrict w,
                        const float* __restrict e, std::int64_t i0, std::int64_t i1) {
   Stats s;
   for (std::int64_t b = i0; b < i1; b += kBlock) {
     const std::int64_t end = std::min(i1, b + kBlock);
-    float dot = 0, gg = 0, dd = 0;
-#pragma omp simd reduction(+ : dot, gg, dd)
-    for (std::int64_t i = b; i < end; ++i) {
-      const float d = w[i] - e[i];
-      dot += g[i] * d;
-      gg += g[i] * g[i];
-      dd += d * d;
+    float dot[kLanes] = {}, gg[kLanes] = {}, dd[kLanes] = {};
+    std::int64_t i = b;
+    for (; i + kLanes <= end; i += kLanes) {
+      __builtin_prefetch(g + i + kPrefetch);
+      __builtin_prefetch(w + i + kPrefetch);
+      __builtin_prefetch(e + i + kPrefetch);
+      for (int l = 0; l < kLanes; ++l) {
+        const float d = w[i + l] - e[i + l];
+        dot[l] += g[i + l] * d;
+        gg[l] += g[i + l] * g[i + l];
+        dd[l] += d * d;
+      }
     }
-    s.dot += dot;
-    s.gg += gg;
-    s.dd += dd;
+    for (int l = 0; i < end; ++i, ++l) {
+      const float d = w[i] - e[i];
+      dot[l] += g[i] * d;
+      gg[l] += g[i] * g[i];
+      dd[l] += d * d;
+    }
+    for (int l = 0; l < kLanes; ++l) {
+      s.dot += dot[l];
+      s.gg += gg[l];
+      s.dd += dd[l];
+    }
   }
   return s;
 }
 
 float median(const float* values, int n) {
-  std::vector<float> v(values, values + n);
+  // Reused across calls: the decision runs every step and must not allocate.
+  thread_local std::vector<float> v;
+  v.assign(values, values + n);
   const auto mid = v.begin() + n / 2;
   std::nth_element(v.begin(), mid, v.end());
   if (n % 2 == 1) return *mid;
@@ -46,6 +69,7 @@ float median(const float* values, int n) {
 
 // w <- a*w - b*g + c * sum of the active ranges' values, over [lo, hi) (all inside every
 // active range). One pass per chunk: the first range is fused with the local step.
+__attribute__((target_clones("avx2", "default")))
 void merge_interval(float a, float b, float c, const float* __restrict g, float* __restrict w,
                     const MergeRange* const* active, int count, std::int64_t lo,
                     std::int64_t hi) {
@@ -149,25 +173,28 @@ void parzen_merge(const Stream& stream, MergeRule rule, float eps, float alpha, 
 
   // Cut [0, n) where an accepted range starts or ends: inside each piece the same set of
   // ranges covers every element, so the rule has the same coefficients throughout.
-  std::vector<const MergeRange*> taken;
-  std::vector<std::int64_t> cuts{0, n};
+  const MergeRange* taken[kMaxMergeMessages];
+  int taken_count = 0;
+  std::int64_t cut_storage[2 * kMaxMergeMessages + 2] = {0, n};
+  int cut_count = 2;
   for (int m = 0; m < count; ++m) {
     if (!accept[m]) continue;
-    taken.push_back(&ranges[m]);
-    cuts.push_back(ranges[m].offset);
-    cuts.push_back(ranges[m].offset + ranges[m].length);
+    taken[taken_count++] = &ranges[m];
+    cut_storage[cut_count++] = ranges[m].offset;
+    cut_storage[cut_count++] = ranges[m].offset + ranges[m].length;
   }
-  std::sort(cuts.begin(), cuts.end());
-  cuts.erase(std::unique(cuts.begin(), cuts.end()), cuts.end());
+  std::sort(cut_storage, cut_storage + cut_count);
+  const std::int64_t* const cuts = cut_storage;
+  const int pieces = static_cast<int>(std::unique(cut_storage, cut_storage + cut_count) - cut_storage) - 1;
 
   detail::parallel_for(stream, n, kGrain, [&](std::int64_t lo, std::int64_t hi) {
     const MergeRange* active[kMaxMergeMessages];
-    for (std::size_t p = 0; p + 1 < cuts.size(); ++p) {
+    for (int p = 0; p < pieces; ++p) {
       const std::int64_t a = std::max(lo, cuts[p]), b = std::min(hi, cuts[p + 1]);
       if (a >= b) continue;
       int c = 0;
-      for (const MergeRange* r : taken)
-        if (r->offset <= a && r->offset + r->length >= b) active[c++] = r;
+      for (int t = 0; t < taken_count; ++t)
+        if (taken[t]->offset <= a && taken[t]->offset + taken[t]->length >= b) active[c++] = taken[t];
       const float k = static_cast<float>(c);
       float wa = 1.0f, wg = eps, we = 0.0f;  // w <- wa*w - wg*g + we*sum(e)
       if (c > 0) {

@@ -76,7 +76,8 @@ class Model {
 struct ModelSpec {
   // "softmax" (multinomial logistic regression), "logistic" (sigmoid outputs: binary when the
   // data has 2 classes, one-vs-rest otherwise), "mlp" (ReLU hidden layers, softmax output) or
-  // "kmeans" (mini-batch SGD K-Means; the objective is the quantisation error).
+  // "kmeans" (mini-batch SGD K-Means; the objective is half the mean squared distance of a
+  // sample to its nearest centre).
   std::string kind = "mlp";
   std::vector<std::int64_t> hidden = {256, 256};  // mlp only
   std::int64_t clusters = 0;                      // kmeans: K; 0 = the data's class count

@@ -43,6 +43,7 @@ int run_train(CLI::App& cmd, TrainOptions& o) {
   if (cmd.count("--algo")) c.algorithm = parse_algorithm(o.algo);
   if (cmd.count("--merge")) c.merge = parse_merge(o.merge);
   if (cmd.count("--straggler")) c.straggler = parse_straggler(o.straggler);
+  if (cmd.count("--adversary")) c.adversary = parse_adversary(o.adversary);
   if (cmd.count("--window")) {
     if (o.window == "inf") {
       c.window = std::numeric_limits<float>::infinity();
@@ -120,7 +121,7 @@ void add_train_command(CLI::App& app, TrainOptions& o) {
       "Options on the command line override the file.");
   cmd->add_option("-c,--config", o.config_file, "TOML file with settings (flags override it)");
   cmd->add_option("--dataset", c.data.spec,
-                  "fashion-mnist | idx:DIR | libsvm:PATH | csv:PATH")
+                  "fashion-mnist | idx:DIR | libsvm:PATH | csv:PATH | blobs:N,D,K (Gaussian blobs)")
       ->capture_default_str();
   cmd->add_option("--test-dataset", c.data.test_spec,
                   "held-out set in the same format (default: the data set's own test part, "
@@ -140,7 +141,11 @@ void add_train_command(CLI::App& app, TrainOptions& o) {
   cmd->add_option("--csv-label-column", c.data.csv_label_column,
                   "CSV label column, 0-based (-1: last)")
       ->capture_default_str();
-  cmd->add_option("--model", c.model.kind, "softmax | logistic | mlp")->capture_default_str();
+  cmd->add_option("--model", c.model.kind, "softmax | logistic | mlp | kmeans")
+      ->capture_default_str();
+  cmd->add_option("--clusters", c.model.clusters,
+                  "kmeans: number of centres K (0: the data's class count)")
+      ->capture_default_str();
   cmd->add_option("--hidden", o.hidden, "MLP hidden layer widths, e.g. 256,256 (default 256,256)");
   cmd->add_option("--batch", c.batch, "mini-batch size")->capture_default_str();
   cmd->add_option("--lr", c.lr, "step size")->capture_default_str();
@@ -189,6 +194,9 @@ void add_train_command(CLI::App& app, TrainOptions& o) {
   cmd->add_option("--link-latency", c.links.latency, "emulated latency of every link, seconds")
       ->capture_default_str();
   cmd->add_option("--straggler", o.straggler, "W:F makes worker W run F times slower");
+  cmd->add_option("--adversary", o.adversary,
+                  "W:KIND[:SCALE]: worker W sends adversarial states (noise, random, scaled, "
+                  "negate, nan), for experiments on the filter");
   cmd->add_flag("--deterministic", c.deterministic,
                 "one thread steps the workers in a fixed seeded order; bit-for-bit repeatable");
   cmd->add_option("--metrics", c.metrics_path,

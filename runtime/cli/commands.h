@@ -19,6 +19,7 @@ struct TrainOptions {
   std::string merge = "seed";
   std::string window = "4";
   std::string straggler;
+  std::string adversary;
 };
 
 void add_train_command(CLI::App& app, TrainOptions& options);

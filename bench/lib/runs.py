@@ -1,0 +1,68 @@
+"""Helpers shared by the benchmark drivers: run `asgd train`, read its summary, describe the
+machine and the commit, and write result files."""
+import json
+import os
+import platform
+import statistics
+import subprocess
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def asgd_binary(build):
+    path = os.path.join(build, "bin", "asgd")
+    if not os.path.exists(path):
+        raise SystemExit(f"{path} not found: build first (scripts/build.sh)")
+    return path
+
+
+def train(binary, args, metrics=False):
+    """Runs `asgd train ARGS`; returns its summary (and the metrics lines when asked)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        summary = os.path.join(tmp, "summary.json")
+        cmd = [binary, "train", "--no-progress", "--summary", summary, *map(str, args)]
+        if metrics:
+            cmd += ["--metrics", os.path.join(tmp, "metrics.jsonl")]
+        run = subprocess.run(cmd, capture_output=True, text=True)
+        if run.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{run.stderr}")
+        with open(summary) as f:
+            result = json.load(f)
+        if metrics:
+            with open(os.path.join(tmp, "metrics.jsonl")) as f:
+                result["metrics"] = [json.loads(line) for line in f]
+        return result
+
+
+def machine():
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"host": platform.node(), "cpu": cpu, "cores": os.cpu_count(),
+            "python": platform.python_version()}
+
+
+def commit():
+    out = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short=12", "HEAD"],
+                         capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True).stdout.strip()
+    return (out or "unknown") + ("-dirty" if dirty else "")
+
+
+def write_result(path, benchmark, payload):
+    doc = {"benchmark": benchmark, "commit": commit(), "machine": machine(),
+           "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **payload}
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(doc, f, indent=2)
+    print(f"wrote {path}")
+
+
+def median(values):
+    return statistics.median(values) if values else float("nan")
