@@ -12,6 +12,7 @@
 #include "kernels/gemm.h"
 #include "kernels/kmeans.h"
 #include "runtime/error.h"
+#include "runtime/random.h"
 
 namespace asgd {
 namespace {
@@ -22,15 +23,6 @@ constexpr std::int64_t kCandidateValues = std::int64_t{1} << 22;
 // still give different starts.
 constexpr std::int64_t kCandidatesPerCentre = 4;
 
-// A uniform integer in [0, bound) by rejection, so that the centres chosen for a seed are the
-// same with every standard library (std::uniform_int_distribution is not specified exactly).
-std::uint64_t uniform_below(std::mt19937_64& rng, std::uint64_t bound) {
-  const std::uint64_t limit = UINT64_MAX - UINT64_MAX % bound;
-  std::uint64_t x = rng();
-  while (x >= limit)
-    x = rng();
-  return x % bound;
-}
 }  // namespace
 
 KMeans::KMeans(std::int64_t clusters, std::int64_t dim, std::int64_t max_batch, const float* data,

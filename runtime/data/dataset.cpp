@@ -21,6 +21,7 @@
 #include "runtime/data/synthetic.h"
 #include "runtime/data/text_formats.h"
 #include "runtime/error.h"
+#include "runtime/random.h"
 
 namespace asgd {
 namespace {
@@ -142,17 +143,6 @@ void validate_fraction(double test_fraction) {
   if (!(test_fraction > 0.0 && test_fraction < 1.0))
     ASGD_INPUT_ERROR("test fraction {} is out of range: it must lie strictly between 0 and 1",
                      test_fraction);
-}
-
-// A uniform integer in [0, bound) from 64 random bits, by rejection, so that the split is the
-// same with every standard library (std::uniform_int_distribution and std::shuffle are not
-// specified exactly).
-std::uint64_t uniform_below(std::mt19937_64& rng, std::uint64_t bound) {
-  const std::uint64_t limit = UINT64_MAX - UINT64_MAX % bound;
-  std::uint64_t x = rng();
-  while (x >= limit)
-    x = rng();
-  return x % bound;
 }
 
 Dataset take_rows(const Dataset& all, const std::vector<std::int64_t>& rows) {
@@ -374,8 +364,7 @@ TrainTest split_train_test(const Dataset& all, double test_fraction, std::uint64
   std::vector<std::int64_t> order(static_cast<std::size_t>(all.rows));
   std::iota(order.begin(), order.end(), std::int64_t{0});
   std::mt19937_64 rng(seed);
-  for (std::size_t i = order.size() - 1; i > 0; --i)
-    std::swap(order[i], order[uniform_below(rng, i + 1)]);
+  portable_shuffle(order.data(), all.rows, rng);
 
   const auto split = order.begin() + test_rows;
   TrainTest out;
@@ -405,11 +394,9 @@ Dataset shard(const Dataset& data, int index, int count, std::uint64_t seed) {
   // Files are often sorted (by label, by time): a seeded permutation first, so that every
   // shard is a fair sample of the whole; every worker computes the same permutation.
   std::vector<std::int64_t> order(static_cast<std::size_t>(data.rows));
-  for (std::int64_t r = 0; r < data.rows; ++r) order[static_cast<std::size_t>(r)] = r;
+  std::iota(order.begin(), order.end(), std::int64_t{0});
   std::mt19937_64 rng(seed);
-  for (std::int64_t i = data.rows - 1; i > 0; --i)
-    std::swap(order[static_cast<std::size_t>(i)],
-              order[uniform_below(rng, static_cast<std::uint64_t>(i + 1))]);
+  portable_shuffle(order.data(), data.rows, rng);
   std::vector<std::int64_t> rows;
   rows.reserve(static_cast<std::size_t>(data.rows / count + 1));
   for (std::int64_t r = index; r < data.rows; r += count)

@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "runtime/error.h"
+#include "runtime/random.h"
 
 namespace asgd {
 namespace {
@@ -34,14 +35,6 @@ std::uint64_t stream_seed(std::uint64_t seed, std::uint64_t stream) {
 // the data for a seed would differ between libstdc++ and libc++.
 double uniform01(std::mt19937_64& rng) {
   return static_cast<double>(rng() >> 11) * 0x1.0p-53;
-}
-
-std::uint64_t uniform_below(std::mt19937_64& rng, std::uint64_t bound) {
-  const std::uint64_t limit = UINT64_MAX - UINT64_MAX % bound;
-  std::uint64_t x = rng();
-  while (x >= limit)
-    x = rng();
-  return x % bound;
 }
 
 // Standard normal deviates by Box-Muller, two per draw of two uniforms.
@@ -100,9 +93,7 @@ Dataset make_blobs(std::int64_t n, std::int64_t d, std::int32_t k, std::uint64_t
     out.labels[static_cast<std::size_t>(i)] = static_cast<std::int32_t>(i % k);
   {
     std::mt19937_64 rng(stream_seed(seed, 1));
-    for (std::int64_t i = n - 1; i > 0; --i)
-      std::swap(out.labels[static_cast<std::size_t>(i)],
-                out.labels[uniform_below(rng, static_cast<std::uint64_t>(i) + 1)]);
+    portable_shuffle(out.labels.data(), n, rng);
   }
 
   out.features.resize(static_cast<std::size_t>(n * d));

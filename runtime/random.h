@@ -1,0 +1,27 @@
+// Seeded randomness that gives the same numbers with every compiler and standard library
+// (std::uniform_int_distribution and std::shuffle are not specified exactly), so that splits,
+// shards and initialisations are reproducible across machines.
+#pragma once
+
+#include <cstdint>
+#include <random>
+#include <utility>
+
+namespace asgd {
+
+// A uniform integer in [0, bound) from 64 random bits, by rejection; bound >= 1.
+inline std::uint64_t uniform_below(std::mt19937_64& rng, std::uint64_t bound) {
+  const std::uint64_t limit = UINT64_MAX - UINT64_MAX % bound;
+  std::uint64_t x = rng();
+  while (x >= limit) x = rng();
+  return x % bound;
+}
+
+// Fisher-Yates shuffle of [first, first + n) driven by uniform_below.
+template <typename T>
+void portable_shuffle(T* first, std::int64_t n, std::mt19937_64& rng) {
+  for (std::int64_t i = n - 1; i > 0; --i)
+    std::swap(first[i], first[uniform_below(rng, static_cast<std::uint64_t>(i + 1))]);
+}
+
+}  // namespace asgd
