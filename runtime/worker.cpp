@@ -72,7 +72,9 @@ Worker::Worker(int id, const TrainConfig& config, const Dataset& shard, const Da
   parzen_.warmup = config.window_warmup;
   parzen_.filter = config.algorithm != Algorithm::kAsgdNoFilter;
   if (!stream_.is_host()) {
+    copy_stream_ = std::make_unique<Stream>(Stream::cuda(stream_.device()));
     received_ = std::make_unique<Event>(stream_.backend(), stream_.device());
+    computed_ = std::make_unique<Event>(stream_.backend(), stream_.device());
     staged_ = std::make_unique<Event>(stream_.backend(), stream_.device());
   }
   stream_.synchronize();
@@ -142,20 +144,28 @@ void Worker::exchange_and_update() {
     }
     counters_.staleness_sum += static_cast<double>(steps_ - h.sender_step);
     const float* data = messages[i]->payload.data();
-    if (!stream_.is_host()) {
+    if (copy_stream_) {
       if (static_cast<int>(receive_.size()) <= used)
         receive_.emplace_back(stream_.backend(), stream_.device(),
                               static_cast<std::size_t>(transport_->max_message()));
-      receive_[used].upload(data, static_cast<std::size_t>(h.length), stream_);
+      receive_[used].upload(data, static_cast<std::size_t>(h.length), *copy_stream_);
       data = receive_[used].data();
     }
     ranges[used] = {data, h.offset, h.length};
     lengths[used] = h.length;
-    parzen_statistics(stream_, h.length, grad_.data() + h.offset, params_.data() + h.offset,
-                      data, stats_.data() + 4 * used);
     ++used;
   }
-  if (received_ && used > 0) received_->record(stream_);
+  if (copy_stream_ && used > 0) {
+    received_->record(*copy_stream_);
+    received_->wait_on(stream_);
+  }
+  for (int m = 0; m < used; ++m)
+    parzen_statistics(stream_, lengths[m], grad_.data() + ranges[m].offset,
+                      params_.data() + ranges[m].offset, ranges[m].data, stats_.data() + 4 * m);
+  if (staging_in_flight_) {
+    staged_->wait_on(stream_);  // the update below must not overwrite what is being copied
+    staging_in_flight_ = false;
+  }
   if (used == 0) {
     sgd_step(stream_, n_, config_.lr, grad_.data(), params_.data());
     return;
@@ -193,9 +203,17 @@ void Worker::send() {
   flush_pending_send();
   if (send_staging_.size() < static_cast<std::size_t>(transport_->max_message()))
     send_staging_ = PinnedBuffer<float>(static_cast<std::size_t>(transport_->max_message()));
-  params_.download(send_staging_.data(), static_cast<std::size_t>(h.length), stream_,
-                   static_cast<std::size_t>(h.offset));
-  if (staged_) staged_->record(stream_);
+  if (copy_stream_) {
+    computed_->record(stream_);
+    computed_->wait_on(*copy_stream_);
+    params_.download(send_staging_.data(), static_cast<std::size_t>(h.length), *copy_stream_,
+                     static_cast<std::size_t>(h.offset));
+    staged_->record(*copy_stream_);
+    staging_in_flight_ = true;
+  } else {
+    params_.download(send_staging_.data(), static_cast<std::size_t>(h.length), stream_,
+                     static_cast<std::size_t>(h.offset));
+  }
   pending_header_ = h;
   pending_peer_ = peer;
   send_pending_ = true;

@@ -120,12 +120,18 @@ class Worker {
   DeviceBuffer<float> history_;
   DeviceBuffer<std::int64_t> history_seen_;
   DeviceBuffer<std::int64_t> parzen_counters_;
-  // CUDA only: received payloads copied to the device, and the outgoing range staged in
-  // pinned memory (posted one step later, once its copy has completed).
+  // CUDA only: a copy stream beside the compute stream. Received payloads go host-to-device on
+  // it (the compute stream waits for `received_` before the test); the outgoing range goes
+  // device-to-host into pinned staging after `computed_` (the state as of the send), and is
+  // posted one step later once `staged_` has completed. The next update of the state waits
+  // for `staged_`, so the copy never reads a state being overwritten.
+  std::unique_ptr<Stream> copy_stream_;
   std::vector<DeviceBuffer<float>> receive_;
   std::unique_ptr<Event> received_;
+  std::unique_ptr<Event> computed_;
   PinnedBuffer<float> send_staging_;
   std::unique_ptr<Event> staged_;
+  bool staging_in_flight_ = false;
   bool send_pending_ = false;
   MessageHeader pending_header_;
   int pending_peer_ = -1;
