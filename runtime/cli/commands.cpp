@@ -149,7 +149,7 @@ void add_train_command(CLI::App& app, TrainOptions& o) {
   cmd->add_option("--hidden", o.hidden, "MLP hidden layer widths, e.g. 256,256 (default 256,256)");
   cmd->add_option("--batch", c.batch, "mini-batch size")->capture_default_str();
   cmd->add_option("--lr", c.lr, "step size")->capture_default_str();
-  cmd->add_option("--epochs", c.epochs, "stop after this many passes over the training set")
+  cmd->add_option("--epochs", c.epochs, "stop after this many passes over each worker's shard")
       ->capture_default_str();
   cmd->add_option("--max-seconds", c.max_seconds, "stop after this much wall time (0: no limit)")
       ->capture_default_str();
