@@ -14,7 +14,7 @@ struct MessageHeader {
   std::int64_t sender_step = 0;  // the sender's step when it took the copy (for staleness)
   std::int64_t offset = 0;       // first element of the range in the flat vector
   std::int64_t length = 0;       // elements
-  double send_time_s = 0;        // the sender's clock (seconds since the run started)
+  double send_time_s = 0;        // the sender's steady clock, in seconds
 };
 
 // A header with its payload, in host memory that is page-locked on CUDA builds with a device

@@ -19,11 +19,23 @@ MetricsLog::MetricsLog(const std::string& path) : path_(path) {
 
 void MetricsLog::write(const EvalPoint& p, int worker) {
   if (!out_.is_open()) return;
-  nlohmann::json line = {{"worker", worker},          {"time_s", p.time_s},
-                         {"step", p.step},            {"samples", p.samples},
-                         {"epoch", p.epoch},          {"train_loss", p.train_loss},
-                         {"test_loss", p.test_loss},  {"test_accuracy", p.test_accuracy},
-                         {"samples_per_s", p.samples_per_s}};
+  nlohmann::json line = {{"worker", worker},
+                         {"time_s", p.time_s},
+                         {"step", p.step},
+                         {"samples", p.samples},
+                         {"epoch", p.epoch},
+                         {"train_loss", p.train_loss},
+                         {"test_loss", p.test_loss},
+                         {"test_accuracy", p.test_accuracy},
+                         {"samples_per_s", p.samples_per_s},
+                         {"messages_sent", p.messages_sent},
+                         {"messages_received", p.messages_received},
+                         {"messages_accepted", p.messages_accepted},
+                         {"messages_rejected", p.messages_rejected},
+                         {"messages_nonfinite", p.messages_nonfinite},
+                         {"bytes_sent", p.bytes_sent},
+                         {"mean_staleness_s", p.mean_staleness_s},
+                         {"mean_step_gap", p.mean_step_gap}};
   out_ << line.dump() << '\n';
   out_.flush();  // a killed run keeps every line it logged
   if (!out_) ASGD_THROW("writing metrics to '{}' failed", path_);

@@ -18,6 +18,7 @@
 #include <nlohmann/json.hpp>
 
 #include "comm/local/local_transport.h"
+#include "runtime/build_info.h"
 #include "runtime/error.h"
 #include "runtime/metrics.h"
 
@@ -98,7 +99,8 @@ class Run {
                        "GPU or the MPI transport");
     for (int i = 0; i < c.workers; ++i) {
       shards_.push_back(c.workers == 1 ? data.train : shard(data.train, i, c.workers, c.seed));
-      workers_.push_back(std::make_unique<Worker>(i, c, shards_.back(), data.test, factory));
+      workers_.push_back(
+          std::make_unique<Worker>(i, c, data.train, shards_.back(), data.test, factory));
     }
     Worker& w0 = *workers_.front();
     result_.model = w0.model().describe();
@@ -188,7 +190,9 @@ class Run {
     p.messages_rejected = k.rejected_direction + k.rejected_window;
     p.messages_nonfinite = k.nonfinite;
     p.bytes_sent = k.bytes_sent;
-    p.mean_staleness = k.received > 0 ? k.staleness_sum / static_cast<double>(k.received) : 0;
+    const double used = static_cast<double>(k.received - k.malformed);
+    p.mean_staleness_s = used > 0 ? k.staleness_sum_s / used : 0;
+    p.mean_step_gap = used > 0 ? k.step_gap_sum / used : 0;
 
     const bool diverged =
         !std::isfinite(p.test_loss) || (e.train_steps > 0 && !std::isfinite(p.train_loss));
@@ -213,7 +217,7 @@ class Run {
         stop_ = true;
       }
     }
-    final_[i] = p;
+    if (as_worker >= 0) final_[i] = p;
   }
 
   bool eval_due(const Worker& w) const {
@@ -438,7 +442,8 @@ void write_summary(const std::string& path, const TrainConfig& c, const TrainRes
                        {"messages_accepted", p.messages_accepted},
                        {"messages_rejected", p.messages_rejected},
                        {"messages_nonfinite", p.messages_nonfinite},
-                       {"mean_staleness", p.mean_staleness}});
+                       {"mean_staleness_s", p.mean_staleness_s},
+                       {"mean_step_gap", p.mean_step_gap}});
   auto number_or_null = [](bool ok, double v) { return ok ? nlohmann::json(v) : nlohmann::json(); };
   nlohmann::json j = {
       {"final_test_accuracy", number_or_null(r.classifier, r.final_test_accuracy)},
@@ -482,7 +487,7 @@ void write_summary(const std::string& path, const TrainConfig& c, const TrainRes
       {"seed", c.seed},
       {"host", host},
       {"asgd_version", ASGD_VERSION},
-      {"commit", ASGD_GIT_COMMIT},
+      {"commit", git_commit()},
   };
   std::ofstream out(path, std::ios::out | std::ios::trunc);
   if (!out) ASGD_INPUT_ERROR("--summary: cannot create '{}'", path);

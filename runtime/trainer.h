@@ -37,7 +37,8 @@ struct EvalPoint {
   std::int64_t messages_rejected = 0;  // by direction or window
   std::int64_t messages_nonfinite = 0;
   std::int64_t bytes_sent = 0;
-  double mean_staleness = 0;  // steps between a message's sending and its use
+  double mean_staleness_s = 0;  // seconds between a message's sending and its use
+  double mean_step_gap = 0;     // receiver's step - sender's step (negative: sender ahead)
 };
 
 struct TrainResult {

@@ -1,6 +1,7 @@
 #include "runtime/worker.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <limits>
 
@@ -11,6 +12,11 @@ namespace asgd {
 namespace {
 // Evaluation runs in chunks of the model's largest batch; larger chunks make it cheaper.
 constexpr std::int64_t kEvalChunk = 1024;
+
+// The clock of send times: steady, and shared by every worker of this process.
+double monotonic_seconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
 
 Stream worker_stream(const TrainConfig& c, int id) {
   if (c.backend == Backend::kCuda) {
@@ -30,15 +36,15 @@ ModelFactory builtin_model_factory(const ModelSpec& spec) {
   };
 }
 
-Worker::Worker(int id, const TrainConfig& config, const Dataset& shard, const Dataset& test,
-               const ModelFactory& factory)
+Worker::Worker(int id, const TrainConfig& config, const Dataset& train, const Dataset& shard,
+               const Dataset& test, const ModelFactory& factory)
     : id_(id),
       config_(config),
       stream_(worker_stream(config, id)),
       train_(shard, stream_),
       test_(test, stream_),
       model_(factory(stream_, shard.cols, std::max(shard.classes, test.classes),
-                     std::max<std::int64_t>(config.batch, kEvalChunk), shard)),
+                     std::max<std::int64_t>(config.batch, kEvalChunk), train)),
       n_(model_->parameter_count()),
       max_steps_(std::max<std::int64_t>(
           1, std::llround(config.epochs * static_cast<double>(shard.rows / config.batch)))),
@@ -142,7 +148,8 @@ void Worker::exchange_and_update() {
       ++counters_.malformed;  // nothing malformed reaches the model
       continue;
     }
-    counters_.staleness_sum += static_cast<double>(steps_ - h.sender_step);
+    counters_.step_gap_sum += static_cast<double>(steps_ - h.sender_step);
+    counters_.staleness_sum_s += monotonic_seconds() - h.send_time_s;
     const float* data = messages[i]->payload.data();
     if (copy_stream_) {
       if (static_cast<int>(receive_.size()) <= used)
@@ -184,6 +191,7 @@ void Worker::send() {
   MessageHeader h;
   h.sender = id_;
   h.sender_step = steps_;
+  h.send_time_s = monotonic_seconds();
   h.offset = send_cursor_;
   h.length = std::min(m, n_ - send_cursor_);
   send_cursor_ += h.length;

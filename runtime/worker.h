@@ -21,8 +21,9 @@
 
 namespace asgd {
 
-// Builds a worker's model on its stream. `train` is the worker's shard (K-Means draws its
-// initial centres from it). Research code passes its own to train() to use its own model.
+// Builds a worker's model on its stream. `train` is the whole training set, the same for
+// every worker, so that data-dependent initialisations (K-Means draws its centres from it)
+// agree. Research code passes its own to train() to use its own model.
 using ModelFactory = std::function<std::unique_ptr<Model>(
     const Stream& stream, std::int64_t input_dim, std::int32_t classes, std::int64_t max_batch,
     const Dataset& train)>;
@@ -40,7 +41,8 @@ struct WorkerCounters {
   std::int64_t rejected_window = 0;
   std::int64_t nonfinite = 0;
   std::int64_t malformed = 0;      // ranges outside the state: dropped before any test
-  double staleness_sum = 0;        // sum over received messages of (own step - sender step)
+  double staleness_sum_s = 0;      // sum over received messages of (use time - send time)
+  double step_gap_sum = 0;         // sum over received messages of (own step - sender step)
 };
 
 // An evaluation of the worker's current state on the test set.
@@ -53,8 +55,9 @@ struct WorkerEval {
 
 class Worker {
  public:
-  Worker(int id, const TrainConfig& config, const Dataset& shard, const Dataset& test,
-         const ModelFactory& factory);
+  // `shard` is this worker's part of `train`, which only the model factory sees.
+  Worker(int id, const TrainConfig& config, const Dataset& train, const Dataset& shard,
+         const Dataset& test, const ModelFactory& factory);
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;
   ~Worker();

@@ -9,6 +9,7 @@
 #include <asgd/config.h>
 
 #include "runtime/device.h"
+#include "runtime/build_info.h"
 #include "runtime/error.h"
 #include "runtime/trainer.h"
 
@@ -92,7 +93,7 @@ int run_train(CLI::App& cmd, TrainOptions& o) {
 }
 
 int run_info() {
-  std::printf("asgd %s (commit %s)\n", ASGD_VERSION, ASGD_GIT_COMMIT);
+  std::printf("asgd %s (commit %s)\n", ASGD_VERSION, git_commit());
   std::printf("backends compiled: host%s\n", ASGD_HAVE_CUDA ? ", cuda" : "");
   std::printf("communication libraries found: MPI %s, NCCL %s\n", ASGD_HAVE_MPI ? "yes" : "no",
               ASGD_HAVE_NCCL ? "yes" : "no");

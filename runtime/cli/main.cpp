@@ -9,13 +9,14 @@
 #include <asgd/config.h>
 
 #include "runtime/cli/commands.h"
+#include "runtime/build_info.h"
 #include "runtime/error.h"
 
 int main(int argc, char** argv) {
   CLI::App app{
       "asgd: asynchronous parallel SGD on GPUs and CPUs.\n"
       "Trains models on sharded data with workers that never wait for each other."};
-  app.set_version_flag("--version", std::string("asgd ") + ASGD_VERSION + " (" + ASGD_GIT_COMMIT + ")");
+  app.set_version_flag("--version", std::string("asgd ") + ASGD_VERSION + " (" + asgd::git_commit() + ")");
   app.require_subcommand(1);
   app.footer("Run 'asgd <command> --help' for the options of a command.");
 
