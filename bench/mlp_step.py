@@ -13,11 +13,12 @@ over rounds and the ratio asgd / PyTorch.
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
-import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
+import runs  # noqa: E402
 
 # One thread for OpenBLAS and OpenMP in this process and in asgd's (set before torch loads).
 os.environ["OPENBLAS_NUM_THREADS"] = "1"
@@ -76,17 +77,6 @@ def asgd_samples_per_s(binary, hidden, batch, steps):
     return json.loads(out.stdout)["samples_per_s"]
 
 
-def machine():
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"host": platform.node(), "cpu": cpu, "cores": os.cpu_count(),
-            "python": platform.python_version(), "torch": torch.__version__}
-
-
 def main():
     here = os.path.dirname(os.path.abspath(__file__))
     root = os.path.dirname(here)
@@ -99,8 +89,6 @@ def main():
     if not os.path.exists(binary):
         sys.exit(f"{binary} not found: build first (scripts/build.sh)")
     torch.set_num_threads(1)
-    commit = subprocess.run(["git", "-C", root, "rev-parse", "--short=12", "HEAD"],
-                            capture_output=True, text=True).stdout.strip() or "unknown"
 
     rows = []
     print(f"{'model':>22} {'batch':>5} {'asgd samples/s':>15} {'torch samples/s':>16} {'ratio':>6}")
@@ -115,13 +103,10 @@ def main():
         rows.append({"model": name, "batch": batch, "asgd_samples_per_s": ma,
                      "torch_samples_per_s": mt, "ratio": ma / mt,
                      "asgd_rounds": a, "torch_rounds": t})
-    result = {"benchmark": "mlp_step", "commit": commit, "machine": machine(),
-              "threads": 1, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "results": rows}
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
-    print(f"wrote {args.out}")
+    machine = runs.machine()
+    machine["torch"] = torch.__version__
+    runs.write_result(args.out, "mlp_step", {"threads": 1, "peer": "pytorch", "results": rows,
+                                             "machine": machine})
 
 
 if __name__ == "__main__":

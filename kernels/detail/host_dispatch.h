@@ -40,22 +40,30 @@ inline int host_threads(const Stream& stream, std::int64_t work, std::int64_t gr
   return static_cast<int>(std::max<std::int64_t>(1, std::min<std::int64_t>(stream.threads(), useful)));
 }
 
-// Calls body(begin, end) over a static partition of [0, n) on up to stream.threads() OpenMP
-// threads; serially (no OpenMP region at all) when one thread is enough, because the region
-// itself costs more than the small loops of a training step.
+// Calls body(t, begin, end) for each thread t of a team of `threads` over a static partition
+// of [0, n); serially (no OpenMP region at all) when one thread is enough, because the region
+// itself costs more than the small loops of a training step. The partition depends only on
+// the team size, so per-thread partial sums combine the same way every time.
 template <typename Body>
-void parallel_for(const Stream& stream, std::int64_t n, std::int64_t grain, Body&& body) {
-  const int threads = host_threads(stream, n, grain);
+void run_partitioned(int threads, std::int64_t n, Body&& body) {
   if (threads <= 1) {
-    body(std::int64_t{0}, n);
+    body(0, std::int64_t{0}, n);
     return;
   }
 #pragma omp parallel num_threads(threads)
   {
     const std::int64_t t = omp_get_thread_num();
     const std::int64_t nt = omp_get_num_threads();
-    body(n * t / nt, n * (t + 1) / nt);
+    body(static_cast<int>(t), n * t / nt, n * (t + 1) / nt);
   }
+}
+
+// Calls body(begin, end) over a static partition of [0, n) on up to stream.threads() threads,
+// each getting at least `grain` units.
+template <typename Body>
+void parallel_for(const Stream& stream, std::int64_t n, std::int64_t grain, Body&& body) {
+  run_partitioned(host_threads(stream, n, grain), n,
+                  [&](int, std::int64_t begin, std::int64_t end) { body(begin, end); });
 }
 
 }  // namespace asgd::detail

@@ -82,15 +82,7 @@ void kmeans_assign(const Stream& stream, std::int64_t rows, std::int64_t k, std:
     }
     partial[t] = loss;
   };
-  if (threads <= 1) {
-    body(0, 0, rows);
-  } else {
-#pragma omp parallel num_threads(threads)
-    {
-      const std::int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
-      body(static_cast<int>(t), rows * t / nt, rows * (t + 1) / nt);
-    }
-  }
+  detail::run_partitioned(threads, rows, body);
   if (loss_sum) {
     double total = 0.0;
     for (double p : partial)

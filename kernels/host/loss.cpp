@@ -31,15 +31,7 @@ void rows_reduce(const Stream& stream, std::int64_t rows, std::int64_t cols, Row
     loss[t] = l;
     hits[t] = h;
   };
-  if (threads <= 1) {
-    body(0, 0, rows);
-  } else {
-#pragma omp parallel num_threads(threads)
-    {
-      const std::int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
-      body(static_cast<int>(t), rows * t / nt, rows * (t + 1) / nt);
-    }
-  }
+  detail::run_partitioned(threads, rows, body);
   double l = 0.0;
   std::int64_t h = 0;
   for (int t = 0; t < threads; ++t) {

@@ -98,9 +98,7 @@ void parzen_statistics(const Stream& stream, std::int64_t length, const float* g
   ASGD_DISPATCH_CUDA(stream, parzen_statistics(stream, length, g, w, e, out));
   const int threads = detail::host_threads(stream, length, kGrain);
   std::vector<Stats> partial(threads);
-  detail::parallel_for(stream, length, kGrain, [&](std::int64_t i0, std::int64_t i1) {
-    // The partition of parallel_for is static: thread t owns [length*t/T, length*(t+1)/T).
-    const int t = threads == 1 ? 0 : omp_get_thread_num();
+  detail::run_partitioned(threads, length, [&](int t, std::int64_t i0, std::int64_t i1) {
     partial[t] = statistics_range(g, w, e, i0, i1);
   });
   Stats total;

@@ -34,15 +34,7 @@ T reduce(const Stream& stream, std::int64_t n, Term&& term) {
     }
     partial[t] = acc;
   };
-  if (threads <= 1) {
-    body(0, 0, n);
-  } else {
-#pragma omp parallel num_threads(threads)
-    {
-      const std::int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
-      body(static_cast<int>(t), n * t / nt, n * (t + 1) / nt);
-    }
-  }
+  detail::run_partitioned(threads, n, body);
   T total{0};
   for (const T& p : partial) total += p;
   return total;
