@@ -2,8 +2,12 @@
 // and errors raised inside worker threads.
 #include <atomic>
 #include <cmath>
+#include <filesystem>
+#include <fstream>
 #include <string>
 #include <vector>
+
+#include <unistd.h>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -108,6 +112,31 @@ TEST(DeterministicTest, EveryAlgorithmIsRepeatable) {
     c.epochs = 1;
     EXPECT_EQ(observe(c), observe(c)) << to_string(algo);
   }
+}
+
+TEST(DeterministicTest, MetricsHaveEveryWorkerAndItsMessageCounters) {
+  TrainConfig c = engine_config(Algorithm::kAsgd, 2);
+  c.deterministic = true;
+  c.epochs = 1;
+  c.metrics_path = (std::filesystem::temp_directory_path() /
+                    ("asgd_engine_metrics_" + std::to_string(::getpid()) + ".jsonl"))
+                       .string();
+  const TrainResult r = train(c, testing::separable_train_test());
+  std::ifstream in(c.metrics_path);
+  std::string line;
+  int lines[2] = {0, 0};
+  while (std::getline(in, line)) {
+    for (const char* key : {"\"messages_sent\"", "\"messages_received\"",
+                            "\"messages_accepted\"", "\"messages_rejected\"",
+                            "\"messages_nonfinite\"", "\"bytes_sent\"", "\"mean_staleness_s\"",
+                            "\"mean_step_gap\"", "\"test_accuracy\""})
+      EXPECT_THAT(line, HasSubstr(key));
+    ++lines[line.find("\"worker\":1") != std::string::npos ? 1 : 0];
+  }
+  EXPECT_EQ(lines[0], static_cast<int>(r.history.size()));
+  EXPECT_GT(lines[1], 0);
+  EXPECT_GT(r.history.back().messages_sent, 0);
+  std::filesystem::remove(c.metrics_path);
 }
 
 TEST(DeterministicTest, FilterIsActive) {
