@@ -3,6 +3,8 @@
 #include <cstdlib>
 #include <cstring>
 
+#include <sys/mman.h>
+
 #include <asgd/config.h>
 
 #include "runtime/error.h"
@@ -13,12 +15,17 @@
 namespace asgd {
 namespace {
 constexpr std::size_t kHostAlignment = 64;
+constexpr std::size_t kHugePage = std::size_t{2} << 20;
 
 void* host_alloc(std::size_t bytes) {
   if (bytes == 0) return nullptr;
-  const std::size_t rounded = (bytes + kHostAlignment - 1) / kHostAlignment * kHostAlignment;
-  void* p = std::aligned_alloc(kHostAlignment, rounded);
+  // Large buffers (states, gradients, data sets) are streamed through in every step: on huge
+  // pages the kernels do not stall on TLB misses.
+  const std::size_t align = bytes >= 2 * kHugePage ? kHugePage : kHostAlignment;
+  const std::size_t rounded = (bytes + align - 1) / align * align;
+  void* p = std::aligned_alloc(align, rounded);
   if (!p) ASGD_THROW("out of host memory allocating {} bytes", bytes);
+  if (align == kHugePage) madvise(p, rounded, MADV_HUGEPAGE);  // advice only: failure is fine
   return p;
 }
 }  // namespace
