@@ -9,8 +9,9 @@
 //               messages received), after `warmup` messages have been seen
 //   finite:     every value involved is finite (a NaN/Inf, or a value so large that its square
 //               overflows, rejects the message and is counted as non-finite)
-// window = +inf is the bare direction test (no warm-up). With `filter` off every message is
-// accepted (the "asgd-nofilter" baseline).
+// window = +-inf is the bare direction test (no warm-up). With `filter` off every message is
+// accepted (the "asgd-nofilter" baseline). A message rejected for several reasons is counted
+// once: non-finite first, then direction, then window.
 //
 // The three launchers below are asynchronous on CUDA; decisions and counters stay on the
 // device and are read by the host only at logging intervals.
@@ -24,6 +25,8 @@ namespace asgd {
 
 // At most this many messages are tested and merged in one step; more stay in their slots.
 inline constexpr int kMaxMergeMessages = 64;
+// The largest window history H: the CUDA decision keeps a sorted copy in shared memory.
+inline constexpr int kMaxParzenHistory = 8192;
 
 enum class MergeRule {
   kSeed,     // w <- w - eps/(c+1) * (g + sum_e (w - e))
@@ -34,7 +37,7 @@ enum class MergeRule {
 struct ParzenParams {
   float eps = 0.05f;     // the step size of this step
   float window = 4.0f;   // r; +inf: direction test only
-  int history = 64;      // H
+  int history = 64;      // H, in [1, kMaxParzenHistory]
   int warmup = 8;        // messages seen before the window can accept
   bool filter = true;
 };
@@ -49,7 +52,10 @@ enum ParzenCounter : int {
 };
 
 // One pass over a range: out[0] = dot(g, w - e), out[1] = ||g||^2, out[2] = ||w - e||^2
-// (double accumulation, overwritten). g and w point at the range's first element.
+// (overwritten; out[3] is padding, never written, so that messages sit 4 doubles apart).
+// g and w point at the range's first element. Partial sums are float within blocks of 1024 on
+// the host and double on CUDA, so a range whose squares sum past the float range can be
+// non-finite on the host only; either way such a message is rejected.
 void parzen_statistics(const Stream& stream, std::int64_t length, const float* g, const float* w,
                        const float* e, double* out);
 

@@ -322,8 +322,9 @@ void validate(const TrainConfig& c) {
   if (c.queue_capacity < 1)
     ASGD_INPUT_ERROR("--queue-capacity must be at least 1, got {}", c.queue_capacity);
   if (!(c.window > 0.0f)) ASGD_INPUT_ERROR("--window must be positive (or inf), got {}", c.window);
-  if (c.window_history < 1 || c.window_warmup < 0)
-    ASGD_INPUT_ERROR("--window-history must be >= 1 and --window-warmup >= 0");
+  if (c.window_history < 1 || c.window_history > kMaxParzenHistory || c.window_warmup < 0)
+    ASGD_INPUT_ERROR("--window-history must lie in [1, {}] and --window-warmup be >= 0",
+                     kMaxParzenHistory);
   if (c.links.bandwidth < 0 || c.links.latency < 0)
     ASGD_INPUT_ERROR("--link-bandwidth and --link-latency must be >= 0");
   for (const auto* m : {&c.links.bandwidth_matrix, &c.links.latency_matrix}) {

@@ -117,8 +117,11 @@ void parzen_decide(const Stream& stream, const ParzenParams& params, int count,
                    std::int64_t* history_seen, std::int32_t* accept, std::int64_t* counters) {
   ASGD_CHECK(count >= 0 && count <= kMaxMergeMessages, "{} messages in one decision (max {})",
              count, kMaxMergeMessages);
-  ASGD_CHECK(params.history >= 1 && params.warmup >= 0, "Parzen history {} / warm-up {}",
-             params.history, params.warmup);
+  ASGD_CHECK(params.history >= 1 && params.history <= kMaxParzenHistory && params.warmup >= 0,
+             "Parzen history {} (1 to {}) / warm-up {}", params.history, kMaxParzenHistory,
+             params.warmup);
+  for (int m = 0; m < count; ++m)
+    ASGD_CHECK(lengths[m] >= 1, "message {} has length {}", m, lengths[m]);
   if (count == 0) return;
   ASGD_DISPATCH_CUDA(stream, parzen_decide(stream, params, count, stats, lengths, history,
                                            history_seen, accept, counters));
