@@ -14,12 +14,15 @@
 #include <string>
 #include <vector>
 
+#include <unistd.h>
+
 #include <CLI/CLI.hpp>
 #include <omp.h>
 #include <nlohmann/json.hpp>
 
 #include "kernels/parzen.h"
 #include "runtime/buffer.h"
+#include "runtime/build_info.h"
 
 namespace {
 template <typename F>
@@ -94,7 +97,22 @@ int main(int argc, char** argv) {
               {"test+merge", 7 * b, t_both}};
   const double copy_gbs = 2 * b / t_copy / 1e9;
   std::printf("%12s %12s %10s %8s %10s\n", "op", "bytes", "time_ms", "GB/s", "of memcpy");
-  nlohmann::json out = {{"elements", n}, {"threads", threads}, {"repeats", repeats}};
+  char host[256] = {};
+  gethostname(host, sizeof(host) - 1);
+  std::string cpu = "unknown";
+  std::ifstream cpuinfo("/proc/cpuinfo");
+  for (std::string line; std::getline(cpuinfo, line);)
+    if (line.rfind("model name", 0) == 0) {
+      cpu = line.substr(line.find(':') + 2);
+      break;
+    }
+  nlohmann::json out = {{"benchmark", "parzen_bandwidth"},
+                        {"commit", asgd::git_commit()},
+                        {"machine", {{"host", host}, {"cpu", cpu}}},
+                        {"peer", "memcpy"},
+                        {"elements", n},
+                        {"threads", threads},
+                        {"repeats", repeats}};
   for (const Row& r : rows) {
     const double gbs = r.bytes / r.seconds / 1e9;
     std::printf("%12s %12.0f %10.2f %8.2f %10.3f\n", r.name, r.bytes, r.seconds * 1e3, gbs,
