@@ -10,6 +10,7 @@
 #include <limits>
 #include <optional>
 #include <random>
+#include <string>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -251,6 +252,13 @@ TEST_P(CudaMergeRuleTest, MatchesTheRuleElementByElement) {
   }
 }
 
+std::string merge_case_name(const ::testing::TestParamInfo<MergeCase>& info) {
+  static const char* const kNames[] = {"seed", "average", "elastic"};
+  std::string n = kNames[static_cast<int>(info.param.rule)];
+  for (auto a : info.param.accept) n += a ? "_1" : "_0";
+  return n;
+}
+
 INSTANTIATE_TEST_SUITE_P(Rules, CudaMergeRuleTest,
                          ::testing::Values(MergeCase{MergeRule::kSeed, {1, 1}},
                                            MergeCase{MergeRule::kSeed, {1, 0}},
@@ -258,7 +266,8 @@ INSTANTIATE_TEST_SUITE_P(Rules, CudaMergeRuleTest,
                                            MergeCase{MergeRule::kAverage, {1, 1}},
                                            MergeCase{MergeRule::kAverage, {0, 1}},
                                            MergeCase{MergeRule::kElastic, {1, 1}},
-                                           MergeCase{MergeRule::kElastic, {1, 0}}));
+                                           MergeCase{MergeRule::kElastic, {1, 0}}),
+                         merge_case_name);
 
 // ---------------------------------------------------------------------------------------------
 // Statistics

@@ -2,6 +2,7 @@
 // float64 reference on random inputs.
 #include <cmath>
 #include <limits>
+#include <string>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -148,13 +149,21 @@ TEST_P(MergeTest, MatchesTheRuleElementByElement) {
   EXPECT_TRUE(testing::all_close(w, expected, 1e-6, 1e-6));
 }
 
+std::string merge_case_name(const ::testing::TestParamInfo<MergeCase>& info) {
+  static const char* const kNames[] = {"seed", "average", "elastic"};
+  std::string n = kNames[static_cast<int>(info.param.rule)];
+  for (auto a : info.param.accept) n += a ? "_1" : "_0";
+  return n;
+}
+
 INSTANTIATE_TEST_SUITE_P(
     Rules, MergeTest,
     ::testing::Values(MergeCase{MergeRule::kSeed, {1, 1}}, MergeCase{MergeRule::kSeed, {1, 0}},
                       MergeCase{MergeRule::kSeed, {0, 0}}, MergeCase{MergeRule::kAverage, {1, 1}},
                       MergeCase{MergeRule::kAverage, {0, 1}},
                       MergeCase{MergeRule::kElastic, {1, 1}},
-                      MergeCase{MergeRule::kElastic, {1, 0}}));
+                      MergeCase{MergeRule::kElastic, {1, 0}}),
+                         merge_case_name);
 
 TEST(ParzenKernels, StatisticsMatchFloat64OnLargeRandomInputs) {
   for (int threads : {1, 2}) {
