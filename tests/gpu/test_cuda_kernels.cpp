@@ -23,6 +23,7 @@
 #include "runtime/buffer.h"
 #include "runtime/device.h"
 #include "runtime/error.h"
+#include "tests/common/cuda_fixture.h"
 #include "tests/common/reference.h"
 
 namespace asgd {
@@ -31,48 +32,9 @@ using testing::all_close;
 using testing::random_labels;
 using testing::random_vector;
 
-std::vector<double> to_double(const std::vector<float>& v) {
-  return {v.begin(), v.end()};
-}
-
-// A device copy of a host vector, optionally starting `offset` elements into its allocation
-// so that the kernels see a pointer that is not 16-byte aligned.
-template <typename T>
-class DeviceArray {
- public:
-  DeviceArray(const std::vector<T>& host, const Stream& s, std::size_t offset = 0)
-      : buf_(Backend::kCuda, s.device(), host.size() + offset),
-        offset_(offset),
-        size_(host.size()) {
-    buf_.upload(host.data(), host.size(), s, offset);
-  }
-  T* get() { return buf_.data() + offset_; }
-  std::vector<T> download(const Stream& s) const {
-    std::vector<T> out(size_);
-    buf_.download(out.data(), size_, s, offset_);
-    s.synchronize();
-    return out;
-  }
-
- private:
-  DeviceBuffer<T> buf_;
-  std::size_t offset_;
-  std::size_t size_;
-};
-
-class CudaKernelTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    if (cuda_device_count() == 0) GTEST_SKIP() << cuda_unavailable_reason();
-    cuda_.emplace(Stream::cuda(0));
-  }
-  const Stream& cuda() const { return *cuda_; }
-  const Stream& host() const { return host_; }
-
- private:
-  std::optional<Stream> cuda_;
-  Stream host_ = Stream::host(4);
-};
+using CudaKernelTest = testing::CudaTest;
+using testing::DeviceArray;
+using testing::to_double;
 
 // ---------------------------------------------------------------------------------------------
 // GEMM

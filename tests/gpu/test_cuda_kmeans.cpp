@@ -16,6 +16,7 @@
 #include "runtime/data/synthetic.h"
 #include "runtime/device.h"
 #include "runtime/error.h"
+#include "tests/common/cuda_fixture.h"
 #include "tests/common/reference.h"
 
 namespace asgd {
@@ -24,45 +25,9 @@ using testing::all_close;
 using testing::random_labels;
 using testing::random_vector;
 
-std::vector<double> to_double(const std::vector<float>& v) {
-  return {v.begin(), v.end()};
-}
-
-// A device copy of a host vector.
-template <typename T>
-class DeviceArray {
- public:
-  DeviceArray(const std::vector<T>& host, const Stream& s)
-      : buf_(Backend::kCuda, s.device(), std::max<std::size_t>(1, host.size())),
-        size_(host.size()) {
-    buf_.upload(host.data(), host.size(), s);
-  }
-  T* get() { return buf_.data(); }
-  std::vector<T> download(const Stream& s) const {
-    std::vector<T> out(size_);
-    buf_.download(out.data(), size_, s);
-    s.synchronize();
-    return out;
-  }
-
- private:
-  DeviceBuffer<T> buf_;
-  std::size_t size_;
-};
-
-class CudaKMeansTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    if (cuda_device_count() == 0) GTEST_SKIP() << cuda_unavailable_reason();
-    cuda_.emplace(Stream::cuda(0));
-  }
-  const Stream& cuda() const { return *cuda_; }
-  const Stream& host() const { return host_; }
-
- private:
-  std::optional<Stream> cuda_;
-  Stream host_ = Stream::host(4);
-};
+using CudaKMeansTest = testing::CudaTest;
+using testing::DeviceArray;
+using testing::to_double;
 
 struct Shape {
   std::int64_t rows, k, d;
