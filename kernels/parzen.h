@@ -74,6 +74,27 @@ struct MergeRange {
   std::int64_t length = 0;
 };
 
+// The rule for an element covered by c accepted ranges, as w <- a*w - b*g + e*sum(e_m):
+// both backends use these float formulas, so they agree bit for bit without FMA.
+struct MergeCoefficients {
+  float a = 1.0f;
+  float b = 0.0f;
+  float e = 0.0f;
+};
+inline MergeCoefficients merge_coefficients(MergeRule rule, float eps, float alpha, int c) {
+  if (c == 0) return {1.0f, eps, 0.0f};  // the plain SGD step
+  const float k = static_cast<float>(c);
+  switch (rule) {
+    case MergeRule::kSeed:
+      return {1.0f - eps * k / (k + 1.0f), eps / (k + 1.0f), eps / (k + 1.0f)};
+    case MergeRule::kAverage:
+      return {1.0f / (k + 1.0f), eps / (k + 1.0f), 1.0f / (k + 1.0f)};
+    case MergeRule::kElastic:
+      return {1.0f - alpha, (1.0f - alpha) * eps, alpha / k};
+  }
+  return {1.0f, eps, 0.0f};
+}
+
 // Applies the merge rule and the SGD step to all n elements of w: an element covered by c
 // accepted ranges (accept[m] != 0, a device array) takes the rule with those c states, an
 // element covered by none takes w - eps*g. `ranges` is a host array of `count` entries.

@@ -385,11 +385,7 @@ __global__ void __launch_bounds__(kThreads) decide_kernel(const __grid_constant_
 // Merge
 
 // w <- a*w - b*g + e * (each covering accepted range's value).
-struct Coefficients {
-  float a;
-  float b;
-  float e;
-};
+using Coefficients = MergeCoefficients;
 
 // Element i of [lo, hi) of the state is data[i - lo].
 struct RangeBounds {
@@ -410,32 +406,6 @@ struct MergeArgs {
   RangeBounds ranges[kMaxMergeMessages];
 };
 static_assert(sizeof(MergeArgs) <= 4096, "kernel parameters are limited to 4 KB");
-
-// The host implementation's coefficients, by its own float formulas.
-Coefficients merge_coefficients(MergeRule rule, float eps, float alpha, int c) {
-  const float k = static_cast<float>(c);
-  float wa = 1.0f, wg = eps, we = 0.0f;
-  if (c > 0) {
-    switch (rule) {
-      case MergeRule::kSeed:
-        wa = 1.0f - eps * k / (k + 1.0f);
-        wg = eps / (k + 1.0f);
-        we = eps / (k + 1.0f);
-        break;
-      case MergeRule::kAverage:
-        wa = 1.0f / (k + 1.0f);
-        wg = eps / (k + 1.0f);
-        we = 1.0f / (k + 1.0f);
-        break;
-      case MergeRule::kElastic:
-        wa = 1.0f - alpha;
-        wg = (1.0f - alpha) * eps;
-        we = alpha / k;
-        break;
-    }
-  }
-  return {wa, wg, we};
-}
 
 __device__ __forceinline__ bool covers(const RangeBounds& r, std::int64_t i) {
   return i >= r.lo && i < r.hi;

@@ -196,28 +196,8 @@ void parzen_merge(const Stream& stream, MergeRule rule, float eps, float alpha, 
       int c = 0;
       for (int t = 0; t < taken_count; ++t)
         if (taken[t]->offset <= a && taken[t]->offset + taken[t]->length >= b) active[c++] = taken[t];
-      const float k = static_cast<float>(c);
-      float wa = 1.0f, wg = eps, we = 0.0f;  // w <- wa*w - wg*g + we*sum(e)
-      if (c > 0) {
-        switch (rule) {
-          case MergeRule::kSeed:
-            wa = 1.0f - eps * k / (k + 1.0f);
-            wg = eps / (k + 1.0f);
-            we = eps / (k + 1.0f);
-            break;
-          case MergeRule::kAverage:
-            wa = 1.0f / (k + 1.0f);
-            wg = eps / (k + 1.0f);
-            we = 1.0f / (k + 1.0f);
-            break;
-          case MergeRule::kElastic:
-            wa = 1.0f - alpha;
-            wg = (1.0f - alpha) * eps;
-            we = alpha / k;
-            break;
-        }
-      }
-      merge_interval(wa, wg, we, g, w, active, c, a, b);
+      const MergeCoefficients k = merge_coefficients(rule, eps, alpha, c);
+      merge_interval(k.a, k.b, k.e, g, w, active, c, a, b);
     }
   });
 }
