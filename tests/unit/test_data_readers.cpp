@@ -25,6 +25,7 @@
 #include "runtime/data/idx.h"
 #include "runtime/data/text_formats.h"
 #include "runtime/error.h"
+#include "tests/common/input_error.h"
 
 namespace asgd {
 namespace {
@@ -106,23 +107,7 @@ Bytes idx_labels(const std::vector<int>& labels) {
   return out;
 }
 
-// Runs `body`, which must throw an InputError whose message contains every one of `parts`.
-void expect_input_error(const std::function<void()>& body,
-                        std::initializer_list<std::string> parts) {
-  try {
-    body();
-  } catch (const InputError& error) {
-    const std::string what = error.what();
-    for (const std::string& part : parts)
-      EXPECT_NE(what.find(part), std::string::npos) << "message: " << what << "\nlacks: " << part;
-    EXPECT_EQ(what.find('\n'), std::string::npos) << "not one line: " << what;
-    return;
-  } catch (const std::exception& error) {
-    ADD_FAILURE() << "expected asgd::InputError, got another exception: " << error.what();
-    return;
-  }
-  ADD_FAILURE() << "expected asgd::InputError, nothing was thrown";
-}
+using testing::expect_input_error;
 
 // Sets an environment variable for the scope, restoring the old value.
 class ScopedEnv {

@@ -23,6 +23,7 @@
 #include "runtime/data/dataset.h"
 #include "runtime/data/synthetic.h"
 #include "runtime/error.h"
+#include "tests/common/input_error.h"
 #include "tests/common/reference.h"
 
 namespace asgd {
@@ -129,22 +130,7 @@ double sum(const std::vector<double>& v) {
   return s;
 }
 
-void expect_input_error(const std::function<void()>& body,
-                        std::initializer_list<std::string> parts) {
-  try {
-    body();
-  } catch (const InputError& error) {
-    const std::string what = error.what();
-    for (const std::string& part : parts)
-      EXPECT_NE(what.find(part), std::string::npos) << "message: " << what << "\nlacks: " << part;
-    EXPECT_EQ(what.find('\n'), std::string::npos) << "not one line: " << what;
-    return;
-  } catch (const std::exception& error) {
-    ADD_FAILURE() << "expected asgd::InputError, got another exception: " << error.what();
-    return;
-  }
-  ADD_FAILURE() << "expected asgd::InputError, nothing was thrown";
-}
+using testing::expect_input_error;
 
 // ---------------------------------------------------------------------------------------------
 // Kernels
