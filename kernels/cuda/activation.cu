@@ -14,13 +14,10 @@
 #include <cstdint>
 
 #include "kernels/detail/cuda_ops.h"
+#include "kernels/cuda/launch.cuh"
 #include "runtime/detail/cuda_check.cuh"
 
 namespace asgd::cuda_ops {
-namespace detail {
-void prepare_launch(const Stream& stream);  // kernels/cuda/sgd.cu
-}
-
 namespace {
 constexpr int kForwardThreads = 256;
 constexpr int kBackwardThreads = 512;

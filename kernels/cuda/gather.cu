@@ -6,13 +6,10 @@
 #include <cstdint>
 
 #include "kernels/detail/cuda_ops.h"
+#include "kernels/cuda/launch.cuh"
 #include "runtime/detail/cuda_check.cuh"
 
 namespace asgd::cuda_ops {
-namespace detail {
-void prepare_launch(const Stream& stream);  // kernels/cuda/sgd.cu
-}
-
 namespace {
 constexpr int kThreads = 256;
 constexpr std::int64_t kMaxBlocks = 4096;

@@ -6,13 +6,10 @@
 #include <limits>
 
 #include "kernels/detail/cuda_ops.h"
+#include "kernels/cuda/launch.cuh"
 #include "runtime/detail/cuda_check.cuh"
 
 namespace asgd::cuda_ops {
-namespace detail {
-void prepare_launch(const Stream& stream);  // kernels/cuda/sgd.cu
-}
-
 namespace {
 cublasOperation_t to_cublas(Trans t) {
   return t == Trans::kYes ? CUBLAS_OP_T : CUBLAS_OP_N;

@@ -13,13 +13,10 @@
 #include <cub/block/block_reduce.cuh>
 
 #include "kernels/detail/cuda_ops.h"
+#include "kernels/cuda/launch.cuh"
 #include "runtime/detail/cuda_check.cuh"
 
 namespace asgd::cuda_ops {
-namespace detail {
-void prepare_launch(const Stream& stream);  // kernels/cuda/sgd.cu
-}
-
 namespace {
 constexpr int kThreads = 256;
 constexpr int kWarp = 32;

@@ -5,22 +5,11 @@
 #include <cstdint>
 
 #include "kernels/detail/cuda_ops.h"
+#include "kernels/cuda/launch.cuh"
 #include "runtime/detail/cuda_check.cuh"
 
 namespace asgd::cuda_ops {
 
-namespace detail {
-// Shared by every kernels/cuda/*.cu launcher. A CUDA stream only accepts launches while its
-// device is current, so make it current (one cheap query when it already is). Clear the
-// thread's last error too: a failed runtime call leaves it set after it has thrown, and
-// ASGD_CHECK_LAUNCH must report the launch that follows, not that older failure.
-void prepare_launch(const Stream& stream) {
-  int current = -1;
-  ASGD_CHECK_CUDA(cudaGetDevice(&current));
-  if (current != stream.device()) ASGD_CHECK_CUDA(cudaSetDevice(stream.device()));
-  (void)cudaGetLastError();
-}
-}  // namespace detail
 
 namespace {
 constexpr int kThreads = 256;
