@@ -62,31 +62,12 @@ def main():
 
     results = study.sweep(binary, configs, args, describe)
 
-    def time_of(r):
-        return study.summary_value(r, "time_to_target_s")
-
     rows = []
     for c in configs:
-        recs = results[c["name"]]
-        ok = [r for r in recs if "error" not in r]
-        rows.append({
-            "name": c["name"], "algo": c["algo"], "workers": c["workers"], "lr": c["lr"],
-            "rounds": len(recs), "failed": len(recs) - len(ok),
-            "reached": sum(time_of(r) is not None for r in ok),
-            "time_to_target_s": study.median_or_none([time_of(r) for r in recs]),
-            "samples_to_target": study.median_or_none(
-                [study.samples_to_target(r, args.target) if "error" not in r else None
-                 for r in recs]),
-            "final_test_accuracy": study.median_of(
-                recs, lambda r: study.summary_value(r, "final_test_accuracy")),
-            "steps": study.median_of(recs, lambda r: study.summary_value(r, "steps")),
-            "samples_per_s": study.median_of(
-                recs, lambda r: study.summary_value(r, "samples_per_s")),
-            "messages_accepted": study.median_of(
-                recs, lambda r: study.summary_value(r, "messages_accepted")),
-            "messages_rejected": study.median_of(
-                recs, lambda r: study.summary_value(r, "messages_rejected")),
-        })
+        rows.append({"name": c["name"], "algo": c["algo"], "workers": c["workers"], "lr": c["lr"],
+                     **study.target_row(results[c["name"]], args.target,
+                                        ("final_test_accuracy", "steps", "samples_per_s",
+                                         "messages_accepted", "messages_rejected"))})
 
     print(f"# convergence: Fashion-MNIST, mlp 784-256-256-10, batch 64, target "
           f"{args.target:g}, cap {args.max_seconds:g} s, eval every {args.eval_every} steps, "

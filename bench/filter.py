@@ -68,8 +68,7 @@ def main():
             configs.append(study.config(f"{f}_s{scale:g}", common + adversary + FILTERS[f],
                                         scale=scale, filter=f))
 
-    def time_of(r):
-        return study.summary_value(r, "time_to_target_s")
+    time_of = study.time_to_target
 
     def describe(rec):
         t = time_of(rec)
@@ -80,19 +79,10 @@ def main():
 
     rows = []
     for c in configs:
-        recs = results[c["name"]]
-        ok = [r for r in recs if "error" not in r]
-        row = {"name": c["name"], "scale": c["scale"], "filter": c["filter"],
-               "rounds": len(recs), "failed": len(recs) - len(ok),
-               "reached": sum(time_of(r) is not None for r in ok),
-               "time_to_target_s": study.median_or_none([time_of(r) for r in recs]),
-               "samples_to_target": study.median_or_none(
-                   [study.samples_to_target(r, args.target) if "error" not in r else None
-                    for r in recs])}
-        for key in ("final_test_accuracy", "steps", "messages_accepted", "messages_rejected",
-                    "messages_nonfinite"):
-            row[key] = study.median_of(recs, lambda r, k=key: study.summary_value(r, k))
-        rows.append(row)
+        rows.append({"name": c["name"], "scale": c["scale"], "filter": c["filter"],
+                     **study.target_row(results[c["name"]], args.target,
+                                        ("final_test_accuracy", "steps", "messages_accepted",
+                                         "messages_rejected", "messages_nonfinite"))})
 
     print(f"# filter: Fashion-MNIST, mlp 784-256-256-10, batch 64, {args.workers} workers, "
           f"worker {args.adversary_worker} sends its state + {args.kind} of the given scale, "

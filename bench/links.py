@@ -63,33 +63,14 @@ def main():
 
     results = study.sweep(binary, configs, args, describe)
 
-    def time_of(r):
-        return study.summary_value(r, "time_to_target_s")
-
+    time_of = study.time_to_target
     rows = []
     for c in configs:
-        recs = results[c["name"]]
-        rows.append({
-            "name": c["name"], "case": c["case"], "algo": c["algo"], "rounds": len(recs),
-            "reached": sum(time_of(r) is not None for r in recs),
-            "time_to_target_s": study.median_or_none([time_of(r) for r in recs]),
-            "samples_to_target": study.median_or_none(
-                [study.samples_to_target(r, args.target) if "error" not in r else None
-                 for r in recs]),
-            "final_test_accuracy": study.median_of(
-                recs, lambda r: study.summary_value(r, "final_test_accuracy")),
-            "train_seconds": study.median_of(
-                recs, lambda r: study.summary_value(r, "train_seconds")),
-            "steps": study.median_of(recs, lambda r: study.summary_value(r, "steps")),
-            "samples_per_s": study.median_of(
-                recs, lambda r: study.summary_value(r, "samples_per_s")),
-            "messages_accepted": study.median_of(
-                recs, lambda r: study.summary_value(r, "messages_accepted")),
-            "messages_rejected": study.median_of(
-                recs, lambda r: study.summary_value(r, "messages_rejected")),
-            "messages_superseded": study.median_of(
-                recs, lambda r: study.summary_value(r, "messages_superseded")),
-        })
+        rows.append({"name": c["name"], "case": c["case"], "algo": c["algo"],
+                     **study.target_row(results[c["name"]], args.target,
+                                        ("final_test_accuracy", "train_seconds", "steps",
+                                         "samples_per_s", "messages_accepted",
+                                         "messages_rejected", "messages_superseded"))})
 
     print(f"# links: Fashion-MNIST, mlp 784-256-256-10, batch 64, {args.workers} workers, "
           f"lr {args.lr:g}, target {args.target:g}, cap {args.max_seconds:g} s, links "

@@ -192,6 +192,24 @@ def representative(records, get):
     return min(ok, key=distance)
 
 
+def time_to_target(rec):
+    return summary_value(rec, "time_to_target_s")
+
+
+def target_row(recs, target, keys):
+    """One table row for the runs `recs` of a configuration: rounds, failures, how many reached
+    the target, median time and samples to it, and the median of each summary key."""
+    ok = [r for r in recs if "error" not in r]
+    row = {"rounds": len(recs), "failed": len(recs) - len(ok),
+           "reached": sum(time_to_target(r) is not None for r in ok),
+           "time_to_target_s": median_or_none([time_to_target(r) for r in recs]),
+           "samples_to_target": median_or_none(
+               [samples_to_target(r, target) if "error" not in r else None for r in recs])}
+    for key in keys:
+        row[key] = median_of(recs, lambda r, k=key: summary_value(r, k))
+    return row
+
+
 def cell(value, spec):
     if value is None:
         return "-"
