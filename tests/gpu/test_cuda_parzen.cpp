@@ -20,6 +20,7 @@
 #include "runtime/device.h"
 #include "runtime/error.h"
 #include "tests/common/cuda_fixture.h"
+#include "tests/common/parzen_decision_cases.h"
 #include "tests/common/reference.h"
 
 namespace asgd {
@@ -46,11 +47,6 @@ using testing::to_double;
 // ---------------------------------------------------------------------------------------------
 // The hand-made decisions of tests/unit/test_parzen.cpp
 
-struct Decision {
-  std::vector<std::int32_t> accept;
-  std::vector<std::int64_t> counters;
-};
-
 // Runs statistics + decision on the device for messages that each cover the whole (small)
 // state; the history and its count stay on the device between calls.
 class CudaParzenDecisionTest : public CudaParzenTest {
@@ -62,8 +58,8 @@ class CudaParzenDecisionTest : public CudaParzenTest {
     seen_.emplace(std::vector<std::int64_t>{0}, cuda());
   }
 
-  Decision decide(const std::vector<float>& g, const std::vector<float>& w,
-                  const std::vector<std::vector<float>>& messages) {
+  ParzenDecision decide(const std::vector<float>& g, const std::vector<float>& w,
+                        const std::vector<std::vector<float>>& messages) {
     const auto n = static_cast<std::int64_t>(w.size());
     const std::size_t count = messages.size();
     DeviceArray<float> dg(g, cuda()), dw(w, cuda());
@@ -90,72 +86,7 @@ class CudaParzenDecisionTest : public CudaParzenTest {
   std::optional<DeviceArray<std::int64_t>> seen_;
 };
 
-TEST_F(CudaParzenDecisionTest, AcceptsAStateTheStepMovesTowards) {
-  params_.eps = 0.5f;
-  params_.window = kInf;
-  // w - eps*g = [0.5, 0.5] is closer to e = [0, 0] than w = [1, 1] is.
-  const Decision d = decide({1, 1}, {1, 1}, {{0, 0}, {2, 2}});
-  EXPECT_EQ(d.accept, (std::vector<std::int32_t>{1, 0}));
-  EXPECT_EQ(d.counters[kAccepted], 1);
-  EXPECT_EQ(d.counters[kRejectedDirection], 1);
-  EXPECT_EQ(seen(), 2);  // both distances enter the history
-}
-
-TEST_F(CudaParzenDecisionTest, ATieIsRejected) {
-  params_.eps = 0.5f;
-  params_.window = kInf;
-  // dot(g, w - e) = 0.25 == eps/2 * ||g||^2: equally far before and after the step.
-  const Decision d = decide({1, 0}, {0.25f, 0}, {{0, 0}});
-  EXPECT_EQ(d.accept[0], 0);
-  EXPECT_EQ(d.counters[kRejectedDirection], 1);
-}
-
-TEST_F(CudaParzenDecisionTest, NonFiniteValuesAreRejectedAndCounted) {
-  params_.window = kInf;
-  const Decision d = decide({1, 1}, {1, 1}, {{0, kNaN}, {kInf, 0}, {-kInf, 0}, {0, 3e38f}});
-  EXPECT_EQ(d.accept, (std::vector<std::int32_t>{0, 0, 0, 0}));
-  EXPECT_EQ(d.counters[kNonFinite], 4);  // 3e38 squared overflows: counted as non-finite
-  EXPECT_EQ(d.counters[kAccepted] + d.counters[kRejectedDirection], 0);
-  EXPECT_EQ(seen(), 0);  // nothing non-finite enters the history
-}
-
-TEST_F(CudaParzenDecisionTest, WindowWarmsUpThenRejectsFarStates) {
-  params_.eps = 0.5f;
-  params_.window = 4.0f;
-  params_.warmup = 3;
-  const std::vector<float> g{1, 1}, w{1, 1};
-  // d2 = ||w - e||^2 / 2 = 1 for e = [0, 0]; each passes the direction test.
-  Decision d = decide(g, w, {{0, 0}, {0, 0}, {0, 0}});
-  EXPECT_EQ(d.counters[kRejectedWindow], 3) << "nothing is accepted during the warm-up";
-  d = decide(g, w, {{0, 0}});
-  EXPECT_EQ(d.accept[0], 1);
-  // e = [-2, -2]: d2 = 9 > 4 * median(1, 1, 1, 1) but the direction test passes.
-  d = decide(g, w, {{-2, -2}, {-0.5f, -0.5f}});
-  EXPECT_EQ(d.accept, (std::vector<std::int32_t>{0, 1}));  // 2.25 <= 4
-  EXPECT_EQ(d.counters[kRejectedWindow], 1);
-  EXPECT_EQ(seen(), 6);
-}
-
-TEST_F(CudaParzenDecisionTest, MedianIsOverTheLastHistoryMessages) {
-  params_.eps = 0.5f;
-  params_.window = 2.0f;
-  params_.warmup = 0;
-  params_.history = 2;
-  const std::vector<float> g{1, 1}, w{1, 1};
-  decide(g, w, {{0, 0}, {0, 0}});  // history {1, 1}
-  // d2 = 4 for e = [-1, -1]: rejected against median 1 ...
-  EXPECT_EQ(decide(g, w, {{-1, -1}}).accept[0], 0);
-  // ... which pushed 4 out the oldest 1: the history is {4, 1}, median 2.5: now accepted.
-  EXPECT_EQ(decide(g, w, {{-1, -1}}).accept[0], 1);
-}
-
-TEST_F(CudaParzenDecisionTest, FilterOffAcceptsEverything) {
-  params_.filter = false;
-  const Decision d = decide({1, 1}, {1, 1}, {{2, 2}, {kNaN, 0}});
-  EXPECT_EQ(d.accept, (std::vector<std::int32_t>{1, 1}));
-  EXPECT_EQ(d.counters[kAccepted], 2);
-  EXPECT_EQ(seen(), 0);
-}
+INSTANTIATE_TYPED_TEST_SUITE_P(Cuda, ParzenDecisionCases, CudaParzenDecisionTest);
 
 // ---------------------------------------------------------------------------------------------
 // The hand-made merge of tests/unit/test_parzen.cpp: state of 6, A covers [0, 4), B [2, 6).
@@ -219,7 +150,8 @@ TEST_P(CudaMergeRuleTest, MatchesTheRuleElementByElement) {
 std::string merge_case_name(const ::testing::TestParamInfo<MergeCase>& info) {
   static const char* const kNames[] = {"seed", "average", "elastic"};
   std::string n = kNames[static_cast<int>(info.param.rule)];
-  for (auto a : info.param.accept) n += a ? "_1" : "_0";
+  for (auto a : info.param.accept)
+    n += a ? "_1" : "_0";
   return n;
 }
 

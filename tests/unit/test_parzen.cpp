@@ -9,106 +9,39 @@
 
 #include "kernels/parzen.h"
 #include "runtime/error.h"
+#include "tests/common/parzen_decision_cases.h"
 #include "tests/common/reference.h"
 
 namespace asgd {
 namespace {
 
-struct Decision {
-  std::vector<std::int32_t> accept;
-  std::vector<std::int64_t> counters = std::vector<std::int64_t>(kParzenCounterCount, 0);
-};
-
-// Runs statistics + decision for messages that each cover the whole (small) state.
-class ParzenFixture : public ::testing::Test {
+// Statistics + decision on the host for messages that each cover the whole (small) state.
+class HostParzen : public ::testing::Test {
  protected:
-  Decision decide(const std::vector<float>& g, const std::vector<float>& w,
-                  const std::vector<std::vector<float>>& messages) {
+  ParzenDecision decide(const std::vector<float>& g, const std::vector<float>& w,
+                        const std::vector<std::vector<float>>& messages) {
     const auto n = static_cast<std::int64_t>(w.size());
     std::vector<double> stats(4 * messages.size());
     std::vector<std::int64_t> lengths(messages.size(), n);
     for (std::size_t m = 0; m < messages.size(); ++m)
       parzen_statistics(stream_, n, g.data(), w.data(), messages[m].data(), &stats[4 * m]);
-    Decision d;
-    d.accept.assign(messages.size(), -1);
-    parzen_decide(stream_, params_, static_cast<int>(messages.size()), stats.data(),
-                  lengths.data(), history_.data(), &seen_, d.accept.data(), d.counters.data());
+    ParzenDecision d{std::vector<std::int32_t>(messages.size(), -1),
+                     std::vector<std::int64_t>(kParzenCounterCount, 0)};
+    parzen_decide(stream_, params_, static_cast<int>(messages.size()), stats.data(), lengths.data(),
+                  history_.data(), &seen_, d.accept.data(), d.counters.data());
     return d;
   }
-  Stream stream_ = Stream::host();
+  std::int64_t seen() const { return seen_; }
+
   ParzenParams params_;
+
+ private:
+  Stream stream_ = Stream::host();
   std::vector<float> history_ = std::vector<float>(64, 0.0f);
   std::int64_t seen_ = 0;
 };
 
-TEST_F(ParzenFixture, AcceptsAStateTheStepMovesTowards) {
-  params_.eps = 0.5f;
-  params_.window = std::numeric_limits<float>::infinity();
-  // w - eps*g = [0.5, 0.5] is closer to e = [0, 0] than w = [1, 1] is.
-  const Decision d = decide({1, 1}, {1, 1}, {{0, 0}, {2, 2}});
-  EXPECT_EQ(d.accept, (std::vector<std::int32_t>{1, 0}));
-  EXPECT_EQ(d.counters[kAccepted], 1);
-  EXPECT_EQ(d.counters[kRejectedDirection], 1);
-  EXPECT_EQ(seen_, 2);  // both distances enter the history
-}
-
-TEST_F(ParzenFixture, ATieIsRejected) {
-  params_.eps = 0.5f;
-  params_.window = std::numeric_limits<float>::infinity();
-  // dot(g, w - e) = 0.25 == eps/2 * ||g||^2: equally far before and after the step.
-  const Decision d = decide({1, 0}, {0.25f, 0}, {{0, 0}});
-  EXPECT_EQ(d.accept[0], 0);
-  EXPECT_EQ(d.counters[kRejectedDirection], 1);
-}
-
-TEST_F(ParzenFixture, NonFiniteValuesAreRejectedAndCounted) {
-  const float nan = std::numeric_limits<float>::quiet_NaN();
-  const float inf = std::numeric_limits<float>::infinity();
-  params_.window = inf;
-  const Decision d = decide({1, 1}, {1, 1}, {{0, nan}, {inf, 0}, {-inf, 0}, {0, 3e38f}});
-  EXPECT_EQ(d.accept, (std::vector<std::int32_t>{0, 0, 0, 0}));
-  EXPECT_EQ(d.counters[kNonFinite], 4);  // 3e38 squared overflows: counted as non-finite
-  EXPECT_EQ(d.counters[kAccepted] + d.counters[kRejectedDirection], 0);
-  EXPECT_EQ(seen_, 0);  // nothing non-finite enters the history
-}
-
-TEST_F(ParzenFixture, WindowWarmsUpThenRejectsFarStates) {
-  params_.eps = 0.5f;
-  params_.window = 4.0f;
-  params_.warmup = 3;
-  const std::vector<float> g{1, 1}, w{1, 1};
-  // d2 = ||w - e||^2 / 2 = 1 for e = [0, 0]; each passes the direction test.
-  Decision d = decide(g, w, {{0, 0}, {0, 0}, {0, 0}});
-  EXPECT_EQ(d.counters[kRejectedWindow], 3) << "nothing is accepted during the warm-up";
-  d = decide(g, w, {{0, 0}});
-  EXPECT_EQ(d.accept[0], 1);
-  // e = [-2, -2]: d2 = 9 > 4 * median(1, 1, 1, 1) but the direction test passes.
-  d = decide(g, w, {{-2, -2}, {-0.5f, -0.5f}});
-  EXPECT_EQ(d.accept, (std::vector<std::int32_t>{0, 1}));  // 2.25 <= 4
-  EXPECT_EQ(d.counters[kRejectedWindow], 1);
-  EXPECT_EQ(seen_, 6);
-}
-
-TEST_F(ParzenFixture, MedianIsOverTheLastHistoryMessages) {
-  params_.eps = 0.5f;
-  params_.window = 2.0f;
-  params_.warmup = 0;
-  params_.history = 2;
-  const std::vector<float> g{1, 1}, w{1, 1};
-  decide(g, w, {{0, 0}, {0, 0}});  // history {1, 1}
-  // d2 = 4 for e = [-1, -1]: rejected against median 1 ...
-  EXPECT_EQ(decide(g, w, {{-1, -1}}).accept[0], 0);
-  // ... which pushed 4 out the oldest 1: the history is {4, 1}, median 2.5: now accepted.
-  EXPECT_EQ(decide(g, w, {{-1, -1}}).accept[0], 1);
-}
-
-TEST_F(ParzenFixture, FilterOffAcceptsEverything) {
-  params_.filter = false;
-  const Decision d =
-      decide({1, 1}, {1, 1}, {{2, 2}, {std::numeric_limits<float>::quiet_NaN(), 0}});
-  EXPECT_EQ(d.accept, (std::vector<std::int32_t>{1, 1}));
-  EXPECT_EQ(d.counters[kAccepted], 2);
-}
+INSTANTIATE_TYPED_TEST_SUITE_P(Host, ParzenDecisionCases, HostParzen);
 
 // Merge: state of 6, message A covers [0, 4), B covers [2, 6).
 struct MergeCase {
@@ -132,7 +65,8 @@ TEST_P(MergeTest, MatchesTheRuleElementByElement) {
     if (mc.accept[1] && i >= 2) e.push_back(b[i - 2]);
     const double c = static_cast<double>(e.size()), wi = w[i], gi = g[i];
     double sum = 0;
-    for (double v : e) sum += v;
+    for (double v : e)
+      sum += v;
     const double local = wi - eps * gi;
     if (e.empty()) {
       expected[i] = local;
@@ -152,17 +86,19 @@ TEST_P(MergeTest, MatchesTheRuleElementByElement) {
 std::string merge_case_name(const ::testing::TestParamInfo<MergeCase>& info) {
   static const char* const kNames[] = {"seed", "average", "elastic"};
   std::string n = kNames[static_cast<int>(info.param.rule)];
-  for (auto a : info.param.accept) n += a ? "_1" : "_0";
+  for (auto a : info.param.accept)
+    n += a ? "_1" : "_0";
   return n;
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Rules, MergeTest,
-    ::testing::Values(MergeCase{MergeRule::kSeed, {1, 1}}, MergeCase{MergeRule::kSeed, {1, 0}},
-                      MergeCase{MergeRule::kSeed, {0, 0}}, MergeCase{MergeRule::kAverage, {1, 1}},
-                      MergeCase{MergeRule::kAverage, {0, 1}},
-                      MergeCase{MergeRule::kElastic, {1, 1}},
-                      MergeCase{MergeRule::kElastic, {1, 0}}),
+INSTANTIATE_TEST_SUITE_P(Rules, MergeTest,
+                         ::testing::Values(MergeCase{MergeRule::kSeed, {1, 1}},
+                                           MergeCase{MergeRule::kSeed, {1, 0}},
+                                           MergeCase{MergeRule::kSeed, {0, 0}},
+                                           MergeCase{MergeRule::kAverage, {1, 1}},
+                                           MergeCase{MergeRule::kAverage, {0, 1}},
+                                           MergeCase{MergeRule::kElastic, {1, 1}},
+                                           MergeCase{MergeRule::kElastic, {1, 0}}),
                          merge_case_name);
 
 TEST(ParzenKernels, StatisticsMatchFloat64OnLargeRandomInputs) {
@@ -199,8 +135,8 @@ TEST(ParzenKernels, MergeOnLargeStateWithThreadsMatchesOneThread) {
                accept);
   EXPECT_EQ(w1, w2);
   // Spot checks against the formula on elements covered once and twice.
-  for (std::int64_t i : {std::int64_t{5}, std::int64_t{100000}, std::int64_t{169999},
-                         std::int64_t{170000}, n - 1}) {
+  for (std::int64_t i :
+       {std::int64_t{5}, std::int64_t{100000}, std::int64_t{169999}, std::int64_t{170000}, n - 1}) {
     const bool both = i >= 100000 && i < 170000;
     const double c = both ? 2 : 1;
     const double sum = e2[i] + (both ? e1[i - 100000] : 0.0);

@@ -1,0 +1,107 @@
+// The Parzen decision on hand-made cases with exact answers, shared by the host tier
+// (tests/unit/test_parzen.cpp) and the gpu tier (tests/gpu/test_cuda_parzen.cpp): each
+// instantiates ParzenDecisionCases with a fixture of its backend that provides
+//   ParzenParams params_;
+//   ParzenDecision decide(g, w, messages);  // statistics + decision, each message the whole state
+//   std::int64_t seen();                     // values pushed into the window's history
+// Include it from one file per test binary: it defines tests.
+#pragma once
+
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "kernels/parzen.h"
+
+namespace asgd {
+
+struct ParzenDecision {
+  std::vector<std::int32_t> accept;
+  std::vector<std::int64_t> counters;
+};
+
+template <typename Backend>
+class ParzenDecisionCases : public Backend {
+ protected:
+  static constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+  static constexpr float kInf = std::numeric_limits<float>::infinity();
+};
+
+TYPED_TEST_SUITE_P(ParzenDecisionCases);
+
+TYPED_TEST_P(ParzenDecisionCases, AcceptsAStateTheStepMovesTowards) {
+  this->params_.eps = 0.5f;
+  this->params_.window = TestFixture::kInf;
+  // w - eps*g = [0.5, 0.5] is closer to e = [0, 0] than w = [1, 1] is.
+  const ParzenDecision d = this->decide({1, 1}, {1, 1}, {{0, 0}, {2, 2}});
+  EXPECT_EQ(d.accept, (std::vector<std::int32_t>{1, 0}));
+  EXPECT_EQ(d.counters[kAccepted], 1);
+  EXPECT_EQ(d.counters[kRejectedDirection], 1);
+  EXPECT_EQ(this->seen(), 2);  // both distances enter the history
+}
+
+TYPED_TEST_P(ParzenDecisionCases, ATieIsRejected) {
+  this->params_.eps = 0.5f;
+  this->params_.window = TestFixture::kInf;
+  // dot(g, w - e) = 0.25 == eps/2 * ||g||^2: equally far before and after the step.
+  const ParzenDecision d = this->decide({1, 0}, {0.25f, 0}, {{0, 0}});
+  EXPECT_EQ(d.accept[0], 0);
+  EXPECT_EQ(d.counters[kRejectedDirection], 1);
+}
+
+TYPED_TEST_P(ParzenDecisionCases, NonFiniteValuesAreRejectedAndCounted) {
+  this->params_.window = TestFixture::kInf;
+  const ParzenDecision d = this->decide(
+      {1, 1}, {1, 1},
+      {{0, TestFixture::kNaN}, {TestFixture::kInf, 0}, {-TestFixture::kInf, 0}, {0, 3e38f}});
+  EXPECT_EQ(d.accept, (std::vector<std::int32_t>{0, 0, 0, 0}));
+  EXPECT_EQ(d.counters[kNonFinite], 4);  // 3e38 squared overflows: counted as non-finite
+  EXPECT_EQ(d.counters[kAccepted] + d.counters[kRejectedDirection], 0);
+  EXPECT_EQ(this->seen(), 0);  // nothing non-finite enters the history
+}
+
+TYPED_TEST_P(ParzenDecisionCases, WindowWarmsUpThenRejectsFarStates) {
+  this->params_.eps = 0.5f;
+  this->params_.window = 4.0f;
+  this->params_.warmup = 3;
+  const std::vector<float> g{1, 1}, w{1, 1};
+  // d2 = ||w - e||^2 / 2 = 1 for e = [0, 0]; each passes the direction test.
+  ParzenDecision d = this->decide(g, w, {{0, 0}, {0, 0}, {0, 0}});
+  EXPECT_EQ(d.counters[kRejectedWindow], 3) << "nothing is accepted during the warm-up";
+  d = this->decide(g, w, {{0, 0}});
+  EXPECT_EQ(d.accept[0], 1);
+  // e = [-2, -2]: d2 = 9 > 4 * median(1, 1, 1, 1) but the direction test passes.
+  d = this->decide(g, w, {{-2, -2}, {-0.5f, -0.5f}});
+  EXPECT_EQ(d.accept, (std::vector<std::int32_t>{0, 1}));  // 2.25 <= 4
+  EXPECT_EQ(d.counters[kRejectedWindow], 1);
+  EXPECT_EQ(this->seen(), 6);
+}
+
+TYPED_TEST_P(ParzenDecisionCases, MedianIsOverTheLastHistoryMessages) {
+  this->params_.eps = 0.5f;
+  this->params_.window = 2.0f;
+  this->params_.warmup = 0;
+  this->params_.history = 2;
+  const std::vector<float> g{1, 1}, w{1, 1};
+  this->decide(g, w, {{0, 0}, {0, 0}});  // history {1, 1}
+  // d2 = 4 for e = [-1, -1]: rejected against median 1 ...
+  EXPECT_EQ(this->decide(g, w, {{-1, -1}}).accept[0], 0);
+  // ... which pushed 4 out the oldest 1: the history is {4, 1}, median 2.5: now accepted.
+  EXPECT_EQ(this->decide(g, w, {{-1, -1}}).accept[0], 1);
+}
+
+TYPED_TEST_P(ParzenDecisionCases, FilterOffAcceptsEverything) {
+  this->params_.filter = false;
+  const ParzenDecision d = this->decide({1, 1}, {1, 1}, {{2, 2}, {TestFixture::kNaN, 0}});
+  EXPECT_EQ(d.accept, (std::vector<std::int32_t>{1, 1}));
+  EXPECT_EQ(d.counters[kAccepted], 2);
+  EXPECT_EQ(this->seen(), 0);
+}
+
+REGISTER_TYPED_TEST_SUITE_P(ParzenDecisionCases, AcceptsAStateTheStepMovesTowards, ATieIsRejected,
+                            NonFiniteValuesAreRejectedAndCounted, WindowWarmsUpThenRejectsFarStates,
+                            MedianIsOverTheLastHistoryMessages, FilterOffAcceptsEverything);
+
+}  // namespace asgd
