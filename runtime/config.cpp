@@ -2,6 +2,7 @@
 
 #include <charconv>
 #include <cmath>
+#include <cstdlib>
 #include <functional>
 #include <limits>
 #include <map>
@@ -189,6 +190,13 @@ const std::map<std::string, Setter>& setters() {
       {"deterministic", custom([](auto& p, auto& k, auto& n, TrainConfig& c) {
          c.deterministic = get_as<bool>(p, k, n, "true or false");
        })},
+      {"transport", custom([](auto& p, auto& k, auto& n, TrainConfig& c) {
+         c.transport = parse_transport(get_as<std::string>(p, k, n, "a string"));
+       })},
+      {"peer-timeout", number(&TrainConfig::peer_timeout_s)},
+      {"trace", custom([](auto& p, auto& k, auto& n, TrainConfig& c) {
+         c.trace_path = get_as<std::string>(p, k, n, "a string");
+       })},
       {"progress", custom([](auto& p, auto& k, auto& n, TrainConfig& c) {
          c.progress = get_as<bool>(p, k, n, "true or false");
        })},
@@ -217,6 +225,41 @@ std::string_view to_string(Algorithm a) {
     case Algorithm::kLocal: return "local";
   }
   return "?";
+}
+
+TransportKind parse_transport(std::string_view name) {
+  if (name == "auto") return TransportKind::kAuto;
+  if (name == "local") return TransportKind::kLocal;
+  if (name == "mpi") return TransportKind::kMpi;
+  if (name == "nccl") return TransportKind::kNccl;
+  ASGD_INPUT_ERROR("unknown transport '{}': expected auto, local, mpi or nccl", name);
+}
+
+std::string_view to_string(TransportKind t) {
+  switch (t) {
+    case TransportKind::kAuto: return "auto";
+    case TransportKind::kLocal: return "local";
+    case TransportKind::kMpi: return "mpi";
+    case TransportKind::kNccl: return "nccl";
+  }
+  return "?";
+}
+
+int launcher_ranks() {
+  for (const char* name : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS"}) {
+    if (const char* v = std::getenv(name)) {
+      const int n = std::atoi(v);
+      if (n > 0) return n;
+    }
+  }
+  return 0;
+}
+
+int launcher_rank() {
+  for (const char* name : {"OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "MPI_LOCALRANKID"}) {
+    if (const char* v = std::getenv(name)) return std::max(0, std::atoi(v));
+  }
+  return 0;
 }
 
 bool communicates(Algorithm a) { return a == Algorithm::kAsgd || a == Algorithm::kAsgdNoFilter; }
@@ -341,6 +384,8 @@ void validate(const TrainConfig& c) {
   if (c.adversary.worker >= c.workers)
     ASGD_INPUT_ERROR("--adversary names worker {} but there are {} workers", c.adversary.worker,
                      c.workers);
+  if (!(c.peer_timeout_s > 0.0))
+    ASGD_INPUT_ERROR("--peer-timeout must be positive, got {}", c.peer_timeout_s);
   if (!(c.data.test_fraction > 0.0 && c.data.test_fraction < 1.0))
     ASGD_INPUT_ERROR("--test-fraction must lie in (0, 1), got {}", c.data.test_fraction);
 }

@@ -27,6 +27,17 @@ Algorithm parse_algorithm(std::string_view name);  // "asgd", "asgd-nofilter", "
 std::string_view to_string(Algorithm algorithm);
 bool communicates(Algorithm algorithm);  // asgd and asgd-nofilter exchange states
 
+// How workers talk. auto: MPI when the process was started by mpirun with more than one
+// rank, else in-process. nccl: GPU to GPU where NCCL and a GPU exist, otherwise MPI (said at
+// start-up).
+enum class TransportKind { kAuto, kLocal, kMpi, kNccl };
+TransportKind parse_transport(std::string_view name);  // "auto", "local", "mpi", "nccl"
+std::string_view to_string(TransportKind transport);
+// The number of ranks mpirun (Open MPI, MPICH, PMIx) says this process belongs to; 0 when it
+// was not started by a launcher. Reads the environment only: MPI is not initialised.
+int launcher_ranks();
+int launcher_rank();  // this process's rank by the same sources; 0 without a launcher
+
 // A merge rule as typed: "seed", "average" or "elastic:ALPHA".
 struct MergeSpec {
   MergeRule rule = MergeRule::kSeed;
@@ -89,9 +100,12 @@ struct TrainConfig {
   Straggler straggler;
   Adversary adversary;
   bool deterministic = false;  // one thread steps the workers in a fixed seeded order
+  TransportKind transport = TransportKind::kAuto;
+  double peer_timeout_s = 120;  // multi-process: how long to wait for a silent peer at the end
 
   std::string metrics_path;  // JSON lines, one per evaluation
   std::string summary_path;  // one JSON object at the end
+  std::string trace_path;    // Chrome/Perfetto trace of steps, copies, sends and receives
   bool progress = true;      // a live progress line when stderr is a terminal
 };
 

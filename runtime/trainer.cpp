@@ -19,8 +19,12 @@
 
 #include "comm/local/local_transport.h"
 #include "runtime/build_info.h"
+#include "runtime/distributed.h"
 #include "runtime/error.h"
 #include "runtime/metrics.h"
+#if ASGD_HAVE_MPI
+#include "comm/mpi/mpi_transport.h"
+#endif
 
 namespace asgd {
 namespace {
@@ -89,19 +93,101 @@ double emulated_allreduce_seconds(const LinkSettings& s, int workers, double byt
   return 2 * (n - 1) / n * bytes / bw + 2 * (n - 1) * latency;
 }
 
+// Where the workers of a run live: all in this process (ranks == 1), or one per MPI rank.
+struct Placement {
+  int rank = 0;
+  int ranks = 1;
+  int local_rank = 0;
+  bool multiprocess() const { return ranks > 1; }
+};
+
+// Resolves --transport: auto means MPI when mpirun started several ranks.
+Placement place(const TrainConfig& c) {
+  const int launched = launcher_ranks();
+  TransportKind t = c.transport;
+  if (t == TransportKind::kAuto) t = launched > 1 ? TransportKind::kMpi : TransportKind::kLocal;
+  if (t == TransportKind::kLocal) {
+    if (launched > 1)
+      ASGD_INPUT_ERROR("--transport local, but mpirun started {} ranks that would each train "
+                       "alone; use --transport mpi (or auto), or run without mpirun",
+                       launched);
+    return {};
+  }
+#if ASGD_HAVE_MPI
+  if (t == TransportKind::kNccl) {
+    const char* why = !ASGD_HAVE_NCCL             ? "this build has no NCCL"
+                      : c.backend != Backend::kCuda ? "the workers run on the host backend"
+                                                    : "this version has no NCCL transport yet";
+    std::fprintf(stderr, "asgd: --transport nccl: %s; using the MPI transport\n", why);
+  }
+  MpiSession& session = MpiSession::get();
+  Placement p;
+  p.rank = session.rank();
+  p.ranks = session.size();
+  p.local_rank = session.local_rank();
+  return p;
+#else
+  ASGD_INPUT_ERROR("--transport {}{}: this asgd was built without MPI; install libopenmpi-dev "
+                   "and rebuild (-DASGD_MPI=ON)",
+                   to_string(t), launched > 1 ? fmt::format(" under mpirun ({} ranks)", launched) : "");
+#endif
+}
+
+// The run's settings as this rank sees them: one worker per rank, progress on rank 0 only,
+// metrics of rank R > 0 in FILE.rankR.EXT.
+TrainConfig for_placement(TrainConfig c, const Placement& p) {
+  if (!p.multiprocess()) return c;
+  if (c.workers != 1 && c.workers != p.ranks)
+    ASGD_INPUT_ERROR("--workers {} under mpirun with {} ranks: each rank is one worker; leave "
+                     "--workers out (or set it to {})",
+                     c.workers, p.ranks, p.ranks);
+  if (c.deterministic)
+    ASGD_INPUT_ERROR("--deterministic needs one process (it steps every worker from one "
+                     "thread); run without mpirun");
+  c.workers = p.ranks;
+  validate(c);
+  c.progress = c.progress && p.rank == 0;
+  if (p.rank > 0 && !c.metrics_path.empty()) {
+    const std::size_t slash = c.metrics_path.find_last_of('/');
+    const std::size_t dot = c.metrics_path.find_last_of('.');
+    const bool has_ext = dot != std::string::npos && (slash == std::string::npos || dot > slash);
+    const std::size_t at = has_ext ? dot : c.metrics_path.size();
+    c.metrics_path.insert(at, fmt::format(".rank{}", p.rank));
+  }
+  return c;
+}
+
+// The settings every rank must share, as text and hash (for the start-up check).
+std::string shared_settings(const TrainConfig& c) {
+  return fmt::format("algo {} lr {} batch {} message-size {} send-interval {} merge {} window {} "
+                     "seed {} dataset {} epochs {}",
+                     to_string(c.algorithm), c.lr, c.batch, c.message_size, c.send_interval,
+                     to_string(c.merge), c.window, c.seed, c.data.spec, c.epochs);
+}
+
 class Run {
  public:
-  Run(const TrainConfig& c, const TrainTest& data, const ModelFactory& factory)
-      : c_(c), metrics_(c.metrics_path), progress_(c.progress), barrier_(c.workers) {
+  Run(const TrainConfig& config, const TrainTest& data, const ModelFactory& factory)
+      : place_(place(config)),
+        c_(for_placement(config, place_)),
+        metrics_(c_.metrics_path),
+        progress_(c_.progress),
+        barrier_(c_.workers) {
+    const TrainConfig& c = c_;
     if (c.algorithm == Algorithm::kSync && c.backend == Backend::kCuda && c.workers > 1 &&
-        cuda_device_count() > 1)
+        !place_.multiprocess() && cuda_device_count() > 1)
       ASGD_INPUT_ERROR("--algo sync with several GPUs in one process is not supported; use one "
                        "GPU or the MPI transport");
-    for (int i = 0; i < c.workers; ++i) {
+    const int devices = c.backend == Backend::kCuda ? std::max(1, cuda_device_count()) : 1;
+    const int first = place_.multiprocess() ? place_.rank : 0;
+    const int count = place_.multiprocess() ? 1 : c.workers;
+    for (int i = first; i < first + count; ++i) {
       shards_.push_back(c.workers == 1 ? data.train : shard(data.train, i, c.workers, c.seed));
-      workers_.push_back(
-          std::make_unique<Worker>(i, c, data.train, shards_.back(), data.test, factory));
+      const int device = (c.device + (place_.multiprocess() ? place_.local_rank : i)) % devices;
+      workers_.push_back(std::make_unique<Worker>(i, device, c, data.train, shards_.back(),
+                                                  data.test, factory));
     }
+    first_id_ = first;
     Worker& w0 = *workers_.front();
     result_.model = w0.model().describe();
     result_.parameters = w0.parameter_count();
@@ -110,6 +196,7 @@ class Run {
     result_.train_rows = data.train.rows;
     result_.test_rows = data.test.rows;
     result_.workers = c.workers;
+    result_.rank = place_.rank;
     result_.algorithm = std::string(to_string(c.algorithm));
     for (auto& w : workers_) {
       if (w->parameter_count() != w0.parameter_count() ||
@@ -118,7 +205,9 @@ class Run {
                          "hold the same model",
                          w->id(), w->model().describe(), w0.model().describe());
     }
-    if (communicates(c.algorithm) && c.workers > 1) {
+    if (place_.multiprocess()) {
+      connect_ranks(w0);
+    } else if (communicates(c.algorithm) && c.workers > 1) {
       LocalTransportOptions o;
       o.max_message = w0.parameter_count();
       o.queue_capacity = c.queue_capacity;
@@ -139,6 +228,8 @@ class Run {
     start_ = Clock::now();
     if (c_.deterministic) {
       run_deterministic();
+    } else if (place_.multiprocess()) {
+      run_rank();
     } else {
       std::vector<std::thread> threads;
       for (auto& w : workers_)
@@ -161,6 +252,8 @@ class Run {
     return finish();
   }
 
+  std::size_t local(const Worker& w) const { return static_cast<std::size_t>(w.id() - first_id_); }
+
  private:
   // Worker w's evaluation: logged for every worker; worker 0's decide the target.
   void evaluate(Worker& w, int as_worker) {
@@ -168,7 +261,7 @@ class Run {
     const WorkerEval e = w.evaluate();
     const WorkerCounters k = communicates(c_.algorithm) ? w.counters() : WorkerCounters{};
     const double eval_s = seconds_since(t0);
-    const std::size_t i = static_cast<std::size_t>(w.id());
+    const std::size_t i = local(w);
     eval_seconds_[i] += eval_s;
 
     EvalPoint p;
@@ -206,11 +299,12 @@ class Run {
           w.id(), w.steps(), std::isfinite(p.test_loss) ? "training" : "test",
           std::isfinite(p.test_loss) ? p.train_loss : p.test_loss, c_.lr);
     }
-    if (as_worker == 0 || as_worker == -1) {
+    if (as_worker == 0 || as_worker == -1 || place_.multiprocess()) {
       result_.history.push_back(p);
       progress_.set_eval(p.train_loss, result_.classifier ? p.test_accuracy : p.test_loss);
-      if (result_.classifier && c_.target_accuracy > 0 && !result_.time_to_target_s &&
-          p.test_accuracy >= c_.target_accuracy &&
+      // Worker 0 (rank 0 across processes) decides; the others follow its stop.
+      if (as_worker <= 0 && result_.classifier && c_.target_accuracy > 0 &&
+          !result_.time_to_target_s && p.test_accuracy >= c_.target_accuracy &&
           (c_.algorithm != Algorithm::kSimu || as_worker == -1 || c_.workers == 1)) {
         result_.time_to_target_s = p.time_s;
         stop_reason_ = "target";
@@ -251,7 +345,7 @@ class Run {
   }
 
   void run_async(Worker& w) {
-    while (!stop_ && w.steps() < w.max_steps()) {
+    while (!stop_ && !peer_asked_to_stop() && w.steps() < w.max_steps()) {
       const auto t0 = Clock::now();
       w.step();
       straggle(w, t0);
@@ -264,7 +358,7 @@ class Run {
       check_time();
       show_progress(w);
     }
-    if (w.steps() != last_eval_[static_cast<std::size_t>(w.id())].second) evaluate(w, w.id());
+    if (w.steps() != last_eval_[local(w)].second) evaluate(w, w.id());
   }
 
   void run_sync(Worker& w) {
@@ -331,13 +425,17 @@ class Run {
       if (!any && workers_.front()->steps() >= workers_.front()->max_steps()) break;
     }
     for (auto& w : workers_)
-      if (w->steps() != last_eval_[static_cast<std::size_t>(w->id())].second &&
+      if (w->steps() != last_eval_[local(*w)].second &&
           (c_.algorithm != Algorithm::kSync || w->id() == 0))
         evaluate(*w, w->id());
   }
 
   // SimuParallelSGD's result: the mean of all workers' states, evaluated as worker -1.
   void average_states() {
+    if (place_.multiprocess()) {
+      average_states_across_ranks();
+      return;
+    }
     std::vector<double> sum(static_cast<std::size_t>(workers_.front()->parameter_count()), 0.0);
     for (auto& w : workers_) {
       const std::vector<float> s = w->download_state();
@@ -355,40 +453,174 @@ class Run {
     progress_.finish();
     TrainResult& r = result_;
     r.train_seconds = seconds_since(start_);
-    r.stop_reason = stop_reason_.empty() ? "epochs" : stop_reason_;
+    r.stop_reason = stop_reason_.empty() ? (peer_asked_to_stop() ? "peer" : "epochs") : stop_reason_;
     Worker& w0 = *workers_.front();
     r.steps = w0.steps();
     r.samples = w0.steps() * c_.batch;
     r.eval_seconds = eval_seconds_.front();
-    const double busy = r.train_seconds - r.eval_seconds;
-    for (auto& w : workers_) r.total_samples += w->steps() * c_.batch;
-    r.samples_per_s = busy > 0 ? static_cast<double>(r.total_samples) / busy : 0;
+    // Each worker's last evaluation and step count; across ranks, gathered on rank 0.
+    std::vector<EvalPoint> finals;
+    std::int64_t total_steps = 0;
     for (std::size_t i = 0; i < workers_.size(); ++i) {
       auto it = final_.find(i);
-      if (it != final_.end()) r.worker_final.push_back(it->second);
-      if (communicates(c_.algorithm)) {
-        const WorkerCounters k = workers_[i]->counters();
-        r.messages_sent += k.sent;
-        r.messages_received += k.received;
-        r.messages_accepted += k.accepted;
-        r.messages_rejected += k.rejected_direction + k.rejected_window;
-        r.messages_nonfinite += k.nonfinite;
-        r.bytes_sent += k.bytes_sent;
-      }
+      if (it != final_.end()) finals.push_back(it->second);
+      total_steps += workers_[i]->steps();
     }
     if (transport_)
       for (int i = 0; i < c_.workers; ++i)
         for (int j = 0; j < c_.workers; ++j)
           if (i != j) r.messages_superseded += transport_->stats(i, j).superseded;
-    r.final_test_accuracy = r.history.back().test_accuracy;
-    r.final_test_loss = r.history.back().test_loss;
+    if (place_.multiprocess()) gather_ranks(finals, total_steps);
+    r.total_samples = total_steps * c_.batch;
+    const double busy = r.train_seconds - r.eval_seconds;
+    r.samples_per_s = busy > 0 ? static_cast<double>(r.total_samples) / busy : 0;
+    r.worker_final = finals;
+    if (communicates(c_.algorithm))
+      for (const EvalPoint& p : finals) {
+        r.messages_sent += p.messages_sent;
+        r.messages_received += p.messages_received;
+        r.messages_accepted += p.messages_accepted;
+        r.messages_rejected += p.messages_rejected;
+        r.messages_nonfinite += p.messages_nonfinite;
+        r.bytes_sent += p.bytes_sent;
+      }
+    if (!r.history.empty()) {
+      r.final_test_accuracy = r.history.back().test_accuracy;
+      r.final_test_loss = r.history.back().test_loss;
+    }
     return std::move(r);
   }
 
-  const TrainConfig& c_;
+  bool peer_asked_to_stop() const {
+#if ASGD_HAVE_MPI
+    return mpi_ && mpi_->stop_requested();
+#else
+    return false;
+#endif
+  }
+
+#if ASGD_HAVE_MPI
+  // One rank's part of a multi-process run: the same model everywhere (checked), the settings
+  // that must agree (checked), where each rank runs (printed), and the MPI transport.
+  void connect_ranks(Worker& w) {
+    MpiSession& session = MpiSession::get();
+    distributed::check_same_model(session, w.parameter_count(), w.model().fingerprint(),
+                                  w.model().describe());
+    const std::string settings = shared_settings(c_);
+    distributed::check_same_settings(session, std::hash<std::string>{}(settings), settings);
+    const std::string device =
+        w.stream().is_host()
+            ? fmt::format("host, {} thread(s)", c_.threads)
+            : fmt::format("cuda:{}", w.stream().device());
+    distributed::report_topology(session, device, c_.progress || place_.rank == 0);
+    MpiTransportOptions o;
+    o.max_message = w.parameter_count();
+    o.queue_capacity = c_.queue_capacity;
+    o.model = {w.parameter_count(), w.model().fingerprint()};
+    o.peer_timeout_s = c_.peer_timeout_s;
+    mpi_ = std::make_unique<MpiTransport>(session, o);
+    for (int peer = 0; peer < place_.ranks; ++peer)
+      if (peer != place_.rank) mpi_->set_link(peer, link_between(c_.links, place_.rank, peer));
+    if (communicates(c_.algorithm)) w.attach(mpi_.get());
+  }
+
+  // This rank's single worker runs on this thread; the transport's thread does the talking.
+  void run_rank() {
+    Worker& w = *workers_.front();
+    try {
+      if (c_.algorithm == Algorithm::kSync)
+        run_sync_across_ranks(w);
+      else
+        run_async(w);
+    } catch (...) {
+      // The others are not waiting for this rank in a collective; the CLI ends the job.
+      mpi_.reset();
+      throw;
+    }
+    mpi_->finish(place_.rank == 0);
+  }
+
+  // sync across processes: the gradients are summed with MPI_Allreduce every step; rank 0's
+  // stop decision travels in the same reduction, so every rank leaves at the same step.
+  void run_sync_across_ranks(Worker& w) {
+    MpiSession& session = MpiSession::get();
+    const std::size_t n = static_cast<std::size_t>(w.parameter_count());
+    while (true) {
+      const auto t0 = Clock::now();
+      w.compute_gradient();
+      std::vector<float> g = w.download_gradient();
+      straggle(w, t0);
+      g.push_back(place_.rank == 0 && stop_ ? 1.0f : 0.0f);
+      distributed::allreduce_sum(session, g.data(), static_cast<std::int64_t>(g.size()));
+      idle_for(sync_comm_s_);  // an emulated link's share, as in one process
+      if (g[n] > 0) break;
+      g.pop_back();
+      w.apply_gradient_sum(g, place_.ranks);
+      if (place_.rank != 0) continue;
+      if (eval_due(w)) evaluate(w, 0);
+      if (w.steps() >= w.max_steps()) {
+        if (stop_reason_.empty()) stop_reason_ = "epochs";
+        stop_ = true;
+      }
+      check_time();
+      show_progress(w);
+    }
+    if (place_.rank == 0 && w.steps() != last_eval_[0].second) evaluate(w, 0);
+  }
+
+  // simu across processes: the mean of the ranks' states, evaluated on rank 0 as worker -1.
+  void average_states_across_ranks() {
+    Worker& w = *workers_.front();
+    std::vector<float> state = w.download_state();
+    distributed::allreduce_sum(MpiSession::get(), state.data(),
+                               static_cast<std::int64_t>(state.size()));
+    for (float& x : state) x /= static_cast<float>(place_.ranks);
+    if (place_.rank != 0) return;
+    w.upload_state(state);
+    evaluate(w, -1);
+  }
+
+  // Rank 0 gets every rank's final evaluation and step count.
+  struct RankFinal {
+    EvalPoint point;
+    std::int64_t has_point = 0;
+    std::int64_t steps = 0;
+    std::int64_t superseded = 0;
+  };
+  void gather_ranks(std::vector<EvalPoint>& finals, std::int64_t& total_steps) {
+    RankFinal mine;
+    mine.has_point = finals.empty() ? 0 : 1;
+    if (!finals.empty()) mine.point = finals.front();
+    mine.steps = total_steps;
+    for (int peer = 0; peer < place_.ranks; ++peer)
+      if (peer != place_.rank) mine.superseded += mpi_->stats(place_.rank, peer).superseded;
+    const std::vector<RankFinal> all = distributed::gather_to_root(MpiSession::get(), mine);
+    if (place_.rank != 0) return;
+    finals.clear();
+    total_steps = 0;
+    result_.messages_superseded = 0;
+    for (const RankFinal& f : all) {
+      if (f.has_point) finals.push_back(f.point);
+      total_steps += f.steps;
+      result_.messages_superseded += f.superseded;
+    }
+  }
+#else
+  void connect_ranks(Worker&) {}
+  void run_rank() {}
+  void average_states_across_ranks() {}
+  void gather_ranks(std::vector<EvalPoint>&, std::int64_t&) {}
+#endif
+
+  const Placement place_;
+  const TrainConfig c_;  // as this rank sees it (for_placement)
+  int first_id_ = 0;     // id of workers_[0]
   std::vector<Dataset> shards_;
   std::vector<std::unique_ptr<Worker>> workers_;
   std::unique_ptr<LocalTransport> transport_;
+#if ASGD_HAVE_MPI
+  std::unique_ptr<MpiTransport> mpi_;
+#endif
   MetricsLog metrics_;
   ProgressLine progress_;
   Barrier barrier_;

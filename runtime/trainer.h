@@ -54,6 +54,7 @@ struct TrainResult {
   std::string stop_reason;   // "target", "epochs" or "max-seconds"
   bool classifier = true;    // false: test_loss is the objective, accuracy is meaningless
   int workers = 1;
+  int rank = 0;  // across processes: this rank (only rank 0 holds the totals and history of 0)
   std::string algorithm;
   // Totals over all workers.
   std::int64_t total_samples = 0;

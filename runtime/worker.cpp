@@ -18,12 +18,14 @@ double monotonic_seconds() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-Stream worker_stream(const TrainConfig& c, int id) {
+Stream worker_stream(const TrainConfig& c, int device) {
   if (c.backend == Backend::kCuda) {
     const int devices = cuda_device_count();
     if (devices == 0)
       ASGD_INPUT_ERROR("--backend cuda: {}; use --backend host", cuda_unavailable_reason());
-    return Stream::cuda((c.device + id) % devices);
+    if (device < 0 || device >= devices)
+      ASGD_INPUT_ERROR("CUDA device {} does not exist; this machine has {}", device, devices);
+    return Stream::cuda(device);
   }
   return Stream::host(c.threads);
 }
@@ -36,11 +38,11 @@ ModelFactory builtin_model_factory(const ModelSpec& spec) {
   };
 }
 
-Worker::Worker(int id, const TrainConfig& config, const Dataset& train, const Dataset& shard,
-               const Dataset& test, const ModelFactory& factory)
+Worker::Worker(int id, int device, const TrainConfig& config, const Dataset& train,
+               const Dataset& shard, const Dataset& test, const ModelFactory& factory)
     : id_(id),
       config_(config),
-      stream_(worker_stream(config, id)),
+      stream_(worker_stream(config, device)),
       train_(shard, stream_),
       test_(test, stream_),
       model_(factory(stream_, shard.cols, std::max(shard.classes, test.classes),
@@ -128,6 +130,24 @@ void Worker::apply_mean_gradient(const std::vector<Worker*>& all) {
   for (std::size_t i = 1; i < all.size(); ++i)
     axpby(stream_, n_, scale, all[i]->gradient(), 1.0f, mean_grad_.data());
   sgd_step(stream_, n_, config_.lr, mean_grad_.data(), params_.data());
+  ++steps_;
+}
+
+std::vector<float> Worker::download_gradient() const {
+  std::vector<float> host(static_cast<std::size_t>(n_));
+  grad_.download(host.data(), host.size(), stream_);
+  stream_.synchronize();
+  return host;
+}
+
+void Worker::apply_gradient_sum(const std::vector<float>& sum, int count) {
+  ASGD_CHECK(static_cast<std::int64_t>(sum.size()) >= n_ && count >= 1,
+             "gradient sum of {} for a model of {}", sum.size(), n_);
+  if (mean_grad_.empty())
+    mean_grad_ = DeviceBuffer<float>(stream_.backend(), stream_.device(), static_cast<std::size_t>(n_));
+  mean_grad_.upload(sum.data(), static_cast<std::size_t>(n_), stream_);
+  sgd_step(stream_, n_, config_.lr / static_cast<float>(count), mean_grad_.data(), params_.data());
+  stream_.synchronize();  // `sum` may be reused by the caller
   ++steps_;
 }
 

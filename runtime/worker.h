@@ -55,8 +55,9 @@ struct WorkerEval {
 
 class Worker {
  public:
-  // `shard` is this worker's part of `train`, which only the model factory sees.
-  Worker(int id, const TrainConfig& config, const Dataset& train, const Dataset& shard,
+  // `shard` is this worker's part of `train`, which only the model factory sees. `device` is
+  // the CUDA ordinal for the cuda backend (ignored on the host).
+  Worker(int id, int device, const TrainConfig& config, const Dataset& train, const Dataset& shard,
          const Dataset& test, const ModelFactory& factory);
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;
@@ -70,6 +71,10 @@ class Worker {
   // sync: the two halves of a step around the gradient exchange.
   void compute_gradient();
   void apply_mean_gradient(const std::vector<Worker*>& all);
+  // sync across processes: the gradient goes out to be summed over `count` workers, and the
+  // sum comes back to be applied (host memory; synchronises).
+  std::vector<float> download_gradient() const;
+  void apply_gradient_sum(const std::vector<float>& sum, int count);
 
   WorkerEval evaluate();
   WorkerCounters counters();

@@ -1,0 +1,501 @@
+#include "comm/mpi/mpi_transport.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+namespace asgd {
+namespace {
+
+constexpr int kHeaderTag = 0x5A5;
+constexpr int kChunkTag = 0x5A6;
+constexpr int kMaxProbesPerPass = 64;
+// Idle back-off of the communication thread: it polls MPI while transfers are in flight (MPI
+// progresses only inside MPI calls) and otherwise sleeps, woken early by post().
+constexpr double kBusyPollSleep_s = 20e-6;
+constexpr double kMaxIdleSleep_s = 1e-3;
+
+}  // namespace
+
+struct MpiTransport::Peer {
+  Peer(std::int64_t capacity, bool remote)
+      : slot(remote ? std::make_unique<MessageSlot>(capacity) : nullptr) {}
+
+  // Send side. The queue and pool are shared with post() under `mutex`.
+  mutable std::mutex mutex;
+  std::deque<Outgoing*> queue;  // posted, not started
+  std::vector<Outgoing*> pool;  // free buffers
+  std::vector<std::unique_ptr<Outgoing>> storage;
+  LinkModel link;
+  LinkStats send_stats;  // posted, superseded, delivered (completed), bytes, busy
+  // Owned by the communication thread.
+  Outgoing* in_flight = nullptr;
+  bool in_flight_started = false;  // handed to MPI (false: held by the link emulation)
+  double in_flight_start_s = 0;    // when the link started carrying it
+  double in_flight_due_s = 0;      // when an emulated link would have delivered it
+  double link_busy_until_s = 0;
+  std::vector<MPI_Request> send_requests;
+  EncodedHeader done_frame{};
+  bool done_started = false;
+  bool done_completed = false;
+
+  // Receive side, owned by the communication thread (the slot's reader is the worker).
+  std::unique_ptr<MessageSlot> slot;
+  std::optional<MessageSlot::Writer> writer;  // held while a message is being received
+  WireHeader incoming;
+  bool receiving = false;   // a valid header arrived; its chunks are coming
+  bool discarding = false;  // a rejected header arrived; drop chunks until the next header
+  std::int64_t expected_bytes = 0;
+  std::int64_t posted_bytes = 0;
+  struct Chunk {
+    MPI_Request request;
+    std::int64_t offset;
+    std::int64_t bytes;
+  };
+  std::deque<Chunk> chunks;
+  PayloadHasher hasher;
+  std::int64_t last_step = std::numeric_limits<std::int64_t>::min();
+  std::atomic<bool> done_received{false};
+  std::atomic<std::int64_t> delivered{0};
+  std::atomic<std::int64_t> bytes_delivered{0};
+};
+
+MpiTransport::MpiTransport(const MpiSession& session, const MpiTransportOptions& options)
+    : options_(options),
+      rank_(session.rank()),
+      size_(session.size()),
+      epoch_(std::chrono::steady_clock::now()) {
+  ASGD_CHECK(options.max_message >= 1, "max_message must be positive, got {}",
+             options.max_message);
+  ASGD_CHECK(options.queue_capacity >= 1, "queue_capacity must be positive, got {}",
+             options.queue_capacity);
+  ASGD_CHECK(options.chunk_bytes >= 4096 && options.chunk_bytes % 4 == 0 &&
+                 options.chunk_bytes <= (std::int64_t{1} << 30),
+             "chunk_bytes must be a multiple of 4 between 4 KiB and 1 GiB, got {}",
+             options.chunk_bytes);
+  ASGD_CHECK(options.model.parameters >= options.max_message,
+             "messages of {} elements for a model of {} parameters", options.max_message,
+             options.model.parameters);
+  ASGD_CHECK_MPI(MPI_Comm_dup(session.comm(), &comm_));
+  ASGD_CHECK_MPI(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN));
+  for (int p = 0; p < size_; ++p) peers_.push_back(std::make_unique<Peer>(options.max_message, p != rank_));
+  for (auto& r : rejected_) r.store(0);
+  thread_ = std::thread([this] { communication_loop(); });
+}
+
+MpiTransport::~MpiTransport() {
+  if (thread_.joinable()) {
+    quit_ = true;
+    wake_.notify_all();
+    thread_.join();
+  }
+  // A transport destroyed without finish() (an error elsewhere) may leave requests behind;
+  // freeing the communicator then would be erroneous, so it is left to MPI_Finalize.
+  if (finishing_ && !error_.has_error()) MPI_Comm_free(&comm_);
+}
+
+double MpiTransport::now() const {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - epoch_).count();
+}
+
+void MpiTransport::set_link(int peer, const LinkModel& link) {
+  ASGD_CHECK(peer >= 0 && peer < size_ && peer != rank_, "no link from rank {} to rank {}", rank_,
+             peer);
+  ASGD_CHECK(link.bandwidth_bytes_per_s > 0 && link.latency_s >= 0,
+             "link {}->{}: bandwidth must be positive and latency non-negative", rank_, peer);
+  Peer& p = *peers_[static_cast<std::size_t>(peer)];
+  std::lock_guard<std::mutex> lock(p.mutex);
+  p.link = link;
+}
+
+void MpiTransport::post(int peer, const MessageHeader& header, const float* data) {
+  error_.rethrow_if_set();
+  ASGD_CHECK(peer >= 0 && peer < size_ && peer != rank_ && header.sender == rank_,
+             "rank {} cannot post a message from {} to {} among {} ranks", rank_, header.sender,
+             peer, size_);
+  ASGD_CHECK(header.length >= 1 && header.length <= options_.max_message && header.offset >= 0 &&
+                 header.length <= options_.model.parameters - header.offset,
+             "message of {} elements at offset {} (the transport carries 1 to {} of {})",
+             header.length, header.offset, options_.max_message, options_.model.parameters);
+  ASGD_CHECK(!finishing_, "post() after finish()");
+  Peer& p = *peers_[static_cast<std::size_t>(peer)];
+  Outgoing* out = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(p.mutex);
+    ++p.send_stats.posted;
+    if (!p.pool.empty()) {
+      out = p.pool.back();
+      p.pool.pop_back();
+    } else if (static_cast<int>(p.queue.size()) >= options_.queue_capacity) {
+      // Stale states are worth less than fresh ones: the oldest unsent one makes room.
+      out = p.queue.front();
+      p.queue.pop_front();
+      ++p.send_stats.superseded;
+    } else {
+      p.storage.push_back(std::make_unique<Outgoing>(options_.max_message));
+      out = p.storage.back().get();
+    }
+  }
+  // The copy and its checksum run on the caller's thread, outside any lock, in one pass.
+  WireHeader& h = out->header;
+  h.kind = FrameKind::kState;
+  h.model = options_.model;
+  h.sender = rank_;
+  h.flags = 0;
+  h.sender_step = header.sender_step;
+  h.send_time_s = header.send_time_s;
+  h.offset = header.offset;
+  h.length = header.length;
+  PayloadHasher hasher;
+  hasher.copy_and_update(out->payload.data(), data,
+                         static_cast<std::size_t>(header.length) * sizeof(float));
+  h.payload_checksum = hasher.digest();
+  out->encoded = encode_header(h);
+  out->ready_s = now();
+  {
+    std::lock_guard<std::mutex> lock(p.mutex);
+    p.queue.push_back(out);
+  }
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    work_posted_ = true;
+  }
+  wake_.notify_one();
+}
+
+int MpiTransport::collect(int receiver, const Message** out, int max) {
+  ASGD_CHECK(receiver == rank_, "rank {} cannot collect for worker {}", rank_, receiver);
+  int n = 0;
+  int last = next_sender_;
+  for (int i = 0; i < size_ && n < max; ++i) {
+    const int sender = (next_sender_ + i) % size_;
+    if (sender == rank_) continue;
+    if (const Message* m = peers_[static_cast<std::size_t>(sender)]->slot->acquire()) {
+      out[n++] = m;
+      last = sender;
+    }
+  }
+  next_sender_ = (last + 1) % size_;
+  return n;
+}
+
+LinkStats MpiTransport::stats(int from, int to) const {
+  ASGD_CHECK((from == rank_) != (to == rank_) && from >= 0 && to >= 0 && from < size_ && to < size_,
+             "rank {} knows only its own links, not {}->{}", rank_, from, to);
+  if (from == rank_) {
+    const Peer& p = *peers_[static_cast<std::size_t>(to)];
+    std::lock_guard<std::mutex> lock(p.mutex);
+    return p.send_stats;
+  }
+  const Peer& p = *peers_[static_cast<std::size_t>(from)];
+  LinkStats s;
+  s.delivered = p.delivered.load(std::memory_order_relaxed);
+  s.bytes_delivered = p.bytes_delivered.load(std::memory_order_relaxed);
+  s.overwritten = p.slot->overwritten();
+  return s;
+}
+
+bool MpiTransport::peer_done(int peer) const {
+  return peers_[static_cast<std::size_t>(peer)]->done_received.load(std::memory_order_acquire);
+}
+
+WireRejections MpiTransport::rejections() const {
+  WireRejections r{};
+  for (int i = 0; i < kWireErrorCount; ++i)
+    r[static_cast<std::size_t>(i)] = rejected_[static_cast<std::size_t>(i)].load();
+  return r;
+}
+
+void MpiTransport::finish(bool stop_everyone) {
+  stop_everyone_ = stop_everyone;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    finishing_ = true;
+    work_posted_ = true;
+  }
+  wake_.notify_one();
+  if (thread_.joinable()) thread_.join();
+  error_.rethrow_if_set();
+}
+
+// --- the communication thread -----------------------------------------------------------
+
+void MpiTransport::start_send(int peer, Outgoing* m) {
+  Peer& p = *peers_[static_cast<std::size_t>(peer)];
+  p.send_requests.clear();
+  MPI_Request r;
+  ASGD_CHECK_MPI(MPI_Isend(m->encoded.data(), static_cast<int>(kWireHeaderBytes), MPI_BYTE, peer,
+                           kHeaderTag, comm_, &r));
+  p.send_requests.push_back(r);
+  const auto* bytes = reinterpret_cast<const char*>(m->payload.data());
+  const std::int64_t total = m->header.payload_bytes();
+  for (std::int64_t at = 0; at < total; at += options_.chunk_bytes) {
+    const int n = static_cast<int>(std::min(options_.chunk_bytes, total - at));
+    ASGD_CHECK_MPI(MPI_Isend(bytes + at, n, MPI_BYTE, peer, kChunkTag, comm_, &r));
+    p.send_requests.push_back(r);
+  }
+  p.in_flight_started = true;
+}
+
+void MpiTransport::start_done(int peer) {
+  Peer& p = *peers_[static_cast<std::size_t>(peer)];
+  WireHeader h;
+  h.kind = FrameKind::kDone;
+  h.model = options_.model;
+  h.sender = rank_;
+  h.flags = stop_everyone_ ? kFlagStop : 0;
+  h.send_time_s = now();
+  h.length = 0;
+  p.done_frame = encode_header(h);
+  p.send_requests.assign(1, MPI_REQUEST_NULL);
+  ASGD_CHECK_MPI(MPI_Isend(p.done_frame.data(), static_cast<int>(kWireHeaderBytes), MPI_BYTE, peer,
+                           kHeaderTag, comm_, p.send_requests.data()));
+  p.done_started = true;
+}
+
+bool MpiTransport::pump_sends(double t) {
+  bool progress = false;
+  for (int peer = 0; peer < size_; ++peer) {
+    if (peer == rank_) continue;
+    Peer& p = *peers_[static_cast<std::size_t>(peer)];
+    if (p.in_flight && !p.in_flight_started && t >= p.in_flight_due_s) {
+      start_send(peer, p.in_flight);
+      progress = true;
+    }
+    if (!p.send_requests.empty()) {
+      int done = 0;
+      ASGD_CHECK_MPI(MPI_Testall(static_cast<int>(p.send_requests.size()), p.send_requests.data(),
+                                 &done, MPI_STATUSES_IGNORE));
+      if (!done) continue;
+      p.send_requests.clear();
+      progress = true;
+      if (p.done_started) {
+        p.done_completed = true;
+        continue;
+      }
+      std::lock_guard<std::mutex> lock(p.mutex);
+      ++p.send_stats.delivered;
+      p.send_stats.bytes_delivered += p.in_flight->header.payload_bytes();
+      p.send_stats.busy_seconds += t - p.in_flight_start_s;
+      p.pool.push_back(p.in_flight);
+      p.in_flight = nullptr;
+    }
+    if (p.in_flight || p.done_started) continue;
+    Outgoing* next = nullptr;
+    LinkModel link;
+    {
+      std::lock_guard<std::mutex> lock(p.mutex);
+      if (finishing_) {
+        // Nothing more is worth sending: the run is over here.
+        for (Outgoing* m : p.queue) p.pool.push_back(m);
+        p.send_stats.superseded += static_cast<std::int64_t>(p.queue.size());
+        p.queue.clear();
+      } else if (!p.queue.empty()) {
+        next = p.queue.front();
+        p.queue.pop_front();
+        link = p.link;
+      }
+    }
+    if (finishing_) {
+      start_done(peer);
+      progress = true;
+      continue;
+    }
+    if (!next) continue;
+    p.in_flight = next;
+    p.in_flight_started = false;
+    p.in_flight_start_s = std::max(next->ready_s, p.link_busy_until_s);
+    if (link.ideal()) {
+      p.in_flight_due_s = p.in_flight_start_s;
+    } else {
+      const double wire_s = static_cast<double>(next->header.payload_bytes()) /
+                            link.bandwidth_bytes_per_s;
+      p.link_busy_until_s = p.in_flight_start_s + wire_s;
+      p.in_flight_due_s = p.link_busy_until_s + link.latency_s;
+    }
+    if (t >= p.in_flight_due_s) start_send(peer, next);
+    progress = true;
+  }
+  return progress;
+}
+
+void MpiTransport::drain(MPI_Message* message, int count) {
+  if (scratch_.size() < static_cast<std::size_t>(std::max(count, 1)))
+    scratch_.resize(static_cast<std::size_t>(std::max(count, 1)));
+  ASGD_CHECK_MPI(MPI_Mrecv(scratch_.data(), count, MPI_BYTE, message, MPI_STATUS_IGNORE));
+}
+
+void MpiTransport::abandon_incoming(int source, WireError reason) {
+  Peer& p = *peers_[static_cast<std::size_t>(source)];
+  // Chunks already handed to MPI must land before the buffer is reused.
+  for (auto& c : p.chunks) ASGD_CHECK_MPI(MPI_Wait(&c.request, MPI_STATUS_IGNORE));
+  p.chunks.clear();
+  p.writer.reset();  // unpublished: the slot's back buffer is simply written again later
+  p.receiving = false;
+  p.discarding = true;
+  rejected_[static_cast<std::size_t>(reason)].fetch_add(1, std::memory_order_relaxed);
+}
+
+bool MpiTransport::pump_receives() {
+  bool progress = false;
+  for (int probes = 0; probes < kMaxProbesPerPass; ++probes) {
+    int flag = 0;
+    MPI_Message message;
+    MPI_Status status;
+    ASGD_CHECK_MPI(MPI_Improbe(MPI_ANY_SOURCE, MPI_ANY_TAG, comm_, &flag, &message, &status));
+    if (!flag) break;
+    progress = true;
+    int count = 0;
+    ASGD_CHECK_MPI(MPI_Get_count(&status, MPI_BYTE, &count));
+    const int source = status.MPI_SOURCE;
+    Peer& p = *peers_[static_cast<std::size_t>(source)];
+
+    if (status.MPI_TAG == kChunkTag) {
+      const std::int64_t want =
+          p.receiving ? std::min(options_.chunk_bytes, p.expected_bytes - p.posted_bytes) : 0;
+      if (p.receiving && want > 0 && count == want) {
+        auto* base = reinterpret_cast<char*>(p.writer->message().payload.data());
+        Peer::Chunk c{MPI_REQUEST_NULL, p.posted_bytes, count};
+        ASGD_CHECK_MPI(MPI_Imrecv(base + p.posted_bytes, count, MPI_BYTE, &message, &c.request));
+        p.chunks.push_back(c);
+        p.posted_bytes += count;
+      } else {
+        drain(&message, count);
+        // A chunk nobody announced, or of the wrong size: the message it belongs to is lost.
+        if (p.receiving) abandon_incoming(source, WireError::kLengthMismatch);
+      }
+      continue;
+    }
+
+    if (status.MPI_TAG != kHeaderTag || count != static_cast<int>(kWireHeaderBytes)) {
+      drain(&message, count);
+      if (p.receiving) abandon_incoming(source, WireError::kLengthMismatch);
+      p.discarding = true;
+      rejected_[static_cast<std::size_t>(status.MPI_TAG != kHeaderTag ? WireError::kBadKind
+                                                                       : WireError::kTruncated)]
+          .fetch_add(1, std::memory_order_relaxed);
+      continue;
+    }
+    EncodedHeader bytes;
+    ASGD_CHECK_MPI(MPI_Mrecv(bytes.data(), count, MPI_BYTE, &message, MPI_STATUS_IGNORE));
+    // A new header while chunks of the previous message are missing: that message is short.
+    if (p.receiving) abandon_incoming(source, WireError::kLengthMismatch);
+    WireHeader h;
+    WireError e = decode_header(bytes.data(), bytes.size(), options_.model, source, h);
+    if (e == WireError::kNone && h.kind == FrameKind::kState) {
+      if (h.sender_step <= p.last_step) e = WireError::kStale;
+      if (h.length > options_.max_message) e = WireError::kRangeOutOfBounds;
+    }
+    if (e != WireError::kNone) {
+      rejected_[static_cast<std::size_t>(e)].fetch_add(1, std::memory_order_relaxed);
+      p.discarding = true;
+      continue;
+    }
+    p.discarding = false;
+    if (h.kind == FrameKind::kDone) {
+      if (h.flags & kFlagStop) stop_requested_.store(true, std::memory_order_release);
+      p.done_received.store(true, std::memory_order_release);
+      continue;
+    }
+    p.incoming = h;
+    p.receiving = true;
+    p.expected_bytes = h.payload_bytes();
+    p.posted_bytes = 0;
+    p.hasher.reset();
+    p.writer.emplace(*p.slot);
+  }
+  for (int source = 0; source < size_; ++source)
+    if (source != rank_ && complete_chunks(source)) progress = true;
+  return progress;
+}
+
+// Hashes the chunks of `source`'s message that have arrived, in order, and publishes the
+// message once all of it has arrived and matches its checksum.
+bool MpiTransport::complete_chunks(int source) {
+  Peer& p = *peers_[static_cast<std::size_t>(source)];
+  bool progress = false;
+  while (!p.chunks.empty()) {
+    Peer::Chunk& c = p.chunks.front();
+    int done = 0;
+    ASGD_CHECK_MPI(MPI_Test(&c.request, &done, MPI_STATUS_IGNORE));
+    if (!done) break;
+    const auto* base = reinterpret_cast<const char*>(p.writer->message().payload.data());
+    p.hasher.update(base + c.offset, static_cast<std::size_t>(c.bytes));
+    p.chunks.pop_front();
+    progress = true;
+  }
+  if (p.receiving && p.chunks.empty() && p.posted_bytes == p.expected_bytes) {
+    if (p.hasher.digest() != p.incoming.payload_checksum) {
+      p.writer.reset();
+      p.receiving = false;
+      rejected_[static_cast<std::size_t>(WireError::kChecksumMismatch)].fetch_add(
+          1, std::memory_order_relaxed);
+      return true;
+    }
+    p.writer->message().header = p.incoming.message_header();
+    p.writer->publish();
+    p.writer.reset();
+    p.receiving = false;
+    p.last_step = p.incoming.sender_step;
+    p.delivered.fetch_add(1, std::memory_order_relaxed);
+    p.bytes_delivered.fetch_add(p.expected_bytes, std::memory_order_relaxed);
+    progress = true;
+  }
+  return progress;
+}
+
+bool MpiTransport::all_finished() const {
+  for (int peer = 0; peer < size_; ++peer) {
+    if (peer == rank_) continue;
+    const Peer& p = *peers_[static_cast<std::size_t>(peer)];
+    if (!p.done_completed || !p.done_received.load(std::memory_order_relaxed) || p.receiving)
+      return false;
+  }
+  return true;
+}
+
+void MpiTransport::communication_loop() {
+  try {
+    double idle_s = 0;
+    double finish_started_s = -1;
+    while (!quit_) {
+      const double t = now();
+      bool progress = pump_sends(t);
+      if (pump_receives()) progress = true;
+      if (finishing_) {
+        if (finish_started_s < 0) finish_started_s = t;
+        if (all_finished()) break;
+        if (t - finish_started_s > options_.peer_timeout_s) {
+          std::string missing;
+          for (int peer = 0; peer < size_; ++peer)
+            if (peer != rank_ && !peers_[static_cast<std::size_t>(peer)]->done_received)
+              missing += fmt::format("{}{}", missing.empty() ? "" : ", ", peer);
+          ASGD_THROW("rank {}: ranks [{}] did not finish within {} s (stalled or dead); "
+                     "raise the peer timeout if they are only slow",
+                     rank_, missing, options_.peer_timeout_s);
+        }
+      }
+      if (progress) {
+        idle_s = 0;
+        continue;
+      }
+      bool busy = false;  // MPI transfers need polling to progress
+      for (int peer = 0; peer < size_ && !busy; ++peer) {
+        if (peer == rank_) continue;
+        const Peer& p = *peers_[static_cast<std::size_t>(peer)];
+        busy = !p.send_requests.empty() || !p.chunks.empty() || p.receiving ||
+               (p.in_flight && !p.in_flight_started);
+      }
+      idle_s = busy ? kBusyPollSleep_s : std::min(kMaxIdleSleep_s, std::max(2 * idle_s, 20e-6));
+      std::unique_lock<std::mutex> lock(mutex_);
+      wake_.wait_for(lock, std::chrono::duration<double>(idle_s),
+                     [&] { return work_posted_ || quit_.load(); });
+      work_posted_ = false;
+    }
+  } catch (...) {
+    error_.capture(std::current_exception());
+  }
+}
+
+}  // namespace asgd

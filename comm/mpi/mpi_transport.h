@@ -1,0 +1,133 @@
+// The MPI transport: one worker per rank, messages in the wire format (comm/wire_format.h)
+// over standard (not CUDA-aware) MPI point-to-point.
+//
+// One communication thread owns every MPI call of the data path. post() copies the range into
+// a pinned send buffer of that peer's bounded queue (hashing it in the same pass) and returns;
+// the thread sends the 80-byte header and then the payload in chunks of `chunk_bytes` from
+// that buffer with MPI_Isend. Receives are matched with MPI_Improbe and received with
+// MPI_Imrecv straight into the receive slot of the sender (comm/message_slot.h: latest wins,
+// consume once); each chunk is hashed as soon as it has arrived, while it is still in cache,
+// and a message is published only when its header was valid, its length matched and its
+// checksum agreed. Nothing malformed reaches the worker; every rejection is counted by reason.
+//
+// Frames from one sender arrive in the order they were sent (MPI's non-overtaking rule holds
+// because every probe matches any tag), so a chunk always belongs to the last header from its
+// sender; chunks after a rejected header are drained and dropped.
+//
+// Ending a run (finish()): each rank sends a "done" frame to every peer after its last
+// message, and keeps receiving until every peer's done frame has arrived and its own sends
+// have completed; no rank leaves while a peer may still be sending to it. Rank 0's done frame
+// carries a stop flag (target reached), which the others see through stop_requested().
+//
+// Links can be emulated as in the local transport (set_link): a message is handed to MPI only
+// when a link of that bandwidth and latency would have delivered it.
+//
+// Ownership: owns its communicator (a duplicate of the session's), buffers and thread.
+// Thread-safety: post() from the worker's thread; collect() from the receiving worker's thread
+// only, lock-free; stats(), stop_requested(), rejections() and set_link() from any thread.
+// The constructor and destructor are collective over the session's communicator.
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <thread>
+#include <vector>
+
+#include "comm/message_slot.h"
+#include "comm/mpi/mpi_session.h"
+#include "comm/transport.h"
+#include "comm/wire_format.h"
+
+namespace asgd {
+
+struct MpiTransportOptions {
+  std::int64_t max_message = 0;    // elements; usually the parameter count
+  int queue_capacity = 2;          // unsent messages per peer before the oldest is superseded
+  ModelFingerprint model;          // every message must carry this
+  std::int64_t chunk_bytes = 1 << 20;  // payload pieces: hashed on arrival while in cache
+  double peer_timeout_s = 120;     // finish(): how long to wait for the peers' done frames
+};
+
+// Rejected frames by reason (index: WireError).
+using WireRejections = std::array<std::int64_t, kWireErrorCount>;
+
+class MpiTransport final : public Transport {
+ public:
+  MpiTransport(const MpiSession& session, const MpiTransportOptions& options);
+  ~MpiTransport() override;
+  MpiTransport(const MpiTransport&) = delete;
+  MpiTransport& operator=(const MpiTransport&) = delete;
+
+  int size() const override { return size_; }
+  int rank() const { return rank_; }
+  std::int64_t max_message() const override { return options_.max_message; }
+  void post(int peer, const MessageHeader& header, const float* data) override;
+  int collect(int receiver, const Message** out, int max) override;
+  // from == rank(): the send side (posted, superseded, delivered = sends completed, busy);
+  // to == rank(): the receive side (delivered = published, overwritten, bytes).
+  LinkStats stats(int from, int to) const override;
+
+  // Emulates the link to `peer` (see the file comment).
+  void set_link(int peer, const LinkModel& link);
+
+  // Ends this rank's part of the exchange (see the file comment); `stop_everyone` asks every
+  // peer to stop training. Blocks until done; throws if a peer's done frame does not come
+  // within the timeout, or the communication thread failed.
+  void finish(bool stop_everyone);
+  // A peer asked everyone to stop (its done frame carried the stop flag).
+  bool stop_requested() const { return stop_requested_.load(std::memory_order_acquire); }
+  // True once `peer` has sent its done frame.
+  bool peer_done(int peer) const;
+  WireRejections rejections() const;
+  // Rethrows the first error of the communication thread, if any.
+  void check() const { error_.rethrow_if_set(); }
+
+ private:
+  struct Outgoing {
+    explicit Outgoing(std::int64_t capacity) : payload(static_cast<std::size_t>(capacity)) {}
+    WireHeader header;
+    EncodedHeader encoded{};
+    PinnedBuffer<float> payload;
+    double ready_s = 0;
+  };
+  struct Peer;  // per-peer send and receive state (mpi_transport.cpp)
+
+  void communication_loop();
+  bool pump_sends(double now);
+  bool pump_receives();
+  bool complete_chunks(int source);
+  void start_send(int peer, Outgoing* message);
+  void start_done(int peer);
+  void abandon_incoming(int source, WireError reason);
+  void drain(MPI_Message* message, int count);
+  bool all_finished() const;
+  double now() const;
+
+  const MpiTransportOptions options_;
+  const int rank_;
+  const int size_;
+  MPI_Comm comm_ = MPI_COMM_NULL;
+  const std::chrono::steady_clock::time_point epoch_;
+  std::vector<std::unique_ptr<Peer>> peers_;
+  int next_sender_ = 0;  // collect(): where the round starts
+
+  std::mutex mutex_;  // wakes the thread; finishing_
+  std::condition_variable wake_;
+  bool work_posted_ = false;
+  std::atomic<bool> finishing_{false};
+  std::atomic<bool> stop_everyone_{false};
+  std::atomic<bool> stop_requested_{false};
+  std::atomic<bool> quit_{false};  // destructor without finish(): leave at once
+  std::vector<std::byte> scratch_;  // frames that are drained and dropped
+  std::array<std::atomic<std::int64_t>, kWireErrorCount> rejected_{};
+  std::thread thread_;
+  ErrorSlot error_;
+};
+
+}  // namespace asgd

@@ -1,0 +1,107 @@
+#include "runtime/distributed.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+
+namespace asgd::distributed {
+namespace {
+
+constexpr std::size_t kText = 160;
+
+struct Identity {
+  std::int64_t parameters;
+  std::uint64_t hash;
+  char text[kText];
+};
+
+Identity identity(std::int64_t parameters, std::uint64_t hash, const std::string& text) {
+  Identity id{};
+  id.parameters = parameters;
+  id.hash = hash;
+  std::strncpy(id.text, text.c_str(), kText - 1);
+  return id;
+}
+
+std::vector<Identity> all_gather(const MpiSession& s, const Identity& mine) {
+  std::vector<Identity> all(static_cast<std::size_t>(s.size()));
+  ASGD_CHECK_MPI(MPI_Allgather(&mine, sizeof(Identity), MPI_BYTE, all.data(), sizeof(Identity),
+                               MPI_BYTE, s.comm()));
+  return all;
+}
+
+bool all_equal(const std::vector<Identity>& all) {
+  return std::all_of(all.begin(), all.end(), [&](const Identity& x) {
+    return x.parameters == all.front().parameters && x.hash == all.front().hash;
+  });
+}
+
+}  // namespace
+
+void check_same_model(const MpiSession& s, std::int64_t parameters, std::uint64_t fingerprint,
+                      const std::string& description) {
+  const auto all = all_gather(s, identity(parameters, fingerprint, description));
+  if (all_equal(all)) return;
+  std::string ranks;
+  for (std::size_t r = 0; r < all.size(); ++r)
+    ranks += fmt::format("{}rank {}: '{}', {} parameters, fingerprint {:016x}",
+                         r ? "; " : "", r, all[r].text, all[r].parameters, all[r].hash);
+  ASGD_INPUT_ERROR("the ranks hold different models ({}); start every rank with the same model "
+                   "flags and the same data set",
+                   ranks);
+}
+
+void check_same_settings(const MpiSession& s, std::uint64_t settings_hash,
+                         const std::string& description) {
+  const auto all = all_gather(s, identity(0, settings_hash, description));
+  if (all_equal(all)) return;
+  std::string ranks;
+  for (std::size_t r = 0; r < all.size(); ++r)
+    ranks += fmt::format("{}rank {}: {}", r ? "; " : "", r, all[r].text);
+  ASGD_INPUT_ERROR("the ranks were started with different settings ({}); give every rank the "
+                   "same flags and config file",
+                   ranks);
+}
+
+void report_topology(const MpiSession& s, const std::string& device, bool print) {
+  struct Place {
+    int rank, local_rank;
+    char host[64];
+    char device[96];
+  };
+  Place mine{};
+  mine.rank = s.rank();
+  mine.local_rank = s.local_rank();
+  std::strncpy(mine.host, s.host().c_str(), sizeof(mine.host) - 1);
+  std::strncpy(mine.device, device.c_str(), sizeof(mine.device) - 1);
+  const std::vector<Place> all = gather_to_root(s, mine);
+  if (!print || s.rank() != 0) return;
+  std::fprintf(stderr, "asgd: %d ranks\n  rank  host                 local  device\n", s.size());
+  for (const Place& p : all)
+    std::fprintf(stderr, "  %4d  %-20s %5d  %s\n", p.rank, p.host, p.local_rank, p.device);
+}
+
+void allreduce_sum(const MpiSession& s, float* data, std::int64_t count) {
+  // MPI counts are int: large states go in pieces.
+  constexpr std::int64_t kPiece = std::int64_t{1} << 30;
+  for (std::int64_t at = 0; at < count; at += kPiece)
+    ASGD_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, data + at,
+                                 static_cast<int>(std::min(kPiece, count - at)), MPI_FLOAT,
+                                 MPI_SUM, s.comm()));
+}
+
+double allreduce_max(const MpiSession& s, double value) {
+  double out = value;
+  ASGD_CHECK_MPI(MPI_Allreduce(&value, &out, 1, MPI_DOUBLE, MPI_MAX, s.comm()));
+  return out;
+}
+
+std::string broadcast_string(const MpiSession& s, const std::string& value) {
+  int length = static_cast<int>(value.size());
+  ASGD_CHECK_MPI(MPI_Bcast(&length, 1, MPI_INT, 0, s.comm()));
+  std::string out = s.rank() == 0 ? value : std::string(static_cast<std::size_t>(length), '\0');
+  ASGD_CHECK_MPI(MPI_Bcast(out.data(), length, MPI_CHAR, 0, s.comm()));
+  return out;
+}
+
+}  // namespace asgd::distributed
