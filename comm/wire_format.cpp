@@ -37,25 +37,40 @@ T get(const std::byte* b, std::size_t at) {
 constexpr std::size_t kHeaderCheckAt = 72;
 constexpr std::size_t kCopyBlock = 64 * 1024;  // fits L2 with room: hashed while still hot
 
-std::uint32_t header_check(const std::byte* b) { return XXH32(b, kHeaderCheckAt, 0x41534744u); }
+std::uint32_t header_check(const std::byte* b) {
+  return XXH32(b, kHeaderCheckAt, 0x41534744u);
+}
 
 }  // namespace
 
 std::string_view to_string(WireError e) {
   switch (e) {
-    case WireError::kNone: return "ok";
-    case WireError::kTruncated: return "truncated";
-    case WireError::kBadMagic: return "bad-magic";
-    case WireError::kBadVersion: return "bad-version";
-    case WireError::kHeaderChecksum: return "header-checksum";
-    case WireError::kBadKind: return "bad-kind";
-    case WireError::kWrongFingerprint: return "wrong-fingerprint";
-    case WireError::kBadSender: return "bad-sender";
-    case WireError::kRangeOutOfBounds: return "range-out-of-bounds";
-    case WireError::kLengthMismatch: return "length-mismatch";
-    case WireError::kChecksumMismatch: return "checksum-mismatch";
-    case WireError::kStale: return "stale";
-    case WireError::kCount: break;
+    case WireError::kNone:
+      return "ok";
+    case WireError::kTruncated:
+      return "truncated";
+    case WireError::kBadMagic:
+      return "bad-magic";
+    case WireError::kBadVersion:
+      return "bad-version";
+    case WireError::kHeaderChecksum:
+      return "header-checksum";
+    case WireError::kBadKind:
+      return "bad-kind";
+    case WireError::kWrongFingerprint:
+      return "wrong-fingerprint";
+    case WireError::kBadSender:
+      return "bad-sender";
+    case WireError::kRangeOutOfBounds:
+      return "range-out-of-bounds";
+    case WireError::kLengthMismatch:
+      return "length-mismatch";
+    case WireError::kChecksumMismatch:
+      return "checksum-mismatch";
+    case WireError::kStale:
+      return "stale";
+    case WireError::kCount:
+      break;
   }
   return "unknown";
 }
@@ -132,9 +147,13 @@ PayloadHasher::PayloadHasher() : state_(XXH3_createState()) {
   reset();
 }
 
-PayloadHasher::~PayloadHasher() { XXH3_freeState(static_cast<XXH3_state_t*>(state_)); }
+PayloadHasher::~PayloadHasher() {
+  XXH3_freeState(static_cast<XXH3_state_t*>(state_));
+}
 
-void PayloadHasher::reset() { XXH3_64bits_reset(static_cast<XXH3_state_t*>(state_)); }
+void PayloadHasher::reset() {
+  XXH3_64bits_reset(static_cast<XXH3_state_t*>(state_));
+}
 
 void PayloadHasher::update(const void* data, std::size_t bytes) {
   XXH3_64bits_update(static_cast<XXH3_state_t*>(state_), data, bytes);

@@ -79,7 +79,7 @@ using EncodedHeader = std::array<std::byte, kWireHeaderBytes>;
 // Why a received frame was rejected. kNone: accepted.
 enum class WireError : std::uint8_t {
   kNone = 0,
-  kTruncated,         // the header frame is not kWireHeaderBytes long
+  kTruncated,  // the header frame is not kWireHeaderBytes long
   kBadMagic,
   kBadVersion,
   kHeaderChecksum,    // the header's own checksum does not match its bytes

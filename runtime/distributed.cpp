@@ -44,11 +44,13 @@ void check_same_model(const MpiSession& s, std::int64_t parameters, std::uint64_
   if (all_equal(all)) return;
   std::string ranks;
   for (std::size_t r = 0; r < all.size(); ++r)
-    ranks += fmt::format("{}rank {}: '{}', {} parameters, fingerprint {:016x}",
-                         r ? "; " : "", r, all[r].text, all[r].parameters, all[r].hash);
-  ASGD_INPUT_ERROR("the ranks hold different models ({}); start every rank with the same model "
-                   "flags and the same data set",
-                   ranks);
+    ranks += fmt::format("{}rank {}: '{}', {} parameters, fingerprint {:016x}", r ? "; " : "", r,
+                         all[r].text, all[r].parameters, all[r].hash);
+  throw CollectiveInputError(
+      fmt::format("the ranks hold different models ({}); start every rank with the same model "
+                  "flags and the same data set",
+                  ranks),
+      __FILE__, __LINE__);
 }
 
 void check_same_settings(const MpiSession& s, std::uint64_t settings_hash,
@@ -58,9 +60,11 @@ void check_same_settings(const MpiSession& s, std::uint64_t settings_hash,
   std::string ranks;
   for (std::size_t r = 0; r < all.size(); ++r)
     ranks += fmt::format("{}rank {}: {}", r ? "; " : "", r, all[r].text);
-  ASGD_INPUT_ERROR("the ranks were started with different settings ({}); give every rank the "
-                   "same flags and config file",
-                   ranks);
+  throw CollectiveInputError(
+      fmt::format("the ranks were started with different settings ({}); give every rank the "
+                  "same flags and config file",
+                  ranks),
+      __FILE__, __LINE__);
 }
 
 void report_topology(const MpiSession& s, const std::string& device, bool print) {
@@ -86,14 +90,38 @@ void allreduce_sum(const MpiSession& s, float* data, std::int64_t count) {
   constexpr std::int64_t kPiece = std::int64_t{1} << 30;
   for (std::int64_t at = 0; at < count; at += kPiece)
     ASGD_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, data + at,
-                                 static_cast<int>(std::min(kPiece, count - at)), MPI_FLOAT,
-                                 MPI_SUM, s.comm()));
+                                 static_cast<int>(std::min(kPiece, count - at)), MPI_FLOAT, MPI_SUM,
+                                 s.comm()));
 }
 
 double allreduce_max(const MpiSession& s, double value) {
   double out = value;
   ASGD_CHECK_MPI(MPI_Allreduce(&value, &out, 1, MPI_DOUBLE, MPI_MAX, s.comm()));
   return out;
+}
+
+std::vector<std::string> gather_strings(const MpiSession& s, const std::string& value) {
+  const int length = static_cast<int>(value.size());
+  const std::vector<int> lengths = gather_to_root(s, length);
+  std::vector<int> displacements(lengths.size(), 0);
+  std::int64_t total = 0;
+  for (std::size_t r = 0; r < lengths.size(); ++r) {
+    displacements[r] = static_cast<int>(total);
+    total += lengths[r];
+  }
+  ASGD_CHECK(total < (std::int64_t{1} << 31), "{} bytes to gather exceed MPI's int counts", total);
+  std::string all(static_cast<std::size_t>(total), '\0');
+  ASGD_CHECK_MPI(MPI_Gatherv(value.data(), length, MPI_CHAR, all.data(), lengths.data(),
+                             displacements.data(), MPI_CHAR, 0, s.comm()));
+  std::vector<std::string> out;
+  for (std::size_t r = 0; r < lengths.size(); ++r)
+    out.push_back(all.substr(static_cast<std::size_t>(displacements[r]),
+                             static_cast<std::size_t>(lengths[r])));
+  return out;
+}
+
+void barrier(const MpiSession& s) {
+  ASGD_CHECK_MPI(MPI_Barrier(s.comm()));
 }
 
 std::string broadcast_string(const MpiSession& s, const std::string& value) {

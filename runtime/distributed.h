@@ -19,12 +19,12 @@
 
 namespace asgd::distributed {
 
-// Throws InputError on every rank, with the same message naming each rank's model, when the
-// ranks built different models (parameter count or layout fingerprint).
-void check_same_model(const MpiSession& session, std::int64_t parameters,
-                      std::uint64_t fingerprint, const std::string& description);
+// Throws CollectiveInputError on every rank, with the same message naming each rank's model, when
+// the ranks built different models (parameter count or layout fingerprint).
+void check_same_model(const MpiSession& session, std::int64_t parameters, std::uint64_t fingerprint,
+                      const std::string& description);
 
-// Throws InputError on every rank when the ranks were given different settings (a hash of
+// Throws CollectiveInputError on every rank when the ranks were given different settings (a hash of
 // the configuration that must agree, e.g. algorithm, step size, data).
 void check_same_settings(const MpiSession& session, std::uint64_t settings_hash,
                          const std::string& description);
@@ -45,6 +45,12 @@ std::vector<T> gather_to_root(const MpiSession& session, const T& value) {
                             static_cast<int>(sizeof(T)), MPI_BYTE, 0, session.comm()));
   return all;
 }
+
+// Rank 0 receives every rank's string, in rank order; the others get an empty vector.
+std::vector<std::string> gather_strings(const MpiSession& session, const std::string& value);
+
+// Blocks until every rank has arrived (start-of-run alignment, e.g. of trace clocks).
+void barrier(const MpiSession& session);
 
 // Rank 0's string, on every rank.
 std::string broadcast_string(const MpiSession& session, const std::string& value);

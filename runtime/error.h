@@ -42,6 +42,13 @@ class InputError : public Error {
   const char* what() const noexcept override { return message().c_str(); }
 };
 
+// Bad input found by a collective check of a multi-process run: every rank throws the same
+// error at the same point, so each can end normally instead of aborting the others.
+class CollectiveInputError : public InputError {
+ public:
+  using InputError::InputError;
+};
+
 namespace detail {
 [[noreturn]] void throw_error(const char* file, int line, const std::string& call,
                               const std::string& message);

@@ -22,6 +22,7 @@
 #include "runtime/distributed.h"
 #include "runtime/error.h"
 #include "runtime/metrics.h"
+#include "runtime/trace.h"
 #if ASGD_HAVE_MPI
 #include "comm/mpi/mpi_transport.h"
 #endif
@@ -170,6 +171,7 @@ class Run {
   Run(const TrainConfig& config, const TrainTest& data, const ModelFactory& factory)
       : place_(place(config)),
         c_(for_placement(config, place_)),
+        trace_(TraceRecorder::Options{!c_.trace_path.empty()}),
         metrics_(c_.metrics_path),
         progress_(c_.progress),
         barrier_(c_.workers) {
@@ -188,6 +190,10 @@ class Run {
                                                   data.test, factory));
     }
     first_id_ = first;
+    for (auto& w : workers_) {
+      trace_.set_process_name(w->id(), fmt::format("worker {}", w->id()));
+      w->set_trace(trace_.lane(trace_.add_lane(w->id(), 0, "compute")));
+    }
     Worker& w0 = *workers_.front();
     result_.model = w0.model().describe();
     result_.parameters = w0.parameter_count();
@@ -225,6 +231,7 @@ class Run {
   }
 
   TrainResult run() {
+    align_trace_clocks();
     start_ = Clock::now();
     if (c_.deterministic) {
       run_deterministic();
@@ -249,7 +256,9 @@ class Run {
       errors_.rethrow_if_set();
     }
     if (c_.algorithm == Algorithm::kSimu && c_.workers > 1) average_states();
-    return finish();
+    TrainResult result = finish();
+    write_trace();
+    return result;
   }
 
   std::size_t local(const Worker& w) const { return static_cast<std::size_t>(w.id() - first_id_); }
@@ -491,6 +500,30 @@ class Run {
     return std::move(r);
   }
 
+  // Trace time 0 is the start of training on every rank: the ranks leave a barrier together,
+  // which aligns their clocks (even across hosts) to within the barrier's skew.
+  void align_trace_clocks() {
+    if (!trace_.enabled()) return;
+#if ASGD_HAVE_MPI
+    if (place_.multiprocess()) distributed::barrier(MpiSession::get());
+#endif
+    trace_.set_time_offset_us(-static_cast<double>(trace_.now_ns()) / 1e3);
+  }
+
+  // One file for the whole run: across processes, rank 0 writes every rank's events.
+  void write_trace() {
+    if (!trace_.enabled()) return;
+#if ASGD_HAVE_MPI
+    if (place_.multiprocess()) {
+      std::vector<std::string> chunks =
+          distributed::gather_strings(MpiSession::get(), place_.rank == 0 ? std::string() : trace_.events_json());
+      if (place_.rank == 0) trace_.write(c_.trace_path, chunks);
+      return;
+    }
+#endif
+    trace_.write(c_.trace_path);
+  }
+
   bool peer_asked_to_stop() const {
 #if ASGD_HAVE_MPI
     return mpi_ && mpi_->stop_requested();
@@ -518,6 +551,7 @@ class Run {
     o.queue_capacity = c_.queue_capacity;
     o.model = {w.parameter_count(), w.model().fingerprint()};
     o.peer_timeout_s = c_.peer_timeout_s;
+    o.trace = &trace_;
     mpi_ = std::make_unique<MpiTransport>(session, o);
     for (int peer = 0; peer < place_.ranks; ++peer)
       if (peer != place_.rank) mpi_->set_link(peer, link_between(c_.links, place_.rank, peer));
@@ -614,6 +648,7 @@ class Run {
 
   const Placement place_;
   const TrainConfig c_;  // as this rank sees it (for_placement)
+  TraceRecorder trace_;  // outlives the workers and transports that record into it
   int first_id_ = 0;     // id of workers_[0]
   std::vector<Dataset> shards_;
   std::vector<std::unique_ptr<Worker>> workers_;

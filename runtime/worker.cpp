@@ -110,7 +110,11 @@ void Worker::compute_gradient() {
 }
 
 void Worker::step() {
-  compute_gradient();
+  TraceScope scope(trace_, "step", {"step", steps_});
+  {
+    TraceScope gradient(trace_, "gradient");
+    compute_gradient();
+  }
   if (communicates(config_.algorithm) && transport_) {
     exchange_and_update();
   } else {
@@ -152,6 +156,7 @@ void Worker::apply_gradient_sum(const std::vector<float>& sum, int count) {
 }
 
 void Worker::exchange_and_update() {
+  TraceScope scope(trace_, "exchange");
   flush_pending_send();
   const Message* messages[kMaxMergeMessages];
   // The previous step's copies of received payloads must be done before their slots are
@@ -168,6 +173,7 @@ void Worker::exchange_and_update() {
       ++counters_.malformed;  // nothing malformed reaches the model
       continue;
     }
+    trace_.flow_end("message", TraceRecorder::flow_id(h.sender, id_, h.sender_step));
     counters_.step_gap_sum += static_cast<double>(steps_ - h.sender_step);
     counters_.staleness_sum_s += monotonic_seconds() - h.send_time_s;
     const float* data = messages[i]->payload.data();
@@ -197,6 +203,7 @@ void Worker::exchange_and_update() {
     sgd_step(stream_, n_, config_.lr, grad_.data(), params_.data());
     return;
   }
+  scope.set_args({"messages", used});
   parzen_decide(stream_, parzen_, used, stats_.data(), lengths, history_.data(),
                 history_seen_.data(), accept_.data(), parzen_counters_.data());
   parzen_merge(stream_, config_.merge.rule, config_.lr, config_.merge.alpha, n_, grad_.data(),
@@ -221,6 +228,8 @@ void Worker::send() {
   ++counters_.sent;
   counters_.bytes_sent += h.length * static_cast<std::int64_t>(sizeof(float));
   const bool adversary = config_.adversary.worker == id_;
+  TraceScope scope(trace_, "send", {"peer", peer, "bytes", h.length * 4});
+  trace_.flow_begin("message", TraceRecorder::flow_id(id_, peer, h.sender_step));
   if (stream_.is_host() && !adversary) {
     transport_->post(peer, h, params_.data() + h.offset);
     return;
@@ -274,6 +283,7 @@ void Worker::flush_pending_send() {
 }
 
 WorkerEval Worker::evaluate() {
+  TraceScope scope(trace_, "evaluate");
   model_->evaluate(params_.data(), test_.all(), loss_.data() + 1, correct_.data(), stream_);
   double loss[2];
   std::int64_t correct = 0;

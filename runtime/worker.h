@@ -18,6 +18,7 @@
 #include "runtime/buffer.h"
 #include "runtime/config.h"
 #include "runtime/data/device_dataset.h"
+#include "runtime/trace.h"
 
 namespace asgd {
 
@@ -65,6 +66,8 @@ class Worker {
 
   // Connects the worker to its peers (algorithms that communicate).
   void attach(Transport* transport) { transport_ = transport; }
+  // Records this worker's steps, sends and merges on `lane` (--trace); before the first step.
+  void set_trace(const TraceLane& lane) { trace_ = lane; }
 
   // One step of asgd, asgd-nofilter, simu or local.
   void step();
@@ -115,6 +118,8 @@ class Worker {
   DeviceBuffer<std::int64_t> correct_;  // test
   std::int64_t steps_ = 0;
   std::int64_t steps_at_last_eval_ = 0;
+
+  TraceLane trace_;
 
   // Communication.
   Transport* transport_ = nullptr;

@@ -13,7 +13,8 @@ namespace detail {
 std::string mpi_error_string(int code) {
   char text[MPI_MAX_ERROR_STRING] = {};
   int length = 0;
-  if (MPI_Error_string(code, text, &length) != MPI_SUCCESS) return fmt::format("MPI error {}", code);
+  if (MPI_Error_string(code, text, &length) != MPI_SUCCESS)
+    return fmt::format("MPI error {}", code);
   return std::string(text, static_cast<std::size_t>(length));
 }
 }  // namespace detail
@@ -52,9 +53,10 @@ MpiSession::MpiSession() {
   // Errors come back as codes and become exceptions, instead of aborting the job.
   ASGD_CHECK_MPI(MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN));
   if (thread_level_ < MPI_THREAD_SERIALIZED)
-    ASGD_THROW("this MPI library offers thread level {} but asgd needs MPI_THREAD_SERIALIZED "
-               "({}) or better: its communication thread makes MPI calls",
-               thread_level_, MPI_THREAD_SERIALIZED);
+    ASGD_THROW(
+        "this MPI library offers thread level {} but asgd needs MPI_THREAD_SERIALIZED "
+        "({}) or better: its communication thread makes MPI calls",
+        thread_level_, MPI_THREAD_SERIALIZED);
   ASGD_CHECK_MPI(MPI_Comm_dup(MPI_COMM_WORLD, &comm_));
   ASGD_CHECK_MPI(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN));
   ASGD_CHECK_MPI(MPI_Comm_rank(comm_, &rank_));

@@ -65,10 +65,10 @@ std::string mpi_error_string(int code);
 }  // namespace asgd
 
 // Checks an MPI call; throws asgd::Error with the call's text and MPI's message.
-#define ASGD_CHECK_MPI(call)                                                              \
-  do {                                                                                    \
-    const int asgd_mpi_rc_ = (call);                                                      \
-    if (asgd_mpi_rc_ != MPI_SUCCESS)                                                      \
-      ::asgd::detail::throw_error(__FILE__, __LINE__, #call,                              \
-                                  ::asgd::detail::mpi_error_string(asgd_mpi_rc_));        \
+#define ASGD_CHECK_MPI(call)                                                       \
+  do {                                                                             \
+    const int asgd_mpi_rc_ = (call);                                               \
+    if (asgd_mpi_rc_ != MPI_SUCCESS)                                               \
+      ::asgd::detail::throw_error(__FILE__, __LINE__, #call,                       \
+                                  ::asgd::detail::mpi_error_string(asgd_mpi_rc_)); \
   } while (0)

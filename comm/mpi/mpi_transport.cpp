@@ -8,8 +8,6 @@
 namespace asgd {
 namespace {
 
-constexpr int kHeaderTag = 0x5A5;
-constexpr int kChunkTag = 0x5A6;
 constexpr int kMaxProbesPerPass = 64;
 // Idle back-off of the communication thread: it polls MPI while transfers are in flight (MPI
 // progresses only inside MPI calls) and otherwise sleeps, woken early by post().
@@ -34,6 +32,7 @@ struct MpiTransport::Peer {
   bool in_flight_started = false;  // handed to MPI (false: held by the link emulation)
   double in_flight_start_s = 0;    // when the link started carrying it
   double in_flight_due_s = 0;      // when an emulated link would have delivered it
+  std::int64_t in_flight_trace_ns = 0;
   double link_busy_until_s = 0;
   std::vector<MPI_Request> send_requests;
   EncodedHeader done_frame{};
@@ -48,6 +47,7 @@ struct MpiTransport::Peer {
   bool discarding = false;  // a rejected header arrived; drop chunks until the next header
   std::int64_t expected_bytes = 0;
   std::int64_t posted_bytes = 0;
+  std::int64_t header_trace_ns = 0;  // when the header arrived
   struct Chunk {
     MPI_Request request;
     std::int64_t offset;
@@ -66,8 +66,7 @@ MpiTransport::MpiTransport(const MpiSession& session, const MpiTransportOptions&
       rank_(session.rank()),
       size_(session.size()),
       epoch_(std::chrono::steady_clock::now()) {
-  ASGD_CHECK(options.max_message >= 1, "max_message must be positive, got {}",
-             options.max_message);
+  ASGD_CHECK(options.max_message >= 1, "max_message must be positive, got {}", options.max_message);
   ASGD_CHECK(options.queue_capacity >= 1, "queue_capacity must be positive, got {}",
              options.queue_capacity);
   ASGD_CHECK(options.chunk_bytes >= 4096 && options.chunk_bytes % 4 == 0 &&
@@ -79,8 +78,12 @@ MpiTransport::MpiTransport(const MpiSession& session, const MpiTransportOptions&
              options.model.parameters);
   ASGD_CHECK_MPI(MPI_Comm_dup(session.comm(), &comm_));
   ASGD_CHECK_MPI(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN));
-  for (int p = 0; p < size_; ++p) peers_.push_back(std::make_unique<Peer>(options.max_message, p != rank_));
-  for (auto& r : rejected_) r.store(0);
+  for (int p = 0; p < size_; ++p)
+    peers_.push_back(std::make_unique<Peer>(options.max_message, p != rank_));
+  for (auto& r : rejected_)
+    r.store(0);
+  if (options.trace && options.trace->enabled())
+    trace_ = options.trace->lane(options.trace->add_lane(rank_, 1, "communication"));
   thread_ = std::thread([this] { communication_loop(); });
 }
 
@@ -207,6 +210,23 @@ WireRejections MpiTransport::rejections() const {
   return r;
 }
 
+void MpiTransport::flush() {
+  auto idle = [&] {
+    for (int peer = 0; peer < size_; ++peer) {
+      if (peer == rank_) continue;
+      const Peer& p = *peers_[static_cast<std::size_t>(peer)];
+      std::lock_guard<std::mutex> lock(p.mutex);
+      const LinkStats& s = p.send_stats;
+      if (s.delivered + s.superseded < s.posted) return false;
+    }
+    return true;
+  };
+  std::unique_lock<std::mutex> lock(mutex_);
+  sent_.wait(lock, [&] { return idle() || error_.has_error(); });
+  lock.unlock();
+  error_.rethrow_if_set();
+}
+
 void MpiTransport::finish(bool stop_everyone) {
   stop_everyone_ = stop_everyone;
   {
@@ -236,6 +256,7 @@ void MpiTransport::start_send(int peer, Outgoing* m) {
     p.send_requests.push_back(r);
   }
   p.in_flight_started = true;
+  p.in_flight_trace_ns = trace_.now_ns();
 }
 
 void MpiTransport::start_done(int peer) {
@@ -256,6 +277,7 @@ void MpiTransport::start_done(int peer) {
 
 bool MpiTransport::pump_sends(double t) {
   bool progress = false;
+  bool notify_sent = false;
   for (int peer = 0; peer < size_; ++peer) {
     if (peer == rank_) continue;
     Peer& p = *peers_[static_cast<std::size_t>(peer)];
@@ -274,12 +296,15 @@ bool MpiTransport::pump_sends(double t) {
         p.done_completed = true;
         continue;
       }
+      trace_.complete("transfer", p.in_flight_trace_ns, trace_.now_ns(),
+                      {"peer", peer, "bytes", p.in_flight->header.payload_bytes()});
       std::lock_guard<std::mutex> lock(p.mutex);
       ++p.send_stats.delivered;
       p.send_stats.bytes_delivered += p.in_flight->header.payload_bytes();
       p.send_stats.busy_seconds += t - p.in_flight_start_s;
       p.pool.push_back(p.in_flight);
       p.in_flight = nullptr;
+      notify_sent = true;
     }
     if (p.in_flight || p.done_started) continue;
     Outgoing* next = nullptr;
@@ -288,7 +313,8 @@ bool MpiTransport::pump_sends(double t) {
       std::lock_guard<std::mutex> lock(p.mutex);
       if (finishing_) {
         // Nothing more is worth sending: the run is over here.
-        for (Outgoing* m : p.queue) p.pool.push_back(m);
+        for (Outgoing* m : p.queue)
+          p.pool.push_back(m);
         p.send_stats.superseded += static_cast<std::int64_t>(p.queue.size());
         p.queue.clear();
       } else if (!p.queue.empty()) {
@@ -309,13 +335,17 @@ bool MpiTransport::pump_sends(double t) {
     if (link.ideal()) {
       p.in_flight_due_s = p.in_flight_start_s;
     } else {
-      const double wire_s = static_cast<double>(next->header.payload_bytes()) /
-                            link.bandwidth_bytes_per_s;
+      const double wire_s =
+          static_cast<double>(next->header.payload_bytes()) / link.bandwidth_bytes_per_s;
       p.link_busy_until_s = p.in_flight_start_s + wire_s;
       p.in_flight_due_s = p.link_busy_until_s + link.latency_s;
     }
     if (t >= p.in_flight_due_s) start_send(peer, next);
     progress = true;
+  }
+  if (notify_sent) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    sent_.notify_all();
   }
   return progress;
 }
@@ -329,7 +359,8 @@ void MpiTransport::drain(MPI_Message* message, int count) {
 void MpiTransport::abandon_incoming(int source, WireError reason) {
   Peer& p = *peers_[static_cast<std::size_t>(source)];
   // Chunks already handed to MPI must land before the buffer is reused.
-  for (auto& c : p.chunks) ASGD_CHECK_MPI(MPI_Wait(&c.request, MPI_STATUS_IGNORE));
+  for (auto& c : p.chunks)
+    ASGD_CHECK_MPI(MPI_Wait(&c.request, MPI_STATUS_IGNORE));
   p.chunks.clear();
   p.writer.reset();  // unpublished: the slot's back buffer is simply written again later
   p.receiving = false;
@@ -362,25 +393,44 @@ bool MpiTransport::pump_receives() {
         p.posted_bytes += count;
       } else {
         drain(&message, count);
-        // A chunk nobody announced, or of the wrong size: the message it belongs to is lost.
-        if (p.receiving) abandon_incoming(source, WireError::kLengthMismatch);
+        // A chunk of the wrong size loses the message it belongs to; one that no header
+        // announced is counted alone. (Chunks after a rejected header were counted with it.)
+        if (p.receiving && want > 0)
+          abandon_incoming(source, WireError::kLengthMismatch);
+        else if (!p.discarding)
+          rejected_[static_cast<std::size_t>(WireError::kLengthMismatch)].fetch_add(
+              1, std::memory_order_relaxed);
       }
       continue;
     }
 
-    if (status.MPI_TAG != kHeaderTag || count != static_cast<int>(kWireHeaderBytes)) {
+    if (status.MPI_TAG != kHeaderTag) {  // not part of the protocol: dropped, counted
+      drain(&message, count);
+      rejected_[static_cast<std::size_t>(WireError::kBadKind)].fetch_add(1,
+                                                                         std::memory_order_relaxed);
+      continue;
+    }
+    if (count != static_cast<int>(kWireHeaderBytes)) {
       drain(&message, count);
       if (p.receiving) abandon_incoming(source, WireError::kLengthMismatch);
-      p.discarding = true;
-      rejected_[static_cast<std::size_t>(status.MPI_TAG != kHeaderTag ? WireError::kBadKind
-                                                                       : WireError::kTruncated)]
-          .fetch_add(1, std::memory_order_relaxed);
+      p.discarding = true;  // the chunks of whatever it announced follow
+      rejected_[static_cast<std::size_t>(WireError::kTruncated)].fetch_add(
+          1, std::memory_order_relaxed);
       continue;
     }
     EncodedHeader bytes;
     ASGD_CHECK_MPI(MPI_Mrecv(bytes.data(), count, MPI_BYTE, &message, MPI_STATUS_IGNORE));
-    // A new header while chunks of the previous message are missing: that message is short.
-    if (p.receiving) abandon_incoming(source, WireError::kLengthMismatch);
+    if (p.receiving) {
+      if (p.posted_bytes == p.expected_bytes) {
+        // The previous message is complete on the wire and its chunks are matched: let them
+        // land and publish it before the next one claims the slot's buffer.
+        for (auto& c : p.chunks)
+          ASGD_CHECK_MPI(MPI_Wait(&c.request, MPI_STATUS_IGNORE));
+        complete_chunks(source, /*all_landed=*/true);
+      } else {
+        abandon_incoming(source, WireError::kLengthMismatch);  // it came short
+      }
+    }
     WireHeader h;
     WireError e = decode_header(bytes.data(), bytes.size(), options_.model, source, h);
     if (e == WireError::kNone && h.kind == FrameKind::kState) {
@@ -399,6 +449,7 @@ bool MpiTransport::pump_receives() {
       continue;
     }
     p.incoming = h;
+    p.header_trace_ns = trace_.now_ns();
     p.receiving = true;
     p.expected_bytes = h.payload_bytes();
     p.posted_bytes = 0;
@@ -412,13 +463,13 @@ bool MpiTransport::pump_receives() {
 
 // Hashes the chunks of `source`'s message that have arrived, in order, and publishes the
 // message once all of it has arrived and matches its checksum.
-bool MpiTransport::complete_chunks(int source) {
+bool MpiTransport::complete_chunks(int source, bool all_landed) {
   Peer& p = *peers_[static_cast<std::size_t>(source)];
   bool progress = false;
   while (!p.chunks.empty()) {
     Peer::Chunk& c = p.chunks.front();
-    int done = 0;
-    ASGD_CHECK_MPI(MPI_Test(&c.request, &done, MPI_STATUS_IGNORE));
+    int done = all_landed ? 1 : 0;
+    if (!all_landed) ASGD_CHECK_MPI(MPI_Test(&c.request, &done, MPI_STATUS_IGNORE));
     if (!done) break;
     const auto* base = reinterpret_cast<const char*>(p.writer->message().payload.data());
     p.hasher.update(base + c.offset, static_cast<std::size_t>(c.bytes));
@@ -435,6 +486,8 @@ bool MpiTransport::complete_chunks(int source) {
     }
     p.writer->message().header = p.incoming.message_header();
     p.writer->publish();
+    trace_.complete("receive", p.header_trace_ns, trace_.now_ns(),
+                    {"peer", source, "bytes", p.expected_bytes});
     p.writer.reset();
     p.receiving = false;
     p.last_step = p.incoming.sender_step;
@@ -471,9 +524,10 @@ void MpiTransport::communication_loop() {
           for (int peer = 0; peer < size_; ++peer)
             if (peer != rank_ && !peers_[static_cast<std::size_t>(peer)]->done_received)
               missing += fmt::format("{}{}", missing.empty() ? "" : ", ", peer);
-          ASGD_THROW("rank {}: ranks [{}] did not finish within {} s (stalled or dead); "
-                     "raise the peer timeout if they are only slow",
-                     rank_, missing, options_.peer_timeout_s);
+          ASGD_THROW(
+              "rank {}: ranks [{}] did not finish within {} s (stalled or dead); "
+              "raise the peer timeout if they are only slow",
+              rank_, missing, options_.peer_timeout_s);
         }
       }
       if (progress) {
@@ -495,6 +549,8 @@ void MpiTransport::communication_loop() {
     }
   } catch (...) {
     error_.capture(std::current_exception());
+    std::lock_guard<std::mutex> lock(mutex_);
+    sent_.notify_all();
   }
 }
 

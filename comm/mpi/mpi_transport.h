@@ -43,15 +43,17 @@
 #include "comm/mpi/mpi_session.h"
 #include "comm/transport.h"
 #include "comm/wire_format.h"
+#include "runtime/trace.h"
 
 namespace asgd {
 
 struct MpiTransportOptions {
-  std::int64_t max_message = 0;    // elements; usually the parameter count
-  int queue_capacity = 2;          // unsent messages per peer before the oldest is superseded
-  ModelFingerprint model;          // every message must carry this
+  std::int64_t max_message = 0;        // elements; usually the parameter count
+  int queue_capacity = 2;              // unsent messages per peer before the oldest is superseded
+  ModelFingerprint model;              // every message must carry this
   std::int64_t chunk_bytes = 1 << 20;  // payload pieces: hashed on arrival while in cache
-  double peer_timeout_s = 120;     // finish(): how long to wait for the peers' done frames
+  double peer_timeout_s = 120;         // finish(): how long to wait for the peers' done frames
+  TraceRecorder* trace = nullptr;      // records transfers on a lane of its own (--trace)
 };
 
 // Rejected frames by reason (index: WireError).
@@ -76,6 +78,10 @@ class MpiTransport final : public Transport {
   // Emulates the link to `peer` (see the file comment).
   void set_link(int peer, const LinkModel& link);
 
+  // Blocks until every message posted so far has been handed to MPI and completed, or was
+  // superseded. For benchmarks and tests that need all their messages out.
+  void flush();
+
   // Ends this rank's part of the exchange (see the file comment); `stop_everyone` asks every
   // peer to stop training. Blocks until done; throws if a peer's done frame does not come
   // within the timeout, or the communication thread failed.
@@ -87,6 +93,12 @@ class MpiTransport final : public Transport {
   WireRejections rejections() const;
   // Rethrows the first error of the communication thread, if any.
   void check() const { error_.rethrow_if_set(); }
+
+  // The transport's own communicator and frame tags. Raw frames sent there reach the receiver
+  // as if from a peer: tests inject forged and corrupted frames this way.
+  MPI_Comm communicator() const { return comm_; }
+  static constexpr int kHeaderTag = 0x5A5;
+  static constexpr int kChunkTag = 0x5A6;
 
  private:
   struct Outgoing {
@@ -101,7 +113,7 @@ class MpiTransport final : public Transport {
   void communication_loop();
   bool pump_sends(double now);
   bool pump_receives();
-  bool complete_chunks(int source);
+  bool complete_chunks(int source, bool all_landed = false);
   void start_send(int peer, Outgoing* message);
   void start_done(int peer);
   void abandon_incoming(int source, WireError reason);
@@ -119,12 +131,14 @@ class MpiTransport final : public Transport {
 
   std::mutex mutex_;  // wakes the thread; finishing_
   std::condition_variable wake_;
+  std::condition_variable sent_;  // a send completed (flush() waits on it)
   bool work_posted_ = false;
   std::atomic<bool> finishing_{false};
   std::atomic<bool> stop_everyone_{false};
   std::atomic<bool> stop_requested_{false};
-  std::atomic<bool> quit_{false};  // destructor without finish(): leave at once
+  std::atomic<bool> quit_{false};   // destructor without finish(): leave at once
   std::vector<std::byte> scratch_;  // frames that are drained and dropped
+  TraceLane trace_;                 // the communication thread's lane
   std::array<std::atomic<std::int64_t>, kWireErrorCount> rejected_{};
   std::thread thread_;
   ErrorSlot error_;

@@ -45,6 +45,7 @@ int run_train(CLI::App& cmd, TrainOptions& o) {
   if (cmd.count("--merge")) c.merge = parse_merge(o.merge);
   if (cmd.count("--straggler")) c.straggler = parse_straggler(o.straggler);
   if (cmd.count("--adversary")) c.adversary = parse_adversary(o.adversary);
+  if (cmd.count("--transport")) c.transport = parse_transport(o.transport);
   if (cmd.count("--window")) {
     if (o.window == "inf") {
       c.window = std::numeric_limits<float>::infinity();
@@ -60,11 +61,14 @@ int run_train(CLI::App& cmd, TrainOptions& o) {
     ASGD_INPUT_ERROR("--backend cuda: {}; use --backend host", cuda_unavailable_reason());
 
   const TrainTest data = load_dataset(c.data);
-  std::fprintf(stderr, "asgd: %s: %lld train / %lld test rows, %lld features, %d classes\n",
+  const bool speaks = launcher_rank() == 0;  // under mpirun only rank 0 reports
+  if (speaks)
+    std::fprintf(stderr, "asgd: %s: %lld train / %lld test rows, %lld features, %d classes\n",
                c.data.spec.c_str(), static_cast<long long>(data.train.rows),
                static_cast<long long>(data.test.rows), static_cast<long long>(data.train.cols),
                static_cast<int>(data.train.classes));
   const TrainResult r = train(c, data);
+  if (r.rank != 0) return 0;
   const std::string quality =
       r.classifier ? fmt::format("test accuracy {:.4f}", r.final_test_accuracy)
                    : fmt::format("test objective {:.6g}", r.final_test_loss);
@@ -165,7 +169,8 @@ void add_train_command(CLI::App& app, TrainOptions& o) {
       ->capture_default_str();
   cmd->add_option("--seed", c.seed, "seed for initialisation, shuffling and splits")
       ->capture_default_str();
-  cmd->add_option("--workers", c.workers, "workers (threads of this process)")
+  cmd->add_option("--workers", c.workers,
+                  "workers (threads of this process; under mpirun one per rank)")
       ->capture_default_str();
   cmd->add_option("--algo", o.algo,
                   "asgd | asgd-nofilter | sync (gradient average every step) | simu "
@@ -200,6 +205,14 @@ void add_train_command(CLI::App& app, TrainOptions& o) {
                   "negate, nan), for experiments on the filter");
   cmd->add_flag("--deterministic", c.deterministic,
                 "one thread steps the workers in a fixed seeded order; bit-for-bit repeatable");
+  cmd->add_option("--transport", o.transport,
+                  "auto | local | mpi | nccl (auto: mpi under mpirun with several ranks)")
+      ->capture_default_str();
+  cmd->add_option("--peer-timeout", c.peer_timeout_s,
+                  "multi-process: seconds to wait for a silent peer when the run ends")
+      ->capture_default_str();
+  cmd->add_option("--trace", c.trace_path,
+                  "write a Chrome/Perfetto trace (JSON) of steps, copies, sends and receives");
   cmd->add_option("--metrics", c.metrics_path,
                   "write one JSON line per evaluation (time, step, samples, loss, accuracy)");
   cmd->add_option("--summary", c.summary_path,
@@ -230,6 +243,7 @@ void preload_config_file(int argc, char** argv, TrainOptions& o) {
 int run_selected(CLI::App& app, TrainOptions& train) {
   if (app.got_subcommand("train")) return run_train(*app.get_subcommand("train"), train);
   if (app.got_subcommand("info")) return run_info();
+  if (app.got_subcommand("bench-link")) return run_bench_link(*app.get_subcommand("bench-link"));
   return 1;
 }
 

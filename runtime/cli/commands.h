@@ -20,10 +20,13 @@ struct TrainOptions {
   std::string window = "4";
   std::string straggler;
   std::string adversary;
+  std::string transport = "auto";
 };
 
 void add_train_command(CLI::App& app, TrainOptions& options);
 void add_info_command(CLI::App& app);
+void add_bench_link_command(CLI::App& app);  // and run_bench_link(): bench_link_command.cpp
+int run_bench_link(CLI::App& cmd);
 // Finds `--config FILE` (or `-c FILE`, `--config=FILE`) in argv and applies the file.
 void preload_config_file(int argc, char** argv, TrainOptions& options);
 // Runs whichever subcommand was parsed; returns the exit code.

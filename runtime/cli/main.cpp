@@ -1,4 +1,4 @@
-// The asgd command line: `asgd train`, `asgd info`.
+// The asgd command line: `asgd train`, `asgd info`, `asgd bench-link`.
 #include <cstdio>
 #include <exception>
 #include <string>
@@ -10,7 +10,28 @@
 
 #include "runtime/cli/commands.h"
 #include "runtime/build_info.h"
+#include "runtime/config.h"
 #include "runtime/error.h"
+#if ASGD_HAVE_MPI
+#include "comm/mpi/mpi_session.h"
+#endif
+
+namespace {
+// Under mpirun a failing rank must not leave the others waiting for it (in a collective, or
+// for its messages): it ends the whole job. A clean exit finalises MPI if it was started.
+int leave(int code, bool failed) {
+#if ASGD_HAVE_MPI
+  if (failed && asgd::launcher_ranks() > 1) {
+    std::fflush(stderr);
+    asgd::MpiSession::abort(code);
+  }
+  asgd::MpiSession::finalize();
+#else
+  (void)failed;
+#endif
+  return code;
+}
+}  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{
@@ -23,19 +44,24 @@ int main(int argc, char** argv) {
   asgd::cli::TrainOptions train;
   asgd::cli::add_train_command(app, train);
   asgd::cli::add_info_command(app);
+  asgd::cli::add_bench_link_command(app);
 
   try {
     // The config file is read before the flags are parsed so that flags override it.
     asgd::cli::preload_config_file(argc, argv, train);
     app.parse(argc, argv);
-    return asgd::cli::run_selected(app, train);
+    const int code = asgd::cli::run_selected(app, train);
+    return leave(code, false);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
+  } catch (const asgd::CollectiveInputError& e) {
+    std::fprintf(stderr, "asgd: error: %s\n", e.what());
+    return leave(2, false);  // every rank failed the same check: all end normally
   } catch (const asgd::InputError& e) {
     std::fprintf(stderr, "asgd: error: %s\n", e.what());
-    return 2;
+    return leave(2, true);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "asgd: error: %s\n", e.what());
-    return 1;
+    return leave(1, true);
   }
 }

@@ -3,11 +3,13 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <sstream>
 #include <string>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 #include "runtime/config.h"
 #include "runtime/error.h"
@@ -117,6 +119,42 @@ TEST(TrainerTest, WritesMetricsAndSummary) {
     EXPECT_THAT(text.str(), HasSubstr(key));
   fs::remove(c.metrics_path);
   fs::remove(summary);
+}
+
+// --trace: every step, send and merge of every worker is on the timeline, and each merged
+// message is the end of an arrow that starts at its send.
+TEST(TrainerTest, TraceShowsEveryWorkersStepsAndMessages) {
+  TrainConfig c = small_config();
+  c.workers = 2;
+  c.epochs = 1;
+  c.deterministic = true;  // exact step counts
+  c.trace_path = temp_path("trace.json").string();
+  const TrainResult r = train(c, blob_data());
+  std::ifstream in(c.trace_path);
+  const nlohmann::json trace = nlohmann::json::parse(in);
+  std::map<std::pair<int, std::string>, int> slices;
+  std::map<std::string, int> flow_starts, flow_ends;
+  for (const auto& e : trace.at("traceEvents")) {
+    const std::string ph = e.at("ph");
+    if (ph == "X") ++slices[{e.at("pid").get<int>(), e.at("name").get<std::string>()}];
+    if (ph == "s") ++flow_starts[e.at("id").get<std::string>()];
+    if (ph == "f") ++flow_ends[e.at("id").get<std::string>()];
+  }
+  for (int w = 0; w < 2; ++w) {
+    const EvalPoint& last = r.worker_final[static_cast<std::size_t>(w)];
+    EXPECT_EQ(slices[std::make_pair(w, std::string("step"))], last.step) << w;
+    EXPECT_EQ(slices[std::make_pair(w, std::string("send"))], last.messages_sent) << w;
+    EXPECT_GE(slices[std::make_pair(w, std::string("evaluate"))], 1) << w;
+  }
+  std::int64_t received = 0;
+  for (const EvalPoint& p : r.worker_final) received += p.messages_received;
+  std::int64_t ends = 0;
+  for (const auto& [id, n] : flow_ends) {
+    EXPECT_EQ(flow_starts[id], 1) << "arrow " << id << " has no single start";
+    ends += n;
+  }
+  EXPECT_EQ(ends, received);
+  fs::remove(c.trace_path);
 }
 
 TEST(TrainerTest, RejectsBadSettings) {

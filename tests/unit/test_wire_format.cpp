@@ -69,7 +69,8 @@ TEST(WireFormat, LayoutIsLittleEndianAtFixedOffsets) {
   EXPECT_EQ(static_cast<int>(b[4]), 1);  // version 1, low byte first
   EXPECT_EQ(static_cast<int>(b[5]), 0);
   EXPECT_EQ(static_cast<int>(b[24]), 3);  // sender
-  for (int i = 76; i < 80; ++i) EXPECT_EQ(static_cast<int>(b[i]), 0) << "reserved byte " << i;
+  for (int i = 76; i < 80; ++i)
+    EXPECT_EQ(static_cast<int>(b[i]), 0) << "reserved byte " << i;
 }
 
 TEST(WireFormat, DoneFrameCarriesTheStopFlag) {
@@ -179,7 +180,8 @@ std::vector<float> random_payload(std::size_t n, unsigned seed) {
   std::mt19937 rng(seed);
   std::normal_distribution<float> d(0.0f, 1.0f);
   std::vector<float> v(n);
-  for (float& x : v) x = d(rng);
+  for (float& x : v)
+    x = d(rng);
   return v;
 }
 
@@ -201,7 +203,8 @@ TEST(PayloadHasher, PiecesEqualTheWhole) {
 }
 
 TEST(PayloadHasher, CopyAndUpdateCopiesExactlyAndHashesTheSame) {
-  for (std::size_t n : {std::size_t{1}, std::size_t{16383}, std::size_t{16384}, std::size_t{1000003}}) {
+  for (std::size_t n :
+       {std::size_t{1}, std::size_t{16383}, std::size_t{16384}, std::size_t{1000003}}) {
     const std::vector<float> src = random_payload(n, static_cast<unsigned>(n));
     std::vector<float> dst(n + 1, -7.0f);
     PayloadHasher h;

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# `asgd train` under mpirun, one case per call:  train.sh CASE MPIRUN ASGD
+# Each case checks the exit status, the messages and the summary that rank 0 writes.
+set -euo pipefail
+case_name=$1 mpirun=$2 asgd=$3
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+launch() { # launch NP ARGS...: runs the job with a hard time bound, output in $work/out
+  local np=$1
+  shift
+  timeout 240 "$mpirun" --oversubscribe --bind-to none -np "$np" "$@" >"$work/out" 2>&1
+}
+fail() { echo "FAIL ($case_name): $*"; echo "--- output:"; cat "$work/out"; exit 1; }
+summary() { python3 -c "import json,sys; d=json.load(open('$work/s.json')); print(eval(sys.argv[1]))" "$1"; }
+
+# A small problem that a few ranks solve in seconds: softmax regression on Fashion-MNIST.
+common=(train --model softmax --batch 64 --eval-every 200 --no-progress
+        --summary "$work/s.json" --metrics "$work/m.jsonl")
+
+case $case_name in
+asgd_4_ranks)
+  launch 4 "$asgd" "${common[@]}" --algo asgd --lr 0.1 --epochs 3 --target-accuracy 0.80 || fail "exit $?"
+  [[ $(summary 'd["time_to_target_s"] is not None') == True ]] || fail "target 0.80 not reached"
+  [[ $(summary 'd["workers"]') == 4 && $(summary 'len(d["per_worker"])') == 4 ]] ||
+    fail "expected 4 workers in the summary"
+  [[ $(summary 'd["messages_accepted"] > 0 and d["messages_received"] > 0') == True ]] ||
+    fail "no messages were exchanged"
+  for r in 1 2 3; do [[ -s $work/m.rank$r.jsonl ]] || fail "rank $r wrote no metrics"; done
+  grep -q "4 ranks" "$work/out" || fail "no topology report"
+  ;;
+sync_2_ranks | simu_2_ranks | local_2_ranks)
+  algo=${case_name%%_*}
+  launch 2 "$asgd" "${common[@]}" --algo "$algo" --lr 0.1 --epochs 1 || fail "exit $?"
+  [[ $(summary 'd["algo"]') == "$algo" ]] || fail "summary names another algorithm"
+  [[ $(summary 'd["final_test_accuracy"] > 0.70') == True ]] || fail "accuracy too low"
+  [[ $(summary 'd["messages_sent"]') == 0 ]] || fail "$algo sent messages"
+  ;;
+trace_2_ranks)
+  launch 2 "$asgd" "${common[@]}" --lr 0.1 --epochs 0.3 --trace "$work/t.json" || fail "exit $?"
+  python3 - "$work/t.json" <<'PY' || fail "bad trace"
+import json, sys
+events = json.load(open(sys.argv[1]))["traceEvents"]
+seen = {(e["pid"], e["name"]) for e in events if e["ph"] == "X"}
+for rank in (0, 1):  # both ranks' compute and communication threads are in rank 0's file
+    for name in ("step", "gradient", "exchange", "send", "transfer", "receive"):
+        assert (rank, name) in seen, f"rank {rank} has no '{name}' slice"
+PY
+  ;;
+model_mismatch)
+  # MPMD: rank 0 and rank 1 are given different hidden layers.
+  if launch 1 "$asgd" train --model mlp --hidden 64 --no-progress : \
+       -np 1 "$asgd" train --model mlp --hidden 32 --no-progress; then
+    fail "a model mismatch between ranks was accepted"
+  fi
+  n=$(grep -c "the ranks hold different models" "$work/out" || true)
+  [[ $n -ge 2 ]] || fail "expected the error on both ranks, found it $n time(s)"
+  grep -q "rank 1: 'mlp 784-32-10'" "$work/out" || fail "the error does not name rank 1's model"
+  ;;
+transport_local_under_mpirun)
+  if launch 2 "$asgd" "${common[@]}" --transport local; then fail "accepted"; fi
+  grep -q "transport local, but mpirun started 2 ranks" "$work/out" || fail "unclear error"
+  ;;
+deterministic_under_mpirun)
+  if launch 2 "$asgd" "${common[@]}" --deterministic; then fail "accepted"; fi
+  grep -q "deterministic needs one process" "$work/out" || fail "unclear error"
+  ;;
+*)
+  echo "unknown case $case_name"
+  exit 2
+  ;;
+esac
+echo "PASS ($case_name)"
