@@ -6,6 +6,11 @@
 #include <type_traits>
 
 #include <xxhash.h>
+#if defined(__x86_64__) || defined(__i386__)
+// libxxhash's runtime dispatch: XXH3 with AVX2 or AVX-512 where the CPU has them (2-4x the
+// SSE2 baseline on cached data), same hash values everywhere.
+#include <xxh_x86dispatch.h>
+#endif
 
 namespace asgd {
 namespace {

@@ -9,9 +9,13 @@ namespace asgd {
 namespace {
 
 constexpr int kMaxProbesPerPass = 64;
-// Idle back-off of the communication thread: it polls MPI while transfers are in flight (MPI
-// progresses only inside MPI calls) and otherwise sleeps, woken early by post().
-constexpr double kBusyPollSleep_s = 20e-6;
+// Back-off of the communication thread when a pass made no progress. MPI progresses only
+// inside MPI calls, so while transfers are in flight it polls often, backing off to
+// kMaxBusySleep_s when they stall (a peer that stopped must not cost its senders a core);
+// with nothing in flight it sleeps up to kMaxIdleSleep_s, woken early by post().
+constexpr double kFirstSleep_s = 20e-6;
+constexpr double kStalledAfter_s = 2e-3;  // in flight this long without progress: back off
+constexpr double kMaxBusySleep_s = 200e-6;
 constexpr double kMaxIdleSleep_s = 1e-3;
 
 }  // namespace
@@ -210,19 +214,27 @@ WireRejections MpiTransport::rejections() const {
   return r;
 }
 
-void MpiTransport::flush() {
+void MpiTransport::flush(int max_pending) {
   auto idle = [&] {
     for (int peer = 0; peer < size_; ++peer) {
       if (peer == rank_) continue;
       const Peer& p = *peers_[static_cast<std::size_t>(peer)];
       std::lock_guard<std::mutex> lock(p.mutex);
       const LinkStats& s = p.send_stats;
-      if (s.delivered + s.superseded < s.posted) return false;
+      if (s.posted - s.delivered - s.superseded > max_pending) return false;
     }
     return true;
   };
   std::unique_lock<std::mutex> lock(mutex_);
   sent_.wait(lock, [&] { return idle() || error_.has_error(); });
+  lock.unlock();
+  error_.rethrow_if_set();
+}
+
+void MpiTransport::wait_delivered(int peer, std::int64_t count) {
+  const Peer& p = *peers_[static_cast<std::size_t>(peer)];
+  std::unique_lock<std::mutex> lock(mutex_);
+  published_.wait(lock, [&] { return p.delivered.load() >= count || error_.has_error(); });
   lock.unlock();
   error_.rethrow_if_set();
 }
@@ -491,8 +503,12 @@ bool MpiTransport::complete_chunks(int source, bool all_landed) {
     p.writer.reset();
     p.receiving = false;
     p.last_step = p.incoming.sender_step;
-    p.delivered.fetch_add(1, std::memory_order_relaxed);
     p.bytes_delivered.fetch_add(p.expected_bytes, std::memory_order_relaxed);
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      p.delivered.fetch_add(1, std::memory_order_relaxed);
+      published_.notify_all();
+    }
     progress = true;
   }
   return progress;
@@ -511,6 +527,7 @@ bool MpiTransport::all_finished() const {
 void MpiTransport::communication_loop() {
   try {
     double idle_s = 0;
+    double last_progress_s = now();
     double finish_started_s = -1;
     while (!quit_) {
       const double t = now();
@@ -532,6 +549,7 @@ void MpiTransport::communication_loop() {
       }
       if (progress) {
         idle_s = 0;
+        last_progress_s = t;
         continue;
       }
       bool busy = false;  // MPI transfers need polling to progress
@@ -541,7 +559,10 @@ void MpiTransport::communication_loop() {
         busy = !p.send_requests.empty() || !p.chunks.empty() || p.receiving ||
                (p.in_flight && !p.in_flight_started);
       }
-      idle_s = busy ? kBusyPollSleep_s : std::min(kMaxIdleSleep_s, std::max(2 * idle_s, 20e-6));
+      if (busy && t - last_progress_s < kStalledAfter_s)
+        idle_s = kFirstSleep_s;
+      else
+        idle_s = std::min(busy ? kMaxBusySleep_s : kMaxIdleSleep_s, std::max(2 * idle_s, kFirstSleep_s));
       std::unique_lock<std::mutex> lock(mutex_);
       wake_.wait_for(lock, std::chrono::duration<double>(idle_s),
                      [&] { return work_posted_ || quit_.load(); });
@@ -551,6 +572,7 @@ void MpiTransport::communication_loop() {
     error_.capture(std::current_exception());
     std::lock_guard<std::mutex> lock(mutex_);
     sent_.notify_all();
+    published_.notify_all();
   }
 }
 

@@ -78,9 +78,12 @@ class MpiTransport final : public Transport {
   // Emulates the link to `peer` (see the file comment).
   void set_link(int peer, const LinkModel& link);
 
-  // Blocks until every message posted so far has been handed to MPI and completed, or was
-  // superseded. For benchmarks and tests that need all their messages out.
-  void flush();
+  // Blocks until at most `max_pending` messages per peer are posted but neither completed nor
+  // superseded (0: all out). For benchmarks and tests that must not lose messages.
+  void flush(int max_pending = 0);
+
+  // Blocks until `count` messages from `peer` have been published (benchmarks and tests).
+  void wait_delivered(int peer, std::int64_t count);
 
   // Ends this rank's part of the exchange (see the file comment); `stop_everyone` asks every
   // peer to stop training. Blocks until done; throws if a peer's done frame does not come
@@ -131,7 +134,8 @@ class MpiTransport final : public Transport {
 
   std::mutex mutex_;  // wakes the thread; finishing_
   std::condition_variable wake_;
-  std::condition_variable sent_;  // a send completed (flush() waits on it)
+  std::condition_variable sent_;       // a send completed (flush() waits on it)
+  std::condition_variable published_;  // a message was published (wait_delivered())
   bool work_posted_ = false;
   std::atomic<bool> finishing_{false};
   std::atomic<bool> stop_everyone_{false};
