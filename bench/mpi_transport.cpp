@@ -82,6 +82,7 @@ double transport_run(const MpiSession& s, std::vector<float>& buffer, int messag
   o.max_message = n;
   o.model = {n, 0x5EED};
   o.chunk_bytes = chunk_bytes;
+  o.queue_capacity = 4;  // room for a stream of messages; flush() below keeps it from filling
   asgd::MpiTransport t(s, o);
   MPI_Barrier(s.comm());
   const auto t0 = Clock::now();

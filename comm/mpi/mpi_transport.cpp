@@ -9,14 +9,18 @@ namespace asgd {
 namespace {
 
 constexpr int kMaxProbesPerPass = 64;
-// Back-off of the communication thread when a pass made no progress. MPI progresses only
-// inside MPI calls, so while transfers are in flight it polls often, backing off to
-// kMaxBusySleep_s when they stall (a peer that stopped must not cost its senders a core);
-// with nothing in flight it sleeps up to kMaxIdleSleep_s, woken early by post().
-constexpr double kFirstSleep_s = 20e-6;
-constexpr double kStalledAfter_s = 2e-3;  // in flight this long without progress: back off
-constexpr double kMaxBusySleep_s = 200e-6;
-constexpr double kMaxIdleSleep_s = 1e-3;
+// How long the communication thread sleeps after a pass that moved nothing. MPI progresses
+// only inside MPI calls, so it must poll; but every wake-up takes a core from a compute thread,
+// so it polls fast only where polling moves data: while chunks are being received (the
+// receiver's MPI calls do the copy) or its sends are backed up. A peer that stalls must not
+// keep it spinning, so after kStalledAfter_s without progress it slows to kStalledSleep_s.
+// Otherwise it looks for arrivals every kIdleSleep_s (woken at once by post()): a message
+// then waits on average half of that before its receive starts, well under a training step.
+constexpr double kBusySleep_s = 20e-6;
+constexpr double kStalledAfter_s = 2e-3;
+constexpr double kStalledSleep_s = 200e-6;
+constexpr double kIdleSleep_s = 400e-6;
+constexpr int kMaxInFlight = 2;  // messages per peer handed to MPI at once
 
 }  // namespace
 
@@ -31,14 +35,20 @@ struct MpiTransport::Peer {
   std::vector<std::unique_ptr<Outgoing>> storage;
   LinkModel link;
   LinkStats send_stats;  // posted, superseded, delivered (completed), bytes, busy
-  // Owned by the communication thread.
-  Outgoing* in_flight = nullptr;
-  bool in_flight_started = false;  // handed to MPI (false: held by the link emulation)
-  double in_flight_start_s = 0;    // when the link started carrying it
-  double in_flight_due_s = 0;      // when an emulated link would have delivered it
-  std::int64_t in_flight_trace_ns = 0;
+  // Owned by the communication thread: messages taken from the queue, oldest first. Up to
+  // kMaxInFlight are handed to MPI at once, so the next one is on its way while the receiver
+  // copies the previous one; an emulated link holds a message until it is due.
+  struct InFlight {
+    Outgoing* message = nullptr;
+    bool started = false;  // handed to MPI
+    double start_s = 0;    // when the (emulated) link started carrying it
+    double due_s = 0;      // when an emulated link would have delivered it
+    std::int64_t trace_ns = 0;
+    std::vector<MPI_Request> requests;
+  };
+  std::deque<InFlight> in_flight;
   double link_busy_until_s = 0;
-  std::vector<MPI_Request> send_requests;
+  std::vector<MPI_Request> done_request;
   EncodedHeader done_frame{};
   bool done_started = false;
   bool done_completed = false;
@@ -253,22 +263,19 @@ void MpiTransport::finish(bool stop_everyone) {
 
 // --- the communication thread -----------------------------------------------------------
 
-void MpiTransport::start_send(int peer, Outgoing* m) {
-  Peer& p = *peers_[static_cast<std::size_t>(peer)];
-  p.send_requests.clear();
+void MpiTransport::start_send(int peer, const Outgoing& m, std::vector<MPI_Request>& requests) {
+  requests.clear();
   MPI_Request r;
-  ASGD_CHECK_MPI(MPI_Isend(m->encoded.data(), static_cast<int>(kWireHeaderBytes), MPI_BYTE, peer,
+  ASGD_CHECK_MPI(MPI_Isend(m.encoded.data(), static_cast<int>(kWireHeaderBytes), MPI_BYTE, peer,
                            kHeaderTag, comm_, &r));
-  p.send_requests.push_back(r);
-  const auto* bytes = reinterpret_cast<const char*>(m->payload.data());
-  const std::int64_t total = m->header.payload_bytes();
+  requests.push_back(r);
+  const auto* bytes = reinterpret_cast<const char*>(m.payload.data());
+  const std::int64_t total = m.header.payload_bytes();
   for (std::int64_t at = 0; at < total; at += options_.chunk_bytes) {
     const int n = static_cast<int>(std::min(options_.chunk_bytes, total - at));
     ASGD_CHECK_MPI(MPI_Isend(bytes + at, n, MPI_BYTE, peer, kChunkTag, comm_, &r));
-    p.send_requests.push_back(r);
+    requests.push_back(r);
   }
-  p.in_flight_started = true;
-  p.in_flight_trace_ns = trace_.now_ns();
 }
 
 void MpiTransport::start_done(int peer) {
@@ -281,79 +288,91 @@ void MpiTransport::start_done(int peer) {
   h.send_time_s = now();
   h.length = 0;
   p.done_frame = encode_header(h);
-  p.send_requests.assign(1, MPI_REQUEST_NULL);
+  p.done_request.assign(1, MPI_REQUEST_NULL);
   ASGD_CHECK_MPI(MPI_Isend(p.done_frame.data(), static_cast<int>(kWireHeaderBytes), MPI_BYTE, peer,
-                           kHeaderTag, comm_, p.send_requests.data()));
+                           kHeaderTag, comm_, p.done_request.data()));
   p.done_started = true;
 }
 
 bool MpiTransport::pump_sends(double t) {
   bool progress = false;
   bool notify_sent = false;
+  auto start = [&](int peer, Peer::InFlight& f) {
+    start_send(peer, *f.message, f.requests);
+    f.started = true;
+    f.trace_ns = trace_.now_ns();
+  };
   for (int peer = 0; peer < size_; ++peer) {
     if (peer == rank_) continue;
     Peer& p = *peers_[static_cast<std::size_t>(peer)];
-    if (p.in_flight && !p.in_flight_started && t >= p.in_flight_due_s) {
-      start_send(peer, p.in_flight);
-      progress = true;
-    }
-    if (!p.send_requests.empty()) {
+    // Completed sends, in order: their buffers go back to the pool.
+    while (!p.in_flight.empty() && p.in_flight.front().started) {
+      Peer::InFlight& f = p.in_flight.front();
       int done = 0;
-      ASGD_CHECK_MPI(MPI_Testall(static_cast<int>(p.send_requests.size()), p.send_requests.data(),
-                                 &done, MPI_STATUSES_IGNORE));
-      if (!done) continue;
-      p.send_requests.clear();
-      progress = true;
-      if (p.done_started) {
-        p.done_completed = true;
-        continue;
+      ASGD_CHECK_MPI(MPI_Testall(static_cast<int>(f.requests.size()), f.requests.data(), &done,
+                                 MPI_STATUSES_IGNORE));
+      if (!done) break;
+      trace_.complete("transfer", f.trace_ns, trace_.now_ns(),
+                      {"peer", peer, "bytes", f.message->header.payload_bytes()});
+      {
+        std::lock_guard<std::mutex> lock(p.mutex);
+        ++p.send_stats.delivered;
+        p.send_stats.bytes_delivered += f.message->header.payload_bytes();
+        p.send_stats.busy_seconds += t - f.start_s;
+        p.pool.push_back(f.message);
       }
-      trace_.complete("transfer", p.in_flight_trace_ns, trace_.now_ns(),
-                      {"peer", peer, "bytes", p.in_flight->header.payload_bytes()});
-      std::lock_guard<std::mutex> lock(p.mutex);
-      ++p.send_stats.delivered;
-      p.send_stats.bytes_delivered += p.in_flight->header.payload_bytes();
-      p.send_stats.busy_seconds += t - p.in_flight_start_s;
-      p.pool.push_back(p.in_flight);
-      p.in_flight = nullptr;
-      notify_sent = true;
+      p.in_flight.pop_front();
+      progress = notify_sent = true;
     }
-    if (p.in_flight || p.done_started) continue;
-    Outgoing* next = nullptr;
-    LinkModel link;
-    {
-      std::lock_guard<std::mutex> lock(p.mutex);
-      if (finishing_) {
-        // Nothing more is worth sending: the run is over here.
-        for (Outgoing* m : p.queue)
-          p.pool.push_back(m);
-        p.send_stats.superseded += static_cast<std::int64_t>(p.queue.size());
-        p.queue.clear();
-      } else if (!p.queue.empty()) {
-        next = p.queue.front();
-        p.queue.pop_front();
-        link = p.link;
+    // Held messages that an emulated link has delivered by now.
+    for (auto& f : p.in_flight)
+      if (!f.started && t >= f.due_s) {
+        start(peer, f);
+        progress = true;
       }
-    }
-    if (finishing_) {
-      start_done(peer);
-      progress = true;
+    if (p.done_started) {
+      if (!p.done_completed) {
+        int done = 0;
+        ASGD_CHECK_MPI(MPI_Test(p.done_request.data(), &done, MPI_STATUS_IGNORE));
+        if (done) p.done_completed = progress = true;
+      }
       continue;
     }
-    if (!next) continue;
-    p.in_flight = next;
-    p.in_flight_started = false;
-    p.in_flight_start_s = std::max(next->ready_s, p.link_busy_until_s);
-    if (link.ideal()) {
-      p.in_flight_due_s = p.in_flight_start_s;
-    } else {
-      const double wire_s =
-          static_cast<double>(next->header.payload_bytes()) / link.bandwidth_bytes_per_s;
-      p.link_busy_until_s = p.in_flight_start_s + wire_s;
-      p.in_flight_due_s = p.link_busy_until_s + link.latency_s;
+    // Take queued messages while fewer than kMaxInFlight are out.
+    while (static_cast<int>(p.in_flight.size()) < kMaxInFlight) {
+      Outgoing* next = nullptr;
+      LinkModel link;
+      {
+        std::lock_guard<std::mutex> lock(p.mutex);
+        if (finishing_) {
+          // Nothing more is worth sending: the run is over here.
+          for (Outgoing* m : p.queue) p.pool.push_back(m);
+          p.send_stats.superseded += static_cast<std::int64_t>(p.queue.size());
+          p.queue.clear();
+        } else if (!p.queue.empty()) {
+          next = p.queue.front();
+          p.queue.pop_front();
+          link = p.link;
+        }
+      }
+      if (!next) break;
+      Peer::InFlight& f = p.in_flight.emplace_back();
+      f.message = next;
+      f.start_s = std::max(next->ready_s, p.link_busy_until_s);
+      f.due_s = f.start_s;
+      if (!link.ideal()) {
+        p.link_busy_until_s =
+            f.start_s + static_cast<double>(next->header.payload_bytes()) / link.bandwidth_bytes_per_s;
+        f.due_s = p.link_busy_until_s + link.latency_s;
+      }
+      if (t >= f.due_s) start(peer, f);
+      progress = true;
     }
-    if (t >= p.in_flight_due_s) start_send(peer, next);
-    progress = true;
+    // The done frame follows the last message to that peer.
+    if (finishing_ && p.in_flight.empty()) {
+      start_done(peer);
+      progress = true;
+    }
   }
   if (notify_sent) {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -552,17 +571,17 @@ void MpiTransport::communication_loop() {
         last_progress_s = t;
         continue;
       }
-      bool busy = false;  // MPI transfers need polling to progress
+      bool busy = false;
       for (int peer = 0; peer < size_ && !busy; ++peer) {
         if (peer == rank_) continue;
         const Peer& p = *peers_[static_cast<std::size_t>(peer)];
-        busy = !p.send_requests.empty() || !p.chunks.empty() || p.receiving ||
-               (p.in_flight && !p.in_flight_started);
+        busy = !p.chunks.empty() || p.receiving ||
+               static_cast<int>(p.in_flight.size()) >= kMaxInFlight;
       }
-      if (busy && t - last_progress_s < kStalledAfter_s)
-        idle_s = kFirstSleep_s;
+      if (!busy)
+        idle_s = kIdleSleep_s;
       else
-        idle_s = std::min(busy ? kMaxBusySleep_s : kMaxIdleSleep_s, std::max(2 * idle_s, kFirstSleep_s));
+        idle_s = t - last_progress_s < kStalledAfter_s ? kBusySleep_s : kStalledSleep_s;
       std::unique_lock<std::mutex> lock(mutex_);
       wake_.wait_for(lock, std::chrono::duration<double>(idle_s),
                      [&] { return work_posted_ || quit_.load(); });

@@ -117,7 +117,7 @@ class MpiTransport final : public Transport {
   bool pump_sends(double now);
   bool pump_receives();
   bool complete_chunks(int source, bool all_landed = false);
-  void start_send(int peer, Outgoing* message);
+  void start_send(int peer, const Outgoing& message, std::vector<MPI_Request>& requests);
   void start_done(int peer);
   void abandon_incoming(int source, WireError reason);
   void drain(MPI_Message* message, int count);
