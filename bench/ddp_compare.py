@@ -320,7 +320,8 @@ def pick_binary(build, explicit):
 def asgd_args(lr, seed, args):
     return [*study.MLP, "--lr", lr, "--target-accuracy", args.target,
             "--eval-every", args.eval_every, "--epochs", args.epochs,
-            "--max-seconds", args.max_seconds, *args.asgd_options, "--seed", seed]
+            "--max-seconds", args.max_seconds, "--balance", "off", *args.asgd_options,
+            "--seed", seed]
 
 
 def run_asgd(binary, lr, seed, args):

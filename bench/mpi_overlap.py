@@ -45,8 +45,9 @@ def main():
              "--epochs", args.epochs, "--eval-every", "1000"]
     settings = {
         "local": ["--algo", "local"],
-        "asgd (whole state every step)": ["--algo", "asgd"],
-        "asgd (message 33666, every step)": ["--algo", "asgd", "--message-size", "33666"],
+        "asgd (whole state every step)": ["--algo", "asgd", "--balance", "off"],
+        "asgd (message 33666, every step)": ["--algo", "asgd", "--message-size", "33666",
+                                             "--balance", "off"],
     }
     samples = {name: [] for name in settings}
     commands = {}

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <limits>
+#include <vector>
 
 #include "comm/message.h"
 
@@ -31,6 +32,14 @@ struct LinkStats {
   double busy_seconds = 0;      // sum of the transfer times of delivered messages
 };
 
+// A transfer the transport completed: for the load balancer's running estimates.
+struct TransferRecord {
+  int from = 0;
+  int to = 0;
+  double bytes = 0;
+  double seconds = 0;  // from the start of sending to the arrival (or the send's completion)
+};
+
 class Transport {
  public:
   virtual ~Transport() = default;
@@ -51,6 +60,16 @@ class Transport {
   virtual int collect(int receiver, const Message** out, int max) = 0;
 
   virtual LinkStats stats(int from, int to) const = 0;
+
+  // Transfers completed since the previous call, oldest first (at most the last
+  // kMaxTransferRecords per link are kept between calls). Thread-safe; for one consumer.
+  static constexpr int kMaxTransferRecords = 256;
+  virtual std::vector<TransferRecord> take_transfers() = 0;
+  // Messages from `from` to `to` posted and neither completed nor superseded.
+  std::int64_t backlog(int from, int to) const {
+    const LinkStats s = stats(from, to);
+    return s.posted - s.delivered - s.superseded;
+  }
 };
 
 }  // namespace asgd

@@ -194,6 +194,20 @@ const std::map<std::string, Setter>& setters() {
          c.transport = parse_transport(get_as<std::string>(p, k, n, "a string"));
        })},
       {"peer-timeout", number(&TrainConfig::peer_timeout_s)},
+      {"balance", custom([](auto& p, auto& k, auto& n, TrainConfig& c) {
+         c.balance = parse_balance(get_as<std::string>(p, k, n, "a string"));
+       })},
+      {"rho", number(&TrainConfig::rho)},
+      {"link-change", custom([](auto& p, auto& k, auto& n, TrainConfig& c) {
+         parse_link_change(get_as<std::string>(p, k, n, "a string"), c.links);
+       })},
+      {"min-message", integer(&TrainConfig::min_message)},
+      {"max-message", integer(&TrainConfig::max_message)},
+      {"min-interval", integer(&TrainConfig::min_interval)},
+      {"max-interval", integer(&TrainConfig::max_interval)},
+      {"peers", custom([](auto& p, auto& k, auto& n, TrainConfig& c) {
+         c.peer_choice = parse_peer_choice(get_as<std::string>(p, k, n, "a string"));
+       })},
       {"trace", custom([](auto& p, auto& k, auto& n, TrainConfig& c) {
          c.trace_path = get_as<std::string>(p, k, n, "a string");
        })},
@@ -243,6 +257,56 @@ std::string_view to_string(TransportKind t) {
     case TransportKind::kNccl: return "nccl";
   }
   return "?";
+}
+
+void parse_link_change(std::string_view text, LinkSettings& links) {
+  std::vector<std::string_view> parts;
+  for (std::size_t at = 0; at <= text.size();) {
+    const std::size_t end = std::min(text.find(':', at), text.size());
+    parts.push_back(text.substr(at, end - at));
+    at = end + 1;
+  }
+  if (parts.size() < 2 || parts.size() > 3)
+    ASGD_INPUT_ERROR("--link-change '{}': expected SECONDS:BANDWIDTH or SECONDS:BANDWIDTH:LATENCY",
+                     text);
+  links.change_at_s = parse_number(parts[0], "--link-change");
+  links.change_bandwidth = parse_number(parts[1], "--link-change");
+  links.change_latency = parts.size() == 3 ? parse_number(parts[2], "--link-change") : links.latency;
+  if (links.change_at_s < 0 || links.change_bandwidth <= 0 || links.change_latency < 0)
+    ASGD_INPUT_ERROR("--link-change '{}': the time must be >= 0, the bandwidth > 0 and the "
+                     "latency >= 0",
+                     text);
+}
+
+BalanceMode parse_balance(std::string_view name) {
+  if (name == "auto") return BalanceMode::kAuto;
+  if (name == "off") return BalanceMode::kOff;
+  ASGD_INPUT_ERROR("unknown --balance '{}': expected auto or off", name);
+}
+
+std::string_view to_string(BalanceMode m) {
+  switch (m) {
+    case BalanceMode::kDefault: return "default";
+    case BalanceMode::kAuto: return "auto";
+    case BalanceMode::kOff: return "off";
+  }
+  return "?";
+}
+
+PeerChoice parse_peer_choice(std::string_view name) {
+  if (name == "uniform") return PeerChoice::kUniform;
+  if (name == "bandwidth") return PeerChoice::kBandwidth;
+  ASGD_INPUT_ERROR("unknown --peers '{}': expected uniform or bandwidth", name);
+}
+
+std::string_view to_string(PeerChoice c) {
+  return c == PeerChoice::kBandwidth ? "bandwidth" : "uniform";
+}
+
+BalanceMode resolved_balance(const TrainConfig& c) {
+  if (c.balance != BalanceMode::kDefault) return c.balance;
+  const bool fixed = c.message_size != 0 || c.send_interval != 1 || c.deterministic;
+  return fixed ? BalanceMode::kOff : BalanceMode::kAuto;
 }
 
 int launcher_ranks() {
@@ -370,20 +434,37 @@ void validate(const TrainConfig& c) {
                      kMaxParzenHistory);
   if (c.links.bandwidth < 0 || c.links.latency < 0)
     ASGD_INPUT_ERROR("--link-bandwidth and --link-latency must be >= 0");
+  // Under mpirun without --workers, the ranks are the workers.
+  const int workers = c.workers == 1 && launcher_ranks() > 1 ? launcher_ranks() : c.workers;
   for (const auto* m : {&c.links.bandwidth_matrix, &c.links.latency_matrix}) {
     if (m->empty()) continue;
-    if (static_cast<int>(m->size()) != c.workers)
-      ASGD_INPUT_ERROR("a link matrix has {} rows for {} workers", m->size(), c.workers);
+    if (static_cast<int>(m->size()) != workers)
+      ASGD_INPUT_ERROR("a link matrix has {} rows for {} workers", m->size(), workers);
     for (const auto& row : *m)
-      if (static_cast<int>(row.size()) != c.workers)
-        ASGD_INPUT_ERROR("a link matrix row has {} entries for {} workers", row.size(), c.workers);
+      if (static_cast<int>(row.size()) != workers)
+        ASGD_INPUT_ERROR("a link matrix row has {} entries for {} workers", row.size(), workers);
   }
-  if (c.straggler.worker >= c.workers)
+  if (c.straggler.worker >= workers)
     ASGD_INPUT_ERROR("--straggler names worker {} but there are {} workers", c.straggler.worker,
-                     c.workers);
-  if (c.adversary.worker >= c.workers)
+                     workers);
+  if (c.adversary.worker >= workers)
     ASGD_INPUT_ERROR("--adversary names worker {} but there are {} workers", c.adversary.worker,
-                     c.workers);
+                     workers);
+  if (c.balance == BalanceMode::kAuto && c.deterministic)
+    ASGD_INPUT_ERROR("--balance auto follows measured times and cannot be deterministic; use "
+                     "--balance off (fixed --message-size and --send-interval) with --deterministic");
+  if (c.peer_choice == PeerChoice::kBandwidth && c.deterministic)
+    ASGD_INPUT_ERROR("--peers bandwidth follows measured links and cannot be deterministic");
+  if (!(c.rho > 0.0 && c.rho <= 1.0)) ASGD_INPUT_ERROR("--rho must lie in (0, 1], got {}", c.rho);
+  if (c.min_message < 1 || c.max_message < 0 || (c.max_message > 0 && c.max_message < c.min_message))
+    ASGD_INPUT_ERROR("--min-message must be >= 1 and --max-message 0 (the whole state) or >= it; "
+                     "got {} and {}",
+                     c.min_message, c.max_message);
+  if (c.min_interval < 0 || c.max_interval < 1 ||
+      (c.min_interval > 0 && c.max_interval < c.min_interval))
+    ASGD_INPUT_ERROR("--min-interval must be >= 0 (0: the number of peers) and --max-interval "
+                     ">= 1 and >= it; got {} and {}",
+                     c.min_interval, c.max_interval);
   if (!(c.peer_timeout_s > 0.0))
     ASGD_INPUT_ERROR("--peer-timeout must be positive, got {}", c.peer_timeout_s);
   if (!(c.data.test_fraction > 0.0 && c.data.test_fraction < 1.0))

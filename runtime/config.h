@@ -38,6 +38,16 @@ std::string_view to_string(TransportKind transport);
 int launcher_ranks();
 int launcher_rank();  // this process's rank by the same sources; 0 without a launcher
 
+// The load balancer (DESIGN.md section 5). kDefault resolves to kAuto, or to kOff when a fixed
+// --message-size or --send-interval was given (or in deterministic mode).
+enum class BalanceMode { kDefault, kAuto, kOff };
+BalanceMode parse_balance(std::string_view name);  // "auto", "off"
+std::string_view to_string(BalanceMode mode);
+// How a worker with a fixed schedule picks the peer of each message.
+enum class PeerChoice { kUniform, kBandwidth };
+PeerChoice parse_peer_choice(std::string_view name);  // "uniform", "bandwidth"
+std::string_view to_string(PeerChoice choice);
+
 // A merge rule as typed: "seed", "average" or "elastic:ALPHA".
 struct MergeSpec {
   MergeRule rule = MergeRule::kSeed;
@@ -54,7 +64,13 @@ struct LinkSettings {
   double latency = 0.0;
   std::vector<std::vector<double>> bandwidth_matrix;
   std::vector<std::vector<double>> latency_matrix;
+  // An experiment: at change_at_s seconds into training every link becomes change_bandwidth
+  // bytes/s with change_latency seconds (a network that slows or recovers). < 0: never.
+  double change_at_s = -1;
+  double change_bandwidth = 0;
+  double change_latency = 0;
 };
+void parse_link_change(std::string_view text, LinkSettings& links);  // "T:BW" or "T:BW:LAT"
 
 // Worker W runs F times slower than it would (it idles (F-1) times each step's duration).
 struct Straggler {
@@ -101,6 +117,14 @@ struct TrainConfig {
   Adversary adversary;
   bool deterministic = false;  // one thread steps the workers in a fixed seeded order
   TransportKind transport = TransportKind::kAuto;
+  // The load balancer.
+  BalanceMode balance = BalanceMode::kDefault;
+  double rho = 0.5;                  // target busy fraction of every link
+  std::int64_t min_message = 4096;   // elements
+  std::int64_t max_message = 0;      // elements; 0 = the parameter count
+  std::int64_t min_interval = 0;     // steps; 0 = the number of peers (one message per step)
+  std::int64_t max_interval = 1000;  // steps
+  PeerChoice peer_choice = PeerChoice::kUniform;
   double peer_timeout_s = 120;  // multi-process: how long to wait for a silent peer at the end
 
   std::string metrics_path;  // JSON lines, one per evaluation
@@ -112,6 +136,9 @@ struct TrainConfig {
 // Applies the settings of TOML file `path` to `config`. Throws InputError naming the file,
 // line and key for a missing or malformed file, an unknown key or a value of the wrong type.
 void apply_config_file(const std::string& path, TrainConfig& config);
+
+// The balancer mode a run uses: kDefault resolved (see BalanceMode).
+BalanceMode resolved_balance(const TrainConfig& config);
 
 // Checks values that no single flag parser can (ranges, combinations); throws InputError.
 void validate(const TrainConfig& config);

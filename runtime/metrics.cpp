@@ -1,11 +1,13 @@
 #include "runtime/metrics.h"
 
+#include <cmath>
 #include <cstdio>
 
 #include <unistd.h>
 
 #include <nlohmann/json.hpp>
 
+#include "runtime/balancer.h"
 #include "runtime/error.h"
 #include "runtime/trainer.h"
 
@@ -38,6 +40,25 @@ void MetricsLog::write(const EvalPoint& p, int worker) {
                          {"mean_step_gap", p.mean_step_gap}};
   out_ << line.dump() << '\n';
   out_.flush();  // a killed run keeps every line it logged
+  if (!out_) ASGD_THROW("writing metrics to '{}' failed", path_);
+}
+
+void MetricsLog::write(const BalanceDecision& d, double time_s) {
+  if (!out_.is_open()) return;
+  const double bw = d.estimate.bandwidth_bytes_per_s;
+  nlohmann::json line = {{"event", "balance"},
+                         {"time_s", time_s},
+                         {"worker", d.worker},
+                         {"peer", d.peer},
+                         {"bandwidth_bytes_per_s", std::isfinite(bw) ? nlohmann::json(bw) : nlohmann::json()},
+                         {"latency_s", d.estimate.latency_s},
+                         {"backlog", d.backlog},
+                         {"step_s", d.step_s},
+                         {"message", d.setting.message},
+                         {"interval", d.setting.interval},
+                         {"busy", d.busy}};
+  out_ << line.dump() << '\n';
+  out_.flush();
   if (!out_) ASGD_THROW("writing metrics to '{}' failed", path_);
 }
 

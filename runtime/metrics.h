@@ -10,12 +10,15 @@
 namespace asgd {
 
 struct EvalPoint;
+struct BalanceDecision;
 
 class MetricsLog {
  public:
   // An empty path disables the log. Throws InputError when the file cannot be created.
   explicit MetricsLog(const std::string& path);
   void write(const EvalPoint& point, int worker);
+  // A load-balancer decision: a line with "event": "balance" (time_s on the run's clock).
+  void write(const BalanceDecision& decision, double time_s);
   bool enabled() const { return out_.is_open(); }
 
  private:

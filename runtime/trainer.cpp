@@ -18,12 +18,14 @@
 #include <nlohmann/json.hpp>
 
 #include "comm/local/local_transport.h"
+#include "runtime/balancer.h"
 #include "runtime/build_info.h"
 #include "runtime/distributed.h"
 #include "runtime/error.h"
 #include "runtime/metrics.h"
 #include "runtime/trace.h"
 #if ASGD_HAVE_MPI
+#include "comm/mpi/link_bench.h"
 #include "comm/mpi/mpi_transport.h"
 #endif
 
@@ -224,6 +226,13 @@ class Run {
           if (i != j) transport_->set_link(i, j, link_between(c.links, i, j));
       for (auto& w : workers_) w->attach(transport_.get());
     }
+    published_steps_.reset(new std::atomic<std::int64_t>[workers_.size()]);
+    published_eval_s_.reset(new std::atomic<double>[workers_.size()]);
+    for (std::size_t i = 0; i < workers_.size(); ++i) {
+      published_steps_[i].store(0);
+      published_eval_s_[i].store(0.0);
+    }
+    start_balancer(w0);
     sync_comm_s_ = emulated_allreduce_seconds(
         c.links, c.workers, static_cast<double>(w0.parameter_count()) * sizeof(float));
     last_eval_.assign(workers_.size(), {0.0, 0});
@@ -233,6 +242,7 @@ class Run {
   TrainResult run() {
     align_trace_clocks();
     start_ = Clock::now();
+    started_ = true;
     if (c_.deterministic) {
       run_deterministic();
     } else if (place_.multiprocess()) {
@@ -272,6 +282,7 @@ class Run {
     const double eval_s = seconds_since(t0);
     const std::size_t i = local(w);
     eval_seconds_[i] += eval_s;
+    published_eval_s_[i].store(eval_seconds_[i], std::memory_order_relaxed);
 
     EvalPoint p;
     p.worker = as_worker;
@@ -353,10 +364,95 @@ class Run {
     idle_for((c_.straggler.factor - 1.0) * seconds_since(step_start));
   }
 
+  // The load balancer, where workers communicate and it is wanted (--balance, --peers).
+  void start_balancer(Worker& w0) {
+    Transport* t = transport_.get();
+#if ASGD_HAVE_MPI
+    if (!t && mpi_ && communicates(c_.algorithm)) t = mpi_.get();
+#endif
+    const BalanceMode mode = resolved_balance(c_);
+    if (!t || c_.workers < 2 ||
+        (mode != BalanceMode::kAuto && c_.peer_choice != PeerChoice::kBandwidth))
+      return;
+    const std::int64_t n = w0.parameter_count();
+    BalancerOptions o;
+    o.limits.rho = c_.rho;
+    o.limits.max_message = c_.max_message > 0 ? std::min(c_.max_message, n) : n;
+    o.limits.min_message = std::min(c_.min_message, o.limits.max_message);
+    // By default each peer gets a message every (peers) steps: one message per step in all,
+    // as with the fixed default, until a link cannot carry that.
+    o.limits.min_interval = c_.min_interval > 0 ? c_.min_interval : std::max(1, c_.workers - 1);
+    o.limits.max_interval = std::max(c_.max_interval, o.limits.min_interval);
+    o.limits.max_backlog = c_.queue_capacity;
+    o.adjust_settings = mode == BalanceMode::kAuto;
+    // The links are measured before training: in one process here, across processes by
+    // probe_ranks().
+    if (transport_) {
+      const std::int64_t top = std::min<std::int64_t>(n * 4, 1 << 20);
+      probe_ = probe_links(*transport_, c_.workers, {std::min<std::int64_t>(4096, top), top / 4, top}, 3);
+    }
+    steps_seen_.assign(static_cast<std::size_t>(c_.workers), StepClock{});
+    last_step_time_.assign(static_cast<std::size_t>(c_.workers), 0.0);
+    board_ = std::make_unique<PeerBoard>(c_.workers);
+    std::vector<int> local_ids;
+    for (auto& w : workers_) local_ids.push_back(w->id());
+    balancer_ = std::make_unique<LoadBalancer>(
+        *t, local_ids, *board_, probe_, [this](int id) { return step_time(id); },
+        [this](const BalanceDecision& d) {
+          std::lock_guard<std::mutex> lock(mutex_);
+          metrics_.write(d, started_ ? seconds_since(start_) : 0.0);
+          ++decisions_;
+        },
+        o);
+    for (auto& w : workers_) w->set_peer_board(board_.get(), mode == BalanceMode::kAuto);
+  }
+
+  // Worker `id`'s step time since the balancer last asked, evaluations left out (called from
+  // the balancer's thread only).
+  double step_time(int id) {
+    const std::size_t i = static_cast<std::size_t>(id - first_id_);
+    if (i >= workers_.size() || !started_) return 0.0;
+    const double t = seconds_since(start_);
+    const double eval = published_eval_s_[i].load(std::memory_order_relaxed);
+    const std::int64_t steps = published_steps_[i].load(std::memory_order_relaxed);
+    StepClock& seen = steps_seen_[static_cast<std::size_t>(id)];
+    if (steps - seen.steps < 5) return last_step_time_[static_cast<std::size_t>(id)];
+    const double step_s = std::max(0.0, (t - seen.time_s) - (eval - seen.eval_s)) /
+                          static_cast<double>(steps - seen.steps);
+    seen = {t, eval, steps};
+    // Smoothed: an evaluation straddling two readings skews both a little.
+    double& last = last_step_time_[static_cast<std::size_t>(id)];
+    last = last > 0 ? 0.7 * last + 0.3 * step_s : step_s;
+    return last;
+  }
+
+  // --link-change: at the given time every link of this process's workers changes.
+  void maybe_change_links(const Worker& w) {
+    if (c_.links.change_at_s < 0 || links_changed_.load(std::memory_order_relaxed) ||
+        w.id() != first_id_ || seconds_since(start_) < c_.links.change_at_s)
+      return;
+    links_changed_ = true;
+    LinkModel l;
+    l.bandwidth_bytes_per_s = c_.links.change_bandwidth;
+    l.latency_s = c_.links.change_latency;
+    if (transport_)
+      for (int i = 0; i < c_.workers; ++i)
+        for (int j = 0; j < c_.workers; ++j)
+          if (i != j) transport_->set_link(i, j, l);
+#if ASGD_HAVE_MPI
+    if (mpi_)
+      for (int peer = 0; peer < place_.ranks; ++peer)
+        if (peer != place_.rank) mpi_->set_link(peer, l);
+#endif
+  }
+
   void run_async(Worker& w) {
     while (!stop_ && !peer_asked_to_stop() && w.steps() < w.max_steps()) {
       const auto t0 = Clock::now();
       w.step();
+      published_steps_[local(w)].store(w.steps(), std::memory_order_relaxed);
+      maybe_change_links(w);
+      if (balancer_ && w.steps() % 64 == 0) balancer_->check();
       straggle(w, t0);
       if (eval_due(w)) evaluate(w, w.id());
       if (w.id() == 0 && w.steps() >= w.max_steps()) {
@@ -546,6 +642,8 @@ class Run {
             ? fmt::format("host, {} thread(s)", c_.threads)
             : fmt::format("cuda:{}", w.stream().device());
     distributed::report_topology(session, device, c_.progress || place_.rank == 0);
+    if (communicates(c_.algorithm) && resolved_balance(c_) == BalanceMode::kAuto)
+      probe_ranks(device);
     MpiTransportOptions o;
     o.max_message = w.parameter_count();
     o.queue_capacity = c_.queue_capacity;
@@ -556,6 +654,30 @@ class Run {
     for (int peer = 0; peer < place_.ranks; ++peer)
       if (peer != place_.rank) mpi_->set_link(peer, link_between(c_.links, place_.rank, peer));
     if (communicates(c_.algorithm)) w.attach(mpi_.get());
+  }
+
+  // The balancer's start-up probe across processes: a short ping-pong sweep between every
+  // pair of ranks over MPI (comm/mpi/link_bench.h), before the transport's thread starts. A
+  // link emulated in the transport (--link-bandwidth, --link-latency) adds its own latency and
+  // its time per byte to what the real link measured.
+  void probe_ranks(const std::string& device) {
+    LinkBenchOptions o = LinkBenchOptions::quick();
+    o.min_bytes = 4096;
+    o.iterations = 10;
+    o.warmup = 2;
+    o.device = device;
+    const LinkBenchResult r = run_link_bench(o);
+    probe_.assign(static_cast<std::size_t>(place_.ranks),
+                  std::vector<LinkModel>(static_cast<std::size_t>(place_.ranks)));
+    for (const LinkBenchPair& pair : r.pairs) {
+      LinkModel l = pair.link();
+      const LinkModel e = link_between(c_.links, pair.from, pair.to);
+      if (!e.ideal()) {
+        l.latency_s += e.latency_s;
+        l.bandwidth_bytes_per_s = 1.0 / (1.0 / l.bandwidth_bytes_per_s + 1.0 / e.bandwidth_bytes_per_s);
+      }
+      probe_[static_cast<std::size_t>(pair.from)][static_cast<std::size_t>(pair.to)] = l;
+    }
   }
 
   // This rank's single worker runs on this thread; the transport's thread does the talking.
@@ -653,6 +775,21 @@ class Run {
   std::vector<Dataset> shards_;
   std::vector<std::unique_ptr<Worker>> workers_;
   std::unique_ptr<LocalTransport> transport_;
+  // The load balancer (declared after the transports: it stops before they go).
+  std::unique_ptr<PeerBoard> board_;
+  std::vector<std::vector<LinkModel>> probe_;
+  struct StepClock {
+    double time_s = 0;
+    double eval_s = 0;
+    std::int64_t steps = 0;
+  };
+  std::vector<StepClock> steps_seen_;                        // balancer thread only
+  std::vector<double> last_step_time_;                       // balancer thread only
+  std::unique_ptr<std::atomic<std::int64_t>[]> published_steps_;  // per local worker
+  std::unique_ptr<std::atomic<double>[]> published_eval_s_;      // its evaluation seconds
+  std::atomic<bool> links_changed_{false};
+  std::atomic<bool> started_{false};
+  std::int64_t decisions_ = 0;  // under mutex_
 #if ASGD_HAVE_MPI
   std::unique_ptr<MpiTransport> mpi_;
 #endif
@@ -670,6 +807,8 @@ class Run {
   std::vector<std::pair<double, std::int64_t>> last_eval_;
   std::vector<double> eval_seconds_;
   ErrorSlot errors_;
+  // Last: its thread writes metrics_ under mutex_ and reads the transports, so it stops first.
+  std::unique_ptr<LoadBalancer> balancer_;
 };
 
 }  // namespace

@@ -121,7 +121,57 @@ void Worker::step() {
     sgd_step(stream_, n_, config_.lr, grad_.data(), params_.data());
   }
   ++steps_;
-  if (communicates(config_.algorithm) && transport_ && steps_ % config_.send_interval == 0) send();
+  if (communicates(config_.algorithm) && transport_) send_due();
+}
+
+void Worker::send_due() {
+  const int workers = transport_->size();
+  if (workers < 2) return;
+  if (board_ && per_peer_settings_) {
+    // The load balancer's schedule: each peer its own message size and interval.
+    if (peer_cursor_.size() != static_cast<std::size_t>(workers))
+      peer_cursor_.assign(static_cast<std::size_t>(workers), 0);
+    for (int peer = 0; peer < workers; ++peer) {
+      if (peer == id_) continue;
+      const PeerSetting s = board_->get(id_, peer);
+      // Staggered by peer, so that equal intervals spread the sends over the steps.
+      if (s.message > 0 && (steps_ + peer) % s.interval == 0)
+        send(peer, s.message, peer_cursor_[static_cast<std::size_t>(peer)]);
+    }
+    return;
+  }
+  if (steps_ % config_.send_interval != 0) return;
+  const std::int64_t m = config_.message_size > 0 ? config_.message_size : n_;
+  send(choose_peer(), m, send_cursor_);
+}
+
+int Worker::choose_peer() {
+  const int peers = transport_->size() - 1;
+  if (board_ && config_.peer_choice == PeerChoice::kBandwidth) {
+    // In proportion to the estimated bandwidth; links not yet measured count as the best one.
+    double best = 0;
+    for (int p = 0; p <= peers; ++p)
+      if (p != id_) best = std::max(best, std::min(board_->bandwidth(id_, p), 1e12));
+    double total = 0;
+    double weight[kMaxPeerWeights];
+    const int n = std::min(peers + 1, kMaxPeerWeights);
+    for (int p = 0; p < n; ++p) {
+      const double b = std::min(board_->bandwidth(id_, p), 1e12);
+      weight[p] = p == id_ ? 0.0 : (b > 0 ? b : (best > 0 ? best : 1.0));
+      total += weight[p];
+    }
+    if (total > 0) {
+      double x = std::uniform_real_distribution<double>(0.0, total)(peer_rng_);
+      for (int p = 0; p < n; ++p) {
+        if (x < weight[p]) return p;
+        x -= weight[p];
+      }
+    }
+  }
+  // Uniform over the others: draw among peers-many and skip over ourselves.
+  int peer = static_cast<int>(peer_rng_() % static_cast<std::uint64_t>(peers));
+  if (peer >= id_) ++peer;
+  return peer;
 }
 
 void Worker::apply_mean_gradient(const std::vector<Worker*>& all) {
@@ -210,21 +260,16 @@ void Worker::exchange_and_update() {
                params_.data(), ranges, used, accept_.data());
 }
 
-void Worker::send() {
-  const int peers = transport_->size() - 1;
-  if (peers < 1) return;
-  const std::int64_t m = config_.message_size > 0 ? std::min(config_.message_size, n_) : n_;
-  if (send_cursor_ >= n_) send_cursor_ = 0;
+void Worker::send(int peer, std::int64_t message, std::int64_t& cursor) {
+  const std::int64_t m = std::min(message, n_);
+  if (cursor >= n_) cursor = 0;
   MessageHeader h;
   h.sender = id_;
   h.sender_step = steps_;
   h.send_time_s = monotonic_seconds();
-  h.offset = send_cursor_;
-  h.length = std::min(m, n_ - send_cursor_);
-  send_cursor_ += h.length;
-  // Uniform over the others: draw among peers-many and skip over ourselves.
-  int peer = static_cast<int>(peer_rng_() % static_cast<std::uint64_t>(peers));
-  if (peer >= id_) ++peer;
+  h.offset = cursor;
+  h.length = std::min(m, n_ - cursor);
+  cursor += h.length;
   ++counters_.sent;
   counters_.bytes_sent += h.length * static_cast<std::int64_t>(sizeof(float));
   const bool adversary = config_.adversary.worker == id_;

@@ -18,6 +18,7 @@
 #include "runtime/buffer.h"
 #include "runtime/config.h"
 #include "runtime/data/device_dataset.h"
+#include "runtime/balancer.h"
 #include "runtime/trace.h"
 
 namespace asgd {
@@ -68,6 +69,13 @@ class Worker {
   void attach(Transport* transport) { transport_ = transport; }
   // Records this worker's steps, sends and merges on `lane` (--trace); before the first step.
   void set_trace(const TraceLane& lane) { trace_ = lane; }
+  // The load balancer's board: with `per_peer_settings` the worker sends to each peer on that
+  // peer's schedule (message size, interval); otherwise it keeps the fixed --message-size and
+  // --send-interval and uses the board's bandwidth estimates only for --peers bandwidth.
+  void set_peer_board(const PeerBoard* board, bool per_peer_settings) {
+    board_ = board;
+    per_peer_settings_ = per_peer_settings;
+  }
 
   // One step of asgd, asgd-nofilter, simu or local.
   void step();
@@ -97,7 +105,10 @@ class Worker {
 
  private:
   void exchange_and_update();
-  void send();
+  void send_due();
+  int choose_peer();
+  // Sends `message` elements from `cursor` (which then moves on, wrapping) to `peer`.
+  void send(int peer, std::int64_t message, std::int64_t& cursor);
   void flush_pending_send();
   // An adversary's transformation of what it is about to send (config.adversary).
   void corrupt(float* data, std::int64_t length);
@@ -126,6 +137,10 @@ class Worker {
   std::mt19937_64 peer_rng_;
   std::mt19937_64 adversary_rng_;
   std::int64_t send_cursor_ = 0;
+  static constexpr int kMaxPeerWeights = 1024;
+  const PeerBoard* board_ = nullptr;
+  bool per_peer_settings_ = false;
+  std::vector<std::int64_t> peer_cursor_;  // per-peer schedules: where each peer's range is
   WorkerCounters counters_;
   ParzenParams parzen_;
   DeviceBuffer<double> stats_;              // 4 per message

@@ -19,7 +19,13 @@ def asgd_binary(build):
 
 
 def train(binary, args, metrics=False):
-    """Runs `asgd train ARGS`; returns its summary (and the metrics lines when asked)."""
+    """Runs `asgd train ARGS`; returns its summary (and the metrics lines when asked).
+    Without --balance in ARGS the run keeps fixed communication settings (--balance off): the
+    studies written before the load balancer measure fixed settings; bench/comm_study.py
+    passes --balance itself."""
+    args = [str(a) for a in args]
+    if "--balance" not in args:
+        args += ["--balance", "off"]
     with tempfile.TemporaryDirectory() as tmp:
         summary = os.path.join(tmp, "summary.json")
         cmd = [binary, "train", "--no-progress", "--summary", summary, *map(str, args)]

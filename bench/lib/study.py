@@ -91,7 +91,7 @@ def config(name, args, **fields):
 
 def curve(metrics, workers=(0, -1)):
     """The evaluations of the given workers, one list per key (compact in the JSON)."""
-    lines = [m for m in metrics if m.get("worker") in workers]
+    lines = [m for m in metrics if m.get("worker") in workers and "event" not in m]
     keys = sorted({k for m in lines for k in m})
     return {k: [m.get(k) for m in lines] for k in keys}
 

@@ -52,6 +52,7 @@ void LocalTransport::set_link(int from, int to, const LinkModel& model) {
   {
     std::lock_guard<std::mutex> lock(mutex_);
     link_at(from, to).model = model;
+    ++generation_;
   }
   wake_.notify_all();
 }
@@ -83,8 +84,19 @@ void LocalTransport::deliver(int to, const Message& message, double transfer_s) 
   std::lock_guard<std::mutex> lock(mutex_);
   LinkStats& s = link_at(message.header.sender, to).stats;
   ++s.delivered;
-  s.bytes_delivered += message.header.length * static_cast<std::int64_t>(sizeof(float));
+  const auto bytes = message.header.length * static_cast<std::int64_t>(sizeof(float));
+  s.bytes_delivered += bytes;
   s.busy_seconds += transfer_s;
+  transfers_.push_back({message.header.sender, to, static_cast<double>(bytes), transfer_s});
+  const auto cap = static_cast<std::size_t>(kMaxTransferRecords * workers_ * workers_);
+  while (transfers_.size() > cap) transfers_.pop_front();
+}
+
+std::vector<TransferRecord> LocalTransport::take_transfers() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  std::vector<TransferRecord> out(transfers_.begin(), transfers_.end());
+  transfers_.clear();
+  return out;
 }
 
 void LocalTransport::post(int peer, const MessageHeader& header, const float* data) {
@@ -135,6 +147,7 @@ void LocalTransport::post(int peer, const MessageHeader& header, const float* da
     p.message = std::move(buffer);
     p.ready_s = now();
     l.queue.push_back(std::move(p));
+    ++generation_;
   }
   wake_.notify_all();
 }
@@ -161,6 +174,9 @@ void LocalTransport::communication_loop() {
   std::unique_lock<std::mutex> lock(mutex_);
   try {
     while (!stop_) {
+      // Posts that arrive while this pass has the lock released (deliveries copy without it)
+      // bump the generation, so the wait below cannot miss them.
+      const std::uint64_t generation = generation_;
       const double t = now();
       double next = kNever;
       for (int from = 0; from < workers_; ++from) {
@@ -195,11 +211,14 @@ void LocalTransport::communication_loop() {
           if (!l.in_flight.empty()) next = std::min(next, l.in_flight.front().arrive_s);
         }
       }
+      const auto changed = [&] { return stop_ || generation_ != generation; };
       if (next == kNever) {
-        wake_.wait(lock);
+        wake_.wait(lock, changed);
       } else {
-        wake_.wait_until(lock, epoch_ + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
-                                            std::chrono::duration<double>(next)));
+        wake_.wait_until(lock,
+                         epoch_ + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                                      std::chrono::duration<double>(next)),
+                         changed);
       }
     }
   } catch (...) {

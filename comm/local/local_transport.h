@@ -41,6 +41,7 @@ class LocalTransport final : public Transport {
   void post(int peer, const MessageHeader& header, const float* data) override;
   int collect(int receiver, const Message** out, int max) override;
   LinkStats stats(int from, int to) const override;
+  std::vector<TransferRecord> take_transfers() override;
 
   // Sets the emulated link from -> to; messages that start transmitting later use it.
   void set_link(int from, int to, const LinkModel& link);
@@ -82,10 +83,12 @@ class LocalTransport final : public Transport {
   std::vector<std::unique_ptr<MessageSlot>> slots_;  // [receiver][sender]
   std::vector<int> next_sender_;                     // per receiver: where collect() starts
 
-  mutable std::mutex mutex_;  // links_ (all fields), stop_
+  mutable std::mutex mutex_;  // links_ (all fields), transfers_, stop_
   std::condition_variable wake_;
   std::vector<Link> links_;   // [from][to]
+  std::deque<TransferRecord> transfers_;  // emulated links only: ideal ones take no time
   bool stop_ = false;
+  std::uint64_t generation_ = 0;  // bumped by every post and link change
   std::thread thread_;
   ErrorSlot error_;
 };

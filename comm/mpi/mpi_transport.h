@@ -74,6 +74,8 @@ class MpiTransport final : public Transport {
   // from == rank(): the send side (posted, superseded, delivered = sends completed, busy);
   // to == rank(): the receive side (delivered = published, overwritten, bytes).
   LinkStats stats(int from, int to) const override;
+  // The sends of this rank: start of sending to completion (the receiver has the data).
+  std::vector<TransferRecord> take_transfers() override;
 
   // Emulates the link to `peer` (see the file comment).
   void set_link(int peer, const LinkModel& link);
@@ -141,6 +143,9 @@ class MpiTransport final : public Transport {
   std::atomic<bool> stop_everyone_{false};
   std::atomic<bool> stop_requested_{false};
   std::atomic<bool> quit_{false};   // destructor without finish(): leave at once
+  double previous_pass_s_ = 0;  // communication thread: when its previous pass began
+  std::mutex transfers_mutex_;
+  std::deque<TransferRecord> transfers_;
   std::vector<std::byte> scratch_;  // frames that are drained and dropped
   TraceLane trace_;                 // the communication thread's lane
   std::array<std::atomic<std::int64_t>, kWireErrorCount> rejected_{};

@@ -46,6 +46,9 @@ int run_train(CLI::App& cmd, TrainOptions& o) {
   if (cmd.count("--straggler")) c.straggler = parse_straggler(o.straggler);
   if (cmd.count("--adversary")) c.adversary = parse_adversary(o.adversary);
   if (cmd.count("--transport")) c.transport = parse_transport(o.transport);
+  if (cmd.count("--balance")) c.balance = parse_balance(o.balance);
+  if (cmd.count("--peers")) c.peer_choice = parse_peer_choice(o.peers);
+  if (cmd.count("--link-change")) parse_link_change(o.link_change, c.links);
   if (cmd.count("--window")) {
     if (o.window == "inf") {
       c.window = std::numeric_limits<float>::infinity();
@@ -199,6 +202,9 @@ void add_train_command(CLI::App& app, TrainOptions& o) {
       ->capture_default_str();
   cmd->add_option("--link-latency", c.links.latency, "emulated latency of every link, seconds")
       ->capture_default_str();
+  cmd->add_option("--link-change", o.link_change,
+                  "T:BW[:LAT]: at T seconds every link becomes BW bytes/s (and LAT s), for "
+                  "experiments on changing networks");
   cmd->add_option("--straggler", o.straggler, "W:F makes worker W run F times slower");
   cmd->add_option("--adversary", o.adversary,
                   "W:KIND[:SCALE]: worker W sends adversarial states (noise, random, scaled, "
@@ -207,6 +213,25 @@ void add_train_command(CLI::App& app, TrainOptions& o) {
                 "one thread steps the workers in a fixed seeded order; bit-for-bit repeatable");
   cmd->add_option("--transport", o.transport,
                   "auto | local | mpi | nccl (auto: mpi under mpirun with several ranks)")
+      ->capture_default_str();
+  cmd->add_option("--balance", o.balance,
+                  "auto | off: the load balancer sizes each peer's messages and interval from "
+                  "measured links (default auto; off when --message-size or --send-interval is "
+                  "given)");
+  cmd->add_option("--rho", c.rho, "balancer: target busy fraction of each link")
+      ->capture_default_str();
+  cmd->add_option("--min-message", c.min_message, "balancer: smallest useful message, elements")
+      ->capture_default_str();
+  cmd->add_option("--max-message", c.max_message,
+                  "balancer: largest message, elements (0: the whole state)")
+      ->capture_default_str();
+  cmd->add_option("--min-interval", c.min_interval,
+                  "balancer: fewest steps between sends to one peer (0: the number of peers)")
+      ->capture_default_str();
+  cmd->add_option("--max-interval", c.max_interval, "balancer: most steps between sends to one peer")
+      ->capture_default_str();
+  cmd->add_option("--peers", o.peers,
+                  "uniform | bandwidth: the peer of each message with a fixed schedule")
       ->capture_default_str();
   cmd->add_option("--peer-timeout", c.peer_timeout_s,
                   "multi-process: seconds to wait for a silent peer when the run ends")

@@ -21,6 +21,9 @@ struct TrainOptions {
   std::string straggler;
   std::string adversary;
   std::string transport = "auto";
+  std::string balance;
+  std::string peers = "uniform";
+  std::string link_change;
 };
 
 void add_train_command(CLI::App& app, TrainOptions& options);

@@ -1,0 +1,124 @@
+// The load balancer's mathematics (DESIGN.md section 5), free of threads and clocks so that it
+// is unit-tested exactly: a running estimate of each link's latency and bandwidth from the
+// transfers it completed, a fit of a probe's ping-pong sweep, and the controller that turns
+// the estimates, the send backlog and the worker's step time into each peer's message size
+// m_p (elements) and send interval k_p (steps).
+//
+// The rule the controller satisfies: the link to p is busy at most a fraction rho of the time,
+//     (a_p + 4 m_p / B_p) / (k_p T) <= rho,
+// its backlog stays bounded, and among the settings that satisfy this it prefers sending more
+// often over sending more per message, down to a minimum useful message. It changes a setting
+// only when the change is worth it (hysteresis), so noisy estimates do not make it oscillate.
+//
+// Thread-safety: LinkEstimator is used by one thread; the free functions are pure.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "comm/transport.h"
+
+namespace asgd {
+
+// One completed transfer on a link: `bytes` took `seconds` from the start of sending to the
+// arrival (as the transport measured it).
+struct TransferSample {
+  double bytes = 0;
+  double seconds = 0;
+};
+
+// A fit of time = latency + bytes / bandwidth over (bytes, seconds) points, e.g. the medians
+// of a probe's ping-pong size sweep. Least squares weighted by 1/seconds^2 (relative
+// residuals), so that the small sizes count as much as the large ones; the latency is clamped
+// at >= 0 (then the best fit through the origin) and the bandwidth to (0, 1e15] bytes/s (a
+// sweep whose time does not grow with the size is latency-bound). Needs points of at least two
+// distinct sizes, bytes >= 0 and seconds > 0; throws asgd::Error otherwise.
+LinkModel fit_link(const std::vector<TransferSample>& points);
+
+// The running estimate of one link. Starts from a probe's fit (or nothing), then follows
+// every completed transfer: the bandwidth is an exponentially weighted average in log space
+// of bytes / (seconds - latency); a single sample far from the estimate (more than
+// `outlier_factor` away) moves it only a little (as much as one just inside the factor would),
+// while `outliers_to_follow` in a row in the same direction are a real change: the estimate
+// jumps to the latest. The latency is the probe's and stays: transfers mostly come in one
+// size, which cannot separate latency from bandwidth. Without a probe (or after an ideal
+// one), the first sample sets the bandwidth to bytes / seconds, with latency 0. Samples with
+// bytes <= 0 or seconds <= 0 are ignored.
+class LinkEstimator {
+ public:
+  struct Options {
+    double weight = 0.3;          // EWMA weight of a new sample
+    double outlier_factor = 4.0;  // a sample this many times off the estimate is suspect
+    int outliers_to_follow = 3;   // consecutive suspects in one direction that are believed
+  };
+  LinkEstimator() : LinkEstimator(Options{}) {}
+  explicit LinkEstimator(Options options);
+
+  void start_from(const LinkModel& probe);
+  void add(const TransferSample& sample);
+  bool valid() const { return valid_; }
+  LinkModel estimate() const { return model_; }
+
+ private:
+  Options options_;
+  LinkModel model_;
+  bool valid_ = false;
+  int suspect_run_ = 0;  // consecutive suspect samples, signed by direction
+};
+
+struct BalanceLimits {
+  double rho = 0.5;                  // target busy fraction of each link
+  std::int64_t min_message = 4096;   // elements: smaller messages are not worth sending
+  std::int64_t max_message = 0;      // elements: usually the parameter count (> 0)
+  std::int64_t min_interval = 1;     // steps
+  std::int64_t max_interval = 1000;  // steps
+  int max_backlog = 2;               // messages posted but not completed, per peer
+  double hysteresis = 0.25;          // relative change of m / k worth making
+};
+
+// The controller's view of one peer.
+struct PeerState {
+  LinkModel link;             // the current estimate
+  bool link_known = false;    // false: no estimate yet (the peer keeps its previous setting)
+  std::int64_t backlog = 0;   // messages posted to it and not completed
+};
+
+struct PeerSetting {
+  std::int64_t message = 0;   // m_p, elements
+  std::int64_t interval = 1;  // k_p, steps
+  bool operator==(const PeerSetting& o) const {
+    return message == o.message && interval == o.interval;
+  }
+  bool operator!=(const PeerSetting& o) const { return !(*this == o); }
+};
+
+// The ideal setting for one link without history: the smallest interval k in
+// [min_interval, max_interval] at which a message of at least min_message elements keeps the
+// busy fraction <= rho, with the largest such message (capped at max_message); a link too slow
+// even for that gets (min_message, max_interval), and an ideal link (max_message,
+// min_interval). Messages below max_message are rounded down to a multiple of 1024 elements
+// (4 KiB), not below min_message, so that an estimate that moves a little leaves them as they
+// were. A max_message below min_message lowers min_message to it. `step_s` is the worker's
+// step time T (> 0); invalid limits throw asgd::Error.
+PeerSetting ideal_setting(const LinkModel& link, double step_s, const BalanceLimits& limits);
+
+// One decision for every peer: the ideal setting, thinned out when the backlog exceeds the
+// bound (the interval is multiplied by backlog / max_backlog, rounded up, at most
+// max_interval), and kept at `previous` unless the change is worth it: it sends more often by
+// more than the hysteresis (relative), or more per message by more than the hysteresis at no
+// larger interval. A worse setting is taken at once when the previous one would break the busy
+// bound by more than the hysteresis (a slowing link) or the backlog exceeds its bound and asks
+// for a longer interval; otherwise the previous one is kept, so an estimate that wanders
+// across the boundary between two intervals does not flip k back and forth. A previous
+// setting outside the limits is replaced. An entry with link_known false keeps its previous
+// setting, or gets (max_message, min_interval) when it has none yet (message 0); the caller
+// passes the worker's own entry so and ignores what comes back for it.
+// previous.size() == peers.size().
+std::vector<PeerSetting> balance(const std::vector<PeerState>& peers,
+                                 const std::vector<PeerSetting>& previous, double step_s,
+                                 const BalanceLimits& limits);
+
+// The busy fraction of a link under a setting: (a + 4 m / B) / (k T).
+double busy_fraction(const LinkModel& link, const PeerSetting& setting, double step_s);
+
+}  // namespace asgd

@@ -1,0 +1,204 @@
+#include "runtime/balancer.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <limits>
+
+namespace asgd {
+namespace {
+
+constexpr int kIntervalBits = 24;
+constexpr std::uint64_t kIntervalMask = (std::uint64_t{1} << kIntervalBits) - 1;
+
+std::uint64_t pack(const PeerSetting& s) {
+  return static_cast<std::uint64_t>(s.message) << kIntervalBits |
+         (static_cast<std::uint64_t>(s.interval) & kIntervalMask);
+}
+
+PeerSetting unpack(std::uint64_t v) {
+  PeerSetting s;
+  s.message = static_cast<std::int64_t>(v >> kIntervalBits);
+  s.interval = static_cast<std::int64_t>(v & kIntervalMask);
+  return s;
+}
+
+}  // namespace
+
+PeerBoard::PeerBoard(int workers)
+    : workers_(workers),
+      settings_(new std::atomic<std::uint64_t>[static_cast<std::size_t>(workers * workers)]),
+      bandwidth_(new std::atomic<double>[static_cast<std::size_t>(workers * workers)]) {
+  for (int i = 0; i < workers * workers; ++i) {
+    settings_[static_cast<std::size_t>(i)].store(pack({0, 1}));
+    bandwidth_[static_cast<std::size_t>(i)].store(0.0);
+  }
+}
+
+PeerSetting PeerBoard::get(int from, int to) const {
+  return unpack(settings_[static_cast<std::size_t>(from * workers_ + to)].load(std::memory_order_relaxed));
+}
+
+void PeerBoard::set(int from, int to, const PeerSetting& s) {
+  ASGD_CHECK(s.message >= 0 && s.message < (std::int64_t{1} << 40) && s.interval >= 1 &&
+                 s.interval <= static_cast<std::int64_t>(kIntervalMask),
+             "setting ({}, {}) out of the board's range", s.message, s.interval);
+  settings_[static_cast<std::size_t>(from * workers_ + to)].store(pack(s), std::memory_order_relaxed);
+}
+
+double PeerBoard::bandwidth(int from, int to) const {
+  return bandwidth_[static_cast<std::size_t>(from * workers_ + to)].load(std::memory_order_relaxed);
+}
+
+void PeerBoard::set_bandwidth(int from, int to, double bytes_per_s) {
+  bandwidth_[static_cast<std::size_t>(from * workers_ + to)].store(bytes_per_s, std::memory_order_relaxed);
+}
+
+LoadBalancer::LoadBalancer(Transport& transport, std::vector<int> local_workers, PeerBoard& board,
+                           const std::vector<std::vector<LinkModel>>& probe,
+                           std::function<double(int)> step_time,
+                           std::function<void(const BalanceDecision&)> log,
+                           const BalancerOptions& options)
+    : transport_(transport),
+      local_(std::move(local_workers)),
+      board_(board),
+      step_time_(std::move(step_time)),
+      log_(std::move(log)),
+      options_(options),
+      workers_(board.workers()),
+      epoch_(std::chrono::steady_clock::now()),
+      estimators_(static_cast<std::size_t>(workers_ * workers_)),
+      settings_(static_cast<std::size_t>(workers_ * workers_)),
+      last_logged_s_(static_cast<std::size_t>(workers_ * workers_), -1.0) {
+  ASGD_CHECK(options.limits.max_message >= 1, "the balancer needs max_message >= 1");
+  for (int from : local_)
+    for (int to = 0; to < workers_; ++to) {
+      if (to == from) continue;
+      const auto i = static_cast<std::size_t>(from * workers_ + to);
+      if (!probe.empty()) {
+        estimators_[i].start_from(probe[static_cast<std::size_t>(from)][static_cast<std::size_t>(to)]);
+        board_.set_bandwidth(from, to, estimators_[i].estimate().bandwidth_bytes_per_s);
+      }
+      settings_[i] = board_.get(from, to);
+    }
+  step(true);
+  thread_ = std::thread([this] { loop(); });
+}
+
+LoadBalancer::~LoadBalancer() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stop_ = true;
+  }
+  wake_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+void LoadBalancer::step(bool force_log) {
+  const double t = std::chrono::duration<double>(std::chrono::steady_clock::now() - epoch_).count();
+  for (const TransferRecord& r : transport_.take_transfers()) {
+    if (r.from < 0 || r.from >= workers_ || r.to < 0 || r.to >= workers_ || r.from == r.to) continue;
+    LinkEstimator& e = estimators_[static_cast<std::size_t>(r.from * workers_ + r.to)];
+    e.add({r.bytes, r.seconds});
+    board_.set_bandwidth(r.from, r.to, e.estimate().bandwidth_bytes_per_s);
+  }
+  for (int from : local_) {
+    // Before the worker's first steps its step time is unknown: 1 ms stands in.
+    const double measured = step_time_ ? step_time_(from) : 0.0;
+    const double step_s = measured > 0 ? measured : 1e-3;
+    std::vector<PeerState> peers(static_cast<std::size_t>(workers_));
+    std::vector<PeerSetting> previous(static_cast<std::size_t>(workers_));
+    for (int to = 0; to < workers_; ++to) {
+      if (to == from) continue;
+      const auto i = static_cast<std::size_t>(from * workers_ + to);
+      PeerState& p = peers[static_cast<std::size_t>(to)];
+      p.link_known = estimators_[i].valid();
+      p.link = estimators_[i].estimate();
+      p.backlog = transport_.backlog(from, to);
+      previous[static_cast<std::size_t>(to)] = settings_[i];
+    }
+    const std::vector<PeerSetting> next =
+        options_.adjust_settings ? balance(peers, previous, step_s, options_.limits) : previous;
+    for (int to = 0; to < workers_; ++to) {
+      if (to == from) continue;
+      const auto i = static_cast<std::size_t>(from * workers_ + to);
+      const PeerSetting& s = next[static_cast<std::size_t>(to)];
+      const bool changed = s != settings_[i];
+      if (changed && s.message > 0) board_.set(from, to, s);
+      settings_[i] = s;
+      if (log_ && s.message > 0 &&
+          (changed || force_log || t - last_logged_s_[i] >= options_.log_every_s)) {
+        BalanceDecision d;
+        d.time_s = t;
+        d.worker = from;
+        d.peer = to;
+        d.estimate = peers[static_cast<std::size_t>(to)].link;
+        d.backlog = peers[static_cast<std::size_t>(to)].backlog;
+        d.step_s = step_s;
+        d.setting = s;
+        d.busy = busy_fraction(d.estimate, s, step_s);
+        log_(d);
+        last_logged_s_[i] = t;
+      }
+    }
+  }
+}
+
+void LoadBalancer::loop() {
+  try {
+    std::unique_lock<std::mutex> lock(mutex_);
+    while (!stop_) {
+      wake_.wait_for(lock, std::chrono::duration<double>(options_.period_s), [&] { return stop_; });
+      if (stop_) break;
+      lock.unlock();
+      step(false);
+      lock.lock();
+    }
+  } catch (...) {
+    error_.capture(std::current_exception());
+  }
+}
+
+std::vector<std::vector<LinkModel>> probe_links(Transport& transport, int workers,
+                                                const std::vector<std::int64_t>& sizes_bytes,
+                                                int repeats) {
+  using Clock = std::chrono::steady_clock;
+  std::vector<std::vector<LinkModel>> out(static_cast<std::size_t>(workers),
+                                          std::vector<LinkModel>(static_cast<std::size_t>(workers)));
+  std::vector<float> payload(static_cast<std::size_t>(
+                                 *std::max_element(sizes_bytes.begin(), sizes_bytes.end()) / 4),
+                             1.0f);
+  for (int from = 0; from < workers; ++from)
+    for (int to = 0; to < workers; ++to) {
+      if (from == to) continue;
+      std::vector<TransferSample> points;
+      for (std::int64_t bytes : sizes_bytes) {
+        const std::int64_t length = std::min<std::int64_t>(std::max<std::int64_t>(1, bytes / 4),
+                                                           transport.max_message());
+        // Scheduling delays only ever add time: the fastest of the repeats is the link's.
+        double fastest = std::numeric_limits<double>::infinity();
+        for (int repeat = 0; repeat < repeats; ++repeat) {
+          MessageHeader h;
+          h.sender = from;
+          h.length = length;
+          transport.take_transfers();  // only this message's record below
+          const auto t0 = Clock::now();
+          transport.post(to, h, payload.data());
+          const Message* got[1];
+          // The probe owns the receiver's slots before training: nothing else collects.
+          while (transport.collect(to, got, 1) == 0) std::this_thread::yield();
+          double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+          // The transport's own timing of the transfer, where it has one, leaves out the
+          // probe's thread wake-ups (tens of microseconds, which would swamp fast links).
+          for (const TransferRecord& record : transport.take_transfers())
+            if (record.from == from && record.to == to) seconds = record.seconds;
+          fastest = std::min(fastest, seconds);
+        }
+        points.push_back({static_cast<double>(length * 4), fastest});
+      }
+      out[static_cast<std::size_t>(from)][static_cast<std::size_t>(to)] = fit_link(points);
+    }
+  return out;
+}
+
+}  // namespace asgd

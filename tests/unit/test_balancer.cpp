@@ -1,0 +1,95 @@
+// The load-balancer thread's plumbing, without clocks: the settings board, the first decision
+// published from a probe, and that workers follow the board's per-peer schedule.
+#include <limits>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "comm/local/local_transport.h"
+#include "runtime/balancer.h"
+
+namespace asgd {
+namespace {
+
+// A transport with no traffic: the balancer sees only what the test gives it.
+class QuietTransport final : public Transport {
+ public:
+  explicit QuietTransport(int n) : n_(n) {}
+  int size() const override { return n_; }
+  std::int64_t max_message() const override { return 1 << 20; }
+  void post(int, const MessageHeader&, const float*) override {}
+  int collect(int, const Message**, int) override { return 0; }
+  LinkStats stats(int, int) const override { return {}; }
+  std::vector<TransferRecord> take_transfers() override { return {}; }
+
+ private:
+  int n_;
+};
+
+TEST(PeerBoard, SettingsRoundTripWholeAndIndependently) {
+  PeerBoard board(3);
+  board.set(0, 1, {(std::int64_t{1} << 39) + 5, 1000});
+  board.set(1, 0, {4096, 1});
+  board.set(2, 1, {1, (1 << 24) - 1});
+  EXPECT_EQ(board.get(0, 1), (PeerSetting{(std::int64_t{1} << 39) + 5, 1000}));
+  EXPECT_EQ(board.get(1, 0), (PeerSetting{4096, 1}));
+  EXPECT_EQ(board.get(2, 1), (PeerSetting{1, (1 << 24) - 1}));
+  EXPECT_EQ(board.get(0, 2), (PeerSetting{0, 1}));  // never set
+  EXPECT_THROW(board.set(0, 1, {5, 0}), Error);
+  EXPECT_THROW(board.set(0, 1, {std::int64_t{1} << 40, 1}), Error);
+  board.set_bandwidth(0, 1, 1e9);
+  EXPECT_EQ(board.bandwidth(0, 1), 1e9);
+  EXPECT_EQ(board.bandwidth(1, 0), 0.0);
+}
+
+TEST(LoadBalancerThread, FirstDecisionFollowsTheProbeAndIsLogged) {
+  constexpr int kWorkers = 3;
+  QuietTransport transport(kWorkers);
+  LinkModel fast, slow;
+  fast.bandwidth_bytes_per_s = 1e9;
+  fast.latency_s = 50e-6;
+  slow.bandwidth_bytes_per_s = 1e7;
+  slow.latency_s = 1e-3;
+  std::vector<std::vector<LinkModel>> probe(kWorkers, std::vector<LinkModel>(kWorkers, fast));
+  probe[0][2] = slow;
+  PeerBoard board(kWorkers);
+  BalancerOptions o;
+  o.limits.max_message = 269322;
+  o.limits.min_interval = 1;
+  o.period_s = 3600;  // only the constructor's decision happens within the test
+  std::vector<BalanceDecision> logged;
+  {
+    LoadBalancer balancer(transport, {0, 1, 2}, board, probe, [](int) { return 2e-3; },
+                          [&](const BalanceDecision& d) { logged.push_back(d); }, o);
+  }
+  const PeerSetting to_fast = board.get(0, 1), to_slow = board.get(0, 2);
+  EXPECT_EQ(to_fast, ideal_setting(fast, 2e-3, o.limits));
+  EXPECT_EQ(to_slow, ideal_setting(slow, 2e-3, o.limits));
+  EXPECT_TRUE(to_slow.message < to_fast.message || to_slow.interval > to_fast.interval);
+  ASSERT_EQ(logged.size(), static_cast<std::size_t>(kWorkers * (kWorkers - 1)));
+  for (const BalanceDecision& d : logged) {
+    EXPECT_EQ(d.setting, board.get(d.worker, d.peer));
+    EXPECT_LE(d.busy, o.limits.rho * (1 + 1e-9));
+  }
+  EXPECT_EQ(board.bandwidth(0, 2), 1e7);
+}
+
+TEST(LoadBalancerThread, EstimatesOnlyLeavesTheSettingsAlone) {
+  QuietTransport transport(2);
+  PeerBoard board(2);
+  board.set(0, 1, {1000, 7});
+  board.set(1, 0, {1000, 7});
+  BalancerOptions o;
+  o.limits.max_message = 5000;
+  o.adjust_settings = false;
+  o.period_s = 3600;
+  LinkModel l;
+  l.bandwidth_bytes_per_s = 3e8;
+  std::vector<std::vector<LinkModel>> probe(2, std::vector<LinkModel>(2, l));
+  { LoadBalancer balancer(transport, {0, 1}, board, probe, nullptr, nullptr, o); }
+  EXPECT_EQ(board.get(0, 1), (PeerSetting{1000, 7}));
+  EXPECT_EQ(board.bandwidth(0, 1), 3e8);
+}
+
+}  // namespace
+}  // namespace asgd
