@@ -75,7 +75,7 @@ def main():
         summary = os.path.join(tmp, "s.json")
         # Each rank bound to a core (two per core on a 2-core machine), so that the scheduler
         # does not shuffle CPU time between ranks and the per-rank rates are comparable.
-        cmd = ["mpirun", "--oversubscribe", "--bind-to", "core", "-np", str(args.ranks), binary,
+        cmd = ["mpirun", "--oversubscribe", "--bind-to", "core:overload-allowed", "-np", str(args.ranks), binary,
                "train", "--model", "mlp", "--hidden", "256,256", "--batch", "64", "--lr", "0.05",
                "--epochs", "1000", "--max-seconds", str(args.run_seconds), "--eval-every", "50",
                "--balance", "off",

@@ -53,6 +53,16 @@ X_KEYS = {"time": "time_s", "samples": "samples"}
 COUNTERS = ("messages_accepted", "messages_rejected", "messages_nonfinite")
 
 
+def save(fig, out):
+    """Writes the figure as PNG (creating the folder) and closes it; returns the path."""
+    import matplotlib.pyplot as plt
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def ensure_matplotlib():
     """Re-runs the program under Debian's /usr/bin/python3 (python3-matplotlib) when the
     python3 on PATH (e.g. a pyenv one) has no matplotlib; exits with a message otherwise."""
@@ -161,11 +171,7 @@ def plot_runs(runs, out, labels=None, x="time", y="auto", target=None, logy=Fals
     else:
         bottom.text(0.5, 0.5, "no acceptance rate: no run communicates, or the metrics carry no message counters",
                     ha="center", va="center", transform=bottom.transAxes, color="grey")
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save(fig, out)
 
 
 # ----------------------------------------------------------------------------------------
@@ -298,11 +304,7 @@ def plot_balance(runs, out, labels=None, change_at=None, title=None, ranks=True)
         axes[-1][c].set_xlabel(X_LABELS["time"])
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save(fig, out)
 
 
 def _bytes(n):

@@ -26,6 +26,7 @@
 #include "runtime/data/text_formats.h"
 #include "runtime/error.h"
 #include "tests/common/input_error.h"
+#include "tests/common/temp_dir.h"
 
 namespace asgd {
 namespace {
@@ -33,29 +34,7 @@ namespace {
 namespace fs = std::filesystem;
 using Bytes = std::string;
 
-class TempDir {
- public:
-  TempDir() {
-    static int counter = 0;
-    std::random_device random;
-    path_ =
-        fs::temp_directory_path() / ("asgd_data_test_" + std::to_string(::getpid()) + "_" +
-                                     std::to_string(counter++) + "_" + std::to_string(random()));
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-
-  std::string file(const std::string& name) const { return (path_ / name).string(); }
-  std::string str() const { return path_.string(); }
-
- private:
-  fs::path path_;
-};
+using TempDir = testing::TempDir;
 
 void write_file(const std::string& path, const Bytes& bytes) {
   std::ofstream out(path, std::ios::binary);

@@ -22,6 +22,7 @@
 #include "runtime/error.h"
 #include "runtime/trace.h"
 #include "tests/common/input_error.h"
+#include "tests/common/temp_dir.h"
 
 namespace asgd {
 namespace {
@@ -29,28 +30,7 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-class TempDir {
- public:
-  TempDir() {
-    static int counter = 0;
-    std::random_device random;
-    path_ =
-        fs::temp_directory_path() / ("asgd_trace_test_" + std::to_string(::getpid()) + "_" +
-                                     std::to_string(counter++) + "_" + std::to_string(random()));
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-
-  std::string file(const std::string& name) const { return (path_ / name).string(); }
-
- private:
-  fs::path path_;
-};
+using TempDir = testing::TempDir;
 
 json read_json(const std::string& path) {
   std::ifstream in(path);
