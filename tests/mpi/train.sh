@@ -46,6 +46,30 @@ for rank in (0, 1):  # both ranks' compute and communication threads are in rank
         assert (rank, name) in seen, f"rank {rank} has no '{name}' slice"
 PY
   ;;
+rank_killed)
+  # A rank that dies (SIGKILL) must not leave the others hanging: the job ends, non-zero,
+  # within a bounded time, and says which rank died.
+  timeout 120 "$mpirun" --oversubscribe --bind-to none -np 3 "$asgd" "${common[@]}" --lr 0.1 \
+    --epochs 1000 --max-seconds 100 >"$work/out" 2>&1 &
+  job=$!
+  victim=""
+  for _ in $(seq 1 600); do  # the ranks appear within seconds; give up after 60 s
+    launcher=$(pgrep -P "$job" | head -1 || true)  # timeout -> mpirun -> the ranks
+    ranks=$([[ -n $launcher ]] && pgrep -P "$launcher" || true)
+    if [[ $(wc -w <<<"$ranks") -ge 3 ]] && grep -q "3 ranks" "$work/out"; then
+      victim=$(tail -1 <<<"$ranks")
+      break
+    fi
+    sleep 0.1
+  done
+  [[ -n $victim ]] || fail "the ranks did not start"
+  kill -9 "$victim"
+  start=$SECONDS
+  if wait "$job"; then fail "the job reported success after a rank was killed"; fi
+  elapsed=$((SECONDS - start))
+  ((elapsed < 60)) || fail "the job took ${elapsed} s to end after a rank died"
+  grep -qi "signal 9\|killed" "$work/out" || fail "the output does not say that a rank was killed"
+  ;;
 model_mismatch)
   # MPMD: rank 0 and rank 1 are given different hidden layers.
   if launch 1 "$asgd" train --model mlp --hidden 64 --no-progress : \
