@@ -31,6 +31,10 @@ void check_limits(const BalanceLimits& l) {
              l.max_interval);
   ASGD_CHECK(l.max_backlog >= 1, "load balancer: max_backlog {} is not >= 1", l.max_backlog);
   ASGD_CHECK(l.hysteresis >= 0, "load balancer: hysteresis {} is negative", l.hysteresis);
+  ASGD_CHECK(l.seconds_per_element >= 0 && std::isfinite(l.seconds_per_element) &&
+                 l.compute_share > 0 && l.compute_share <= 1,
+             "load balancer: compute cost {} s/element and share {} are not >= 0 and in (0, 1]",
+             l.seconds_per_element, l.compute_share);
 }
 
 void check_link(const LinkModel& link) {
@@ -219,16 +223,23 @@ PeerSetting ideal_setting(const LinkModel& link, double step_s, const BalanceLim
   check_limits(limits);
   const std::int64_t smallest = smallest_message(limits);
   const double bandwidth = link.bandwidth_bytes_per_s;
-  // The interval at which the smallest message fills the budget: (a + 4 m / B) / (k T) = rho.
-  const double needed = link.transfer_seconds(kBytesPerElement * static_cast<double>(smallest)) /
-                        (limits.rho * step_s);
+  // The interval at which the smallest message fills the budget: (a + 4 m / B) / (k T) = rho,
+  // and, where sending and merging cost compute, m c / (k T) = compute_share.
+  const double cost = limits.seconds_per_element;
+  double needed = link.transfer_seconds(kBytesPerElement * static_cast<double>(smallest)) /
+                  (limits.rho * step_s);
+  if (cost > 0)
+    needed = std::max(needed, static_cast<double>(smallest) * cost / (limits.compute_share * step_s));
   if (!(needed <= static_cast<double>(limits.max_interval))) return {smallest, limits.max_interval};
   const std::int64_t interval =
       std::max(limits.min_interval, static_cast<std::int64_t>(std::ceil(needed)));
-  if (std::isinf(bandwidth)) return {limits.max_message, interval};
-  // The largest message in that interval's budget.
-  const double fits = (limits.rho * static_cast<double>(interval) * step_s - link.latency_s) *
-                      bandwidth / kBytesPerElement;
+  // The largest message in that interval's budgets.
+  double fits = std::numeric_limits<double>::infinity();
+  if (!std::isinf(bandwidth))
+    fits = (limits.rho * static_cast<double>(interval) * step_s - link.latency_s) * bandwidth /
+           kBytesPerElement;
+  if (cost > 0)
+    fits = std::min(fits, limits.compute_share * static_cast<double>(interval) * step_s / cost);
   std::int64_t message = limits.max_message;
   if (fits < static_cast<double>(limits.max_message)) {
     const auto whole = static_cast<std::int64_t>(std::floor(fits / kMessageGranularity));

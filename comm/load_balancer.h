@@ -74,6 +74,11 @@ struct BalanceLimits {
   std::int64_t max_interval = 1000;  // steps
   int max_backlog = 2;               // messages posted but not completed, per peer
   double hysteresis = 0.25;          // relative change of m / k worth making
+  // Sending and merging cost the workers compute: with seconds_per_element > 0 (measured:
+  // the sender's copy plus the receiver's test and merge, per element) a link's messages
+  // also keep m * seconds_per_element / (k T) <= compute_share. 0: links only.
+  double seconds_per_element = 0;
+  double compute_share = 0.05;
 };
 
 // The controller's view of one peer.

@@ -117,8 +117,13 @@ void LoadBalancer::step(bool force_log) {
       p.backlog = transport_.backlog(from, to);
       previous[static_cast<std::size_t>(to)] = settings_[i];
     }
+    BalanceLimits limits = options_.limits;
+    if (options_.seconds_per_element) {
+      limits.seconds_per_element = std::max(0.0, options_.seconds_per_element(from));
+      limits.compute_share = options_.limits.compute_share / std::max(1, workers_ - 1);
+    }
     const std::vector<PeerSetting> next =
-        options_.adjust_settings ? balance(peers, previous, step_s, options_.limits) : previous;
+        options_.adjust_settings ? balance(peers, previous, step_s, limits) : previous;
     for (int to = 0; to < workers_; ++to) {
       if (to == from) continue;
       const auto i = static_cast<std::size_t>(from * workers_ + to);
@@ -137,6 +142,7 @@ void LoadBalancer::step(bool force_log) {
         d.step_s = step_s;
         d.setting = s;
         d.busy = busy_fraction(d.estimate, s, step_s);
+        d.seconds_per_element = limits.seconds_per_element;
         log_(d);
         last_logged_s_[i] = t;
       }

@@ -54,6 +54,7 @@ struct BalanceDecision {
   double step_s = 0;
   PeerSetting setting;
   double busy = 0;  // the busy fraction the setting implies
+  double seconds_per_element = 0;  // the compute cost the decision assumed
 };
 
 struct BalancerOptions {
@@ -61,6 +62,10 @@ struct BalancerOptions {
   double period_s = 0.05;       // between controller steps
   double log_every_s = 1.0;     // decisions are logged when they change and at this interval
   bool adjust_settings = true;  // false: estimates only (for bandwidth-weighted peer choice)
+  // Worker w's recent compute per element sent and merged (seconds; 0 while unknown). The
+  // controller keeps each worker's messages within limits.compute_share of its steps, split
+  // evenly among its peers. Empty: links only.
+  std::function<double(int)> seconds_per_element;
 };
 
 class LoadBalancer {

@@ -57,6 +57,13 @@ double parse_number(std::string_view text, std::string_view what) {
   return v;
 }
 
+// A worker index as typed: the number truncated to an int, or -1 (which callers reject) where
+// it has no int value (NaN, out of range) and the cast would be undefined.
+int parse_worker(std::string_view text, std::string_view what) {
+  const double v = parse_number(text, what);
+  return v > -1.0 && v < 2147483648.0 ? static_cast<int>(v) : -1;
+}
+
 using Setter = std::function<void(const std::string& path, const std::string& key,
                                   const toml::node& node, TrainConfig& c)>;
 
@@ -198,6 +205,7 @@ const std::map<std::string, Setter>& setters() {
          c.balance = parse_balance(get_as<std::string>(p, k, n, "a string"));
        })},
       {"rho", number(&TrainConfig::rho)},
+      {"compute-share", number(&TrainConfig::compute_share)},
       {"link-change", custom([](auto& p, auto& k, auto& n, TrainConfig& c) {
          parse_link_change(get_as<std::string>(p, k, n, "a string"), c.links);
        })},
@@ -362,7 +370,7 @@ Straggler parse_straggler(std::string_view text) {
   if (colon == std::string_view::npos)
     ASGD_INPUT_ERROR("--straggler '{}': expected WORKER:FACTOR, e.g. 1:3", text);
   Straggler s;
-  s.worker = static_cast<int>(parse_number(text.substr(0, colon), "--straggler WORKER"));
+  s.worker = parse_worker(text.substr(0, colon), "--straggler WORKER");
   s.factor = parse_number(text.substr(colon + 1), "--straggler FACTOR");
   if (s.worker < 0 || !(s.factor >= 1.0) || !std::isfinite(s.factor))
     ASGD_INPUT_ERROR("--straggler '{}': WORKER must be >= 0 and FACTOR >= 1", text);
@@ -374,7 +382,7 @@ Adversary parse_adversary(std::string_view text) {
   const auto first = text.find(':');
   if (first == std::string_view::npos)
     ASGD_INPUT_ERROR("--adversary '{}': expected WORKER:KIND[:SCALE], e.g. 3:noise:0.1", text);
-  a.worker = static_cast<int>(parse_number(text.substr(0, first), "--adversary WORKER"));
+  a.worker = parse_worker(text.substr(0, first), "--adversary WORKER");
   std::string_view rest = text.substr(first + 1);
   const auto second = rest.find(':');
   a.kind = std::string(rest.substr(0, second));
@@ -456,6 +464,8 @@ void validate(const TrainConfig& c) {
   if (c.peer_choice == PeerChoice::kBandwidth && c.deterministic)
     ASGD_INPUT_ERROR("--peers bandwidth follows measured links and cannot be deterministic");
   if (!(c.rho > 0.0 && c.rho <= 1.0)) ASGD_INPUT_ERROR("--rho must lie in (0, 1], got {}", c.rho);
+  if (!(c.compute_share >= 0.0 && c.compute_share <= 1.0))
+    ASGD_INPUT_ERROR("--compute-share must lie in [0, 1], got {}", c.compute_share);
   if (c.min_message < 1 || c.max_message < 0 || (c.max_message > 0 && c.max_message < c.min_message))
     ASGD_INPUT_ERROR("--min-message must be >= 1 and --max-message 0 (the whole state) or >= it; "
                      "got {} and {}",

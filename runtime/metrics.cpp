@@ -56,7 +56,8 @@ void MetricsLog::write(const BalanceDecision& d, double time_s) {
                          {"step_s", d.step_s},
                          {"message", d.setting.message},
                          {"interval", d.setting.interval},
-                         {"busy", d.busy}};
+                         {"busy", d.busy},
+                         {"seconds_per_element", d.seconds_per_element}};
   out_ << line.dump() << '\n';
   out_.flush();
   if (!out_) ASGD_THROW("writing metrics to '{}' failed", path_);

@@ -228,10 +228,15 @@ class Run {
     }
     published_steps_.reset(new std::atomic<std::int64_t>[workers_.size()]);
     published_eval_s_.reset(new std::atomic<double>[workers_.size()]);
+    published_comm_s_.reset(new std::atomic<double>[workers_.size()]);
+    published_comm_elements_.reset(new std::atomic<std::int64_t>[workers_.size()]);
     for (std::size_t i = 0; i < workers_.size(); ++i) {
       published_steps_[i].store(0);
       published_eval_s_[i].store(0.0);
+      published_comm_s_[i].store(0.0);
+      published_comm_elements_[i].store(0);
     }
+    cost_seen_.assign(static_cast<std::size_t>(c_.workers), CostClock{});
     start_balancer(w0);
     sync_comm_s_ = emulated_allreduce_seconds(
         c.links, c.workers, static_cast<double>(w0.parameter_count()) * sizeof(float));
@@ -385,6 +390,10 @@ class Run {
     o.limits.max_interval = std::max(c_.max_interval, o.limits.min_interval);
     o.limits.max_backlog = c_.queue_capacity;
     o.adjust_settings = mode == BalanceMode::kAuto;
+    if (c_.compute_share > 0) {
+      o.limits.compute_share = c_.compute_share;
+      o.seconds_per_element = [this](int id) { return comm_cost(id); };
+    }
     // The links are measured before training: in one process here, across processes by
     // probe_ranks().
     if (transport_) {
@@ -426,6 +435,21 @@ class Run {
     return last;
   }
 
+  // Worker `id`'s recent compute per element sent and merged (balancer thread only).
+  double comm_cost(int id) {
+    const std::size_t i = static_cast<std::size_t>(id - first_id_);
+    if (i >= workers_.size()) return 0.0;
+    const double seconds = published_comm_s_[i].load(std::memory_order_relaxed);
+    const std::int64_t elements = published_comm_elements_[i].load(std::memory_order_relaxed);
+    CostClock& seen = cost_seen_[static_cast<std::size_t>(id)];
+    if (elements - seen.elements < 100000) return seen.cost;
+    const double cost = (seconds - seen.seconds) / static_cast<double>(elements - seen.elements);
+    seen.cost = seen.cost > 0 ? 0.7 * seen.cost + 0.3 * cost : cost;
+    seen.seconds = seconds;
+    seen.elements = elements;
+    return seen.cost;
+  }
+
   // --link-change: at the given time every link of this process's workers changes.
   void maybe_change_links(const Worker& w) {
     if (c_.links.change_at_s < 0 || links_changed_.load(std::memory_order_relaxed) ||
@@ -451,6 +475,8 @@ class Run {
       const auto t0 = Clock::now();
       w.step();
       published_steps_[local(w)].store(w.steps(), std::memory_order_relaxed);
+      published_comm_s_[local(w)].store(w.comm_seconds(), std::memory_order_relaxed);
+      published_comm_elements_[local(w)].store(w.comm_elements(), std::memory_order_relaxed);
       maybe_change_links(w);
       if (balancer_ && w.steps() % 64 == 0) balancer_->check();
       straggle(w, t0);
@@ -787,6 +813,14 @@ class Run {
   std::vector<double> last_step_time_;                       // balancer thread only
   std::unique_ptr<std::atomic<std::int64_t>[]> published_steps_;  // per local worker
   std::unique_ptr<std::atomic<double>[]> published_eval_s_;      // its evaluation seconds
+  std::unique_ptr<std::atomic<double>[]> published_comm_s_;      // Worker::comm_seconds()
+  std::unique_ptr<std::atomic<std::int64_t>[]> published_comm_elements_;
+  struct CostClock {
+    double seconds = 0;
+    std::int64_t elements = 0;
+    double cost = 0;
+  };
+  std::vector<CostClock> cost_seen_;  // balancer thread only
   std::atomic<bool> links_changed_{false};
   std::atomic<bool> started_{false};
   std::int64_t decisions_ = 0;  // under mutex_
@@ -875,6 +909,7 @@ void write_summary(const std::string& path, const TrainConfig& c, const TrainRes
       {"deterministic", c.deterministic},
       {"balance", std::string(to_string(resolved_balance(c)))},
       {"rho", c.rho},
+      {"compute_share", c.compute_share},
       {"peers", std::string(to_string(c.peer_choice))},
       {"transport", launcher_ranks() > 1 ? "mpi" : "local"},
       {"messages_sent", r.messages_sent},

@@ -89,6 +89,11 @@ class Worker {
 
   WorkerEval evaluate();
   WorkerCounters counters();
+  // Compute spent on communication since the start, on this worker's thread: copying what it
+  // sends and testing and merging what it receives beyond a plain step (host backend; close
+  // to zero on a GPU, whose launches return at once), and the elements that cost it.
+  double comm_seconds() const { return comm_seconds_; }
+  std::int64_t comm_elements() const { return comm_elements_; }
 
   int id() const { return id_; }
   std::int64_t steps() const { return steps_; }
@@ -131,6 +136,9 @@ class Worker {
   std::int64_t steps_at_last_eval_ = 0;
 
   TraceLane trace_;
+  double comm_seconds_ = 0;
+  std::int64_t comm_elements_ = 0;
+  double plain_step_s_ = 0;  // recent time of an SGD step without messages
 
   // Communication.
   Transport* transport_ = nullptr;

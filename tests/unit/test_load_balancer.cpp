@@ -245,6 +245,34 @@ TEST(BalanceIdealSetting, HandWorkedCases) {
   EXPECT_THROW(ideal_setting(make_link(1e9, 1e-4), 1e-3, bad), Error);
 }
 
+// Where sending and merging cost compute, the messages also keep within the compute share:
+// on an ideal link with c = 1 ns/element, T = 1 ms and share 0.05, at most 50,000 elements per
+// step; a cost that grows tenfold gives a tenth of the volume.
+TEST(BalanceIdealSetting, ComputeCostBoundsTheVolumeOnFastLinks) {
+  BalanceLimits limits = test_limits();
+  limits.compute_share = 0.05;
+  limits.seconds_per_element = 1e-9;
+  const PeerSetting cheap = ideal_setting(LinkModel{}, 1e-3, limits);
+  EXPECT_EQ(cheap, (PeerSetting{49152, 1}));  // 50000 rounded down to 1024s
+  limits.seconds_per_element = 1e-8;
+  const PeerSetting dear = ideal_setting(LinkModel{}, 1e-3, limits);
+  EXPECT_EQ(dear.interval, 1);
+  EXPECT_EQ(dear.message, 4096);  // 5000 -> the smallest useful message
+  // So dear that even the smallest message needs a longer interval: 4096 * 1e-7 / (0.05 * 1e-3)
+  // = 8.2 -> 9 steps.
+  limits.seconds_per_element = 1e-7;
+  const PeerSetting dearer = ideal_setting(LinkModel{}, 1e-3, limits);
+  EXPECT_EQ(dearer, (PeerSetting{4096, 9}));
+  // On a slow link the link's bound is the tighter one and the cost changes nothing.
+  limits.seconds_per_element = 1e-9;
+  BalanceLimits links_only = limits;
+  links_only.seconds_per_element = 0;
+  EXPECT_EQ(ideal_setting(make_link(1e7, 1e-3), 1e-3, limits),
+            ideal_setting(make_link(1e7, 1e-3), 1e-3, links_only));
+  limits.seconds_per_element = -1;
+  EXPECT_THROW(ideal_setting(LinkModel{}, 1e-3, limits), Error);
+}
+
 TEST(BalanceIdealSetting, FasterLinkSendsMoreOrMoreOften) {
   const BalanceLimits limits = test_limits();
   // Bandwidth-bound: the same interval, a tenth of the message.
