@@ -11,6 +11,7 @@ packages=(
   libopenblas-openmp-dev zlib1g-dev libxxhash-dev libfmt-dev nlohmann-json3-dev
   libtomlplusplus-dev libcli11-dev libgtest-dev libgmock-dev libbenchmark-dev
   libopenmpi-dev openmpi-bin
+  clang libclang-rt-dev libomp-dev  # scripts/fuzz.sh: libFuzzer and OpenMP for clang
   dataset-fashion-mnist
 )
 if [[ "${1:-}" == "--bench" ]]; then

@@ -1,5 +1,5 @@
 // IDX reader. zlib's gz* functions read gzip and plain files alike, so one code path serves
-// both; the payload is read in one piece and converted to float afterwards.
+// both; the payload is read whole and converted to float afterwards.
 #include <zlib.h>
 
 #include <algorithm>
@@ -21,6 +21,7 @@ namespace {
 constexpr unsigned kTypeUnsignedByte = 0x08;
 // Far above any IDX data set in use (Fashion-MNIST: 47 MB), far below what would overflow.
 constexpr std::uint64_t kMaxPayloadBytes = std::uint64_t{1} << 34;
+constexpr std::uint64_t kFirstPayloadBlock = std::uint64_t{1} << 20;
 
 std::filesystem::path comparable_dir(const std::filesystem::path& dir) {
   std::error_code ec;
@@ -151,8 +152,15 @@ IdxFile read_idx_file(const std::string& path, const std::vector<unsigned>& allo
     idx.dims.push_back(size);
   }
 
-  idx.payload.resize(bytes);
-  const std::uint64_t got_payload = file.read(idx.payload.data(), bytes);
+  // The header's size is only a claim: the buffer grows with the data that arrives, so that a
+  // few corrupt header bytes cannot make a tiny file cost up to kMaxPayloadBytes of memory.
+  std::uint64_t got_payload = 0;
+  while (got_payload < bytes) {
+    const std::uint64_t capacity = std::min(bytes, std::max(kFirstPayloadBlock, 2 * got_payload));
+    idx.payload.resize(capacity);
+    got_payload += file.read(idx.payload.data() + got_payload, capacity - got_payload);
+    if (got_payload < capacity) break;
+  }
   if (got_payload < bytes)
     ASGD_INPUT_ERROR("{}: truncated: the header promises {} bytes of data, the file holds {}", path,
                      bytes, got_payload);
