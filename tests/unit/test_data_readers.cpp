@@ -21,6 +21,7 @@
 
 #include <gtest/gtest.h>
 
+#include "runtime/config.h"
 #include "runtime/data/dataset.h"
 #include "runtime/data/idx.h"
 #include "runtime/data/text_formats.h"
@@ -1035,6 +1036,51 @@ TEST(SplitShard, ShardRejectsBadArguments) {
   EXPECT_THROW(shard(all, 3, 3, 1), Error);
   EXPECT_THROW(shard(all, -1, 3, 1), Error);
   EXPECT_THROW(shard(all, 0, 0, 1), Error);
+}
+
+// --- Found by the fuzzers (tests/fuzz) ----------------------------------------------------------
+
+// The process's peak resident set in KiB (VmHWM), or -1 where /proc does not say.
+std::int64_t peak_rss_kib() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line))
+    if (line.rfind("VmHWM:", 0) == 0) return std::stoll(line.substr(6));
+  return -1;
+}
+
+// fuzz_idx: a 16-byte file whose header promised gigabytes made the reader allocate and zero
+// all of them before it found the file truncated (up to 16 GiB, the header limit).
+TEST(IdxReader, TinyFilePromisingGigabytesIsTruncatedWithoutAllocatingThem) {
+  TempDir dir;
+  const Bytes header = idx_header(0x08, {2, 32768, 32768});  // 2 GiB promised, none there
+  write_file(dir.file("images"), header);
+  write_gz(dir.file("images.gz"), header);
+  write_file(dir.file("labels"), idx_labels({0, 1}));
+  std::ofstream("/proc/self/clear_refs") << "5";  // restarts the peak count where Linux allows
+  const std::int64_t before = peak_rss_kib();
+  for (const char* images : {"images", "images.gz"})
+    expect_input_error([&] { read_idx(dir.file(images), dir.file("labels")); },
+                       {dir.file(images), "truncated", "promises 2147483648 bytes", "holds 0"});
+  if (before > 0) {
+    EXPECT_LT(peak_rss_kib() - before, 256 * 1024) << "KiB more peak memory";
+  }
+}
+
+// fuzz_config: a worker index with no int value ("straggler = \"1e300:2\"") was cast from
+// double to int, which is undefined behaviour (UBSan: float-cast-overflow).
+TEST(ConfigFile, WorkerIndexWithoutAnIntValueIsRejected) {
+  for (const char* text : {"1e300:2", "-1e300:2", "2147483648:2", "nan:2"})
+    expect_input_error([&] { parse_straggler(text); }, {"--straggler", "WORKER must be >= 0"});
+  for (const char* text : {"1e300:noise", "nan:noise:0.5"})
+    expect_input_error([&] { parse_adversary(text); }, {"--adversary", "WORKER must be >= 0"});
+  EXPECT_EQ(parse_straggler("2147483647:2").worker, 2147483647);
+  EXPECT_EQ(parse_adversary("0.5:negate").worker, 0);  // truncated, as before
+
+  TempDir dir;
+  write_file(dir.file("run.toml"), "straggler = \"1e300:2\"\n");
+  TrainConfig config;
+  expect_input_error([&] { apply_config_file(dir.file("run.toml"), config); }, {"--straggler"});
 }
 
 }  // namespace
