@@ -727,16 +727,16 @@ class Run {
   void run_sync_across_ranks(Worker& w) {
     MpiSession& session = MpiSession::get();
     const std::size_t n = static_cast<std::size_t>(w.parameter_count());
+    std::vector<float> g(n + 1);  // the gradient and, last, rank 0's stop flag
     while (true) {
       const auto t0 = Clock::now();
       w.compute_gradient();
-      std::vector<float> g = w.download_gradient();
+      w.download_gradient(g.data());
       straggle(w, t0);
-      g.push_back(place_.rank == 0 && stop_ ? 1.0f : 0.0f);
+      g[n] = place_.rank == 0 && stop_ ? 1.0f : 0.0f;
       distributed::allreduce_sum(session, g.data(), static_cast<std::int64_t>(g.size()));
       idle_for(sync_comm_s_);  // an emulated link's share, as in one process
       if (g[n] > 0) break;
-      g.pop_back();
       w.apply_gradient_sum(g, place_.ranks);
       if (place_.rank != 0) continue;
       if (eval_due(w)) evaluate(w, 0);

@@ -192,11 +192,9 @@ void Worker::apply_mean_gradient(const std::vector<Worker*>& all) {
   ++steps_;
 }
 
-std::vector<float> Worker::download_gradient() const {
-  std::vector<float> host(static_cast<std::size_t>(n_));
-  grad_.download(host.data(), host.size(), stream_);
+void Worker::download_gradient(float* out) const {
+  grad_.download(out, static_cast<std::size_t>(n_), stream_);
   stream_.synchronize();
-  return host;
 }
 
 void Worker::apply_gradient_sum(const std::vector<float>& sum, int count) {

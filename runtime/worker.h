@@ -84,7 +84,7 @@ class Worker {
   void apply_mean_gradient(const std::vector<Worker*>& all);
   // sync across processes: the gradient goes out to be summed over `count` workers, and the
   // sum comes back to be applied (host memory; synchronises).
-  std::vector<float> download_gradient() const;
+  void download_gradient(float* out) const;  // parameter_count() floats
   void apply_gradient_sum(const std::vector<float>& sum, int count);
 
   WorkerEval evaluate();

@@ -164,7 +164,8 @@ void MpiTransport::post(int peer, const MessageHeader& header, const float* data
   h.send_time_s = header.send_time_s;
   h.offset = header.offset;
   h.length = header.length;
-  PayloadHasher hasher;
+  thread_local PayloadHasher hasher;  // its state is allocated once per posting thread
+  hasher.reset();
   hasher.copy_and_update(out->payload.data(), data,
                          static_cast<std::size_t>(header.length) * sizeof(float));
   h.payload_checksum = hasher.digest();
