@@ -34,6 +34,15 @@ T get_as(const std::string& path, const std::string& key, const toml::node& node
   ASGD_INPUT_ERROR("{}: '{}' must be {}", where(path, node), key, expected);
 }
 
+// An integer setting kept in an int: a value outside int's range is an error, not a wrap.
+int get_int(const std::string& path, const std::string& key, const toml::node& node) {
+  const std::int64_t v = get_as<std::int64_t>(path, key, node, "an integer");
+  if (v < std::numeric_limits<int>::min() || v > std::numeric_limits<int>::max())
+    ASGD_INPUT_ERROR("{}: '{}' = {} is out of range (at most {} in magnitude)", where(path, node),
+                     key, v, std::numeric_limits<int>::max());
+  return static_cast<int>(v);
+}
+
 std::vector<std::vector<double>> get_matrix(const std::string& path, const std::string& key,
                                            const toml::node& node) {
   std::vector<std::vector<double>> m;
@@ -103,7 +112,7 @@ const std::map<std::string, Setter>& setters() {
          c.data.libsvm_max_dim = get_as<std::int64_t>(p, k, n, "an integer");
        })},
       {"csv-label-column", custom([](auto& p, auto& k, auto& n, TrainConfig& c) {
-         c.data.csv_label_column = static_cast<int>(get_as<std::int64_t>(p, k, n, "an integer"));
+         c.data.csv_label_column = get_int(p, k, n);
        })},
       {"model", custom([](auto& p, auto& k, auto& n, TrainConfig& c) {
          c.model.kind = get_as<std::string>(p, k, n, "a string");
@@ -131,10 +140,10 @@ const std::map<std::string, Setter>& setters() {
          c.backend = parse_backend(get_as<std::string>(p, k, n, "a string"));
        })},
       {"device", custom([](auto& p, auto& k, auto& n, TrainConfig& c) {
-         c.device = static_cast<int>(get_as<std::int64_t>(p, k, n, "an integer"));
+         c.device = get_int(p, k, n);
        })},
       {"threads", custom([](auto& p, auto& k, auto& n, TrainConfig& c) {
-         c.threads = static_cast<int>(get_as<std::int64_t>(p, k, n, "an integer"));
+         c.threads = get_int(p, k, n);
        })},
       {"seed", custom([](auto& p, auto& k, auto& n, TrainConfig& c) {
          c.seed = static_cast<std::uint64_t>(get_as<std::int64_t>(p, k, n, "an integer"));
@@ -146,7 +155,7 @@ const std::map<std::string, Setter>& setters() {
          c.summary_path = get_as<std::string>(p, k, n, "a string");
        })},
       {"workers", custom([](auto& p, auto& k, auto& n, TrainConfig& c) {
-         c.workers = static_cast<int>(get_as<std::int64_t>(p, k, n, "an integer"));
+         c.workers = get_int(p, k, n);
        })},
       {"algo", custom([](auto& p, auto& k, auto& n, TrainConfig& c) {
          c.algorithm = parse_algorithm(get_as<std::string>(p, k, n, "a string"));
@@ -154,7 +163,7 @@ const std::map<std::string, Setter>& setters() {
       {"message-size", integer(&TrainConfig::message_size)},
       {"send-interval", integer(&TrainConfig::send_interval)},
       {"queue-capacity", custom([](auto& p, auto& k, auto& n, TrainConfig& c) {
-         c.queue_capacity = static_cast<int>(get_as<std::int64_t>(p, k, n, "an integer"));
+         c.queue_capacity = get_int(p, k, n);
        })},
       {"merge", custom([](auto& p, auto& k, auto& n, TrainConfig& c) {
          c.merge = parse_merge(get_as<std::string>(p, k, n, "a string"));
@@ -167,10 +176,10 @@ const std::map<std::string, Setter>& setters() {
          }
        })},
       {"window-history", custom([](auto& p, auto& k, auto& n, TrainConfig& c) {
-         c.window_history = static_cast<int>(get_as<std::int64_t>(p, k, n, "an integer"));
+         c.window_history = get_int(p, k, n);
        })},
       {"window-warmup", custom([](auto& p, auto& k, auto& n, TrainConfig& c) {
-         c.window_warmup = static_cast<int>(get_as<std::int64_t>(p, k, n, "an integer"));
+         c.window_warmup = get_int(p, k, n);
        })},
       {"link-bandwidth", custom([](const std::string& p, const std::string& k,
                                    const toml::node& n, TrainConfig& c) {

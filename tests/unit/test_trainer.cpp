@@ -208,6 +208,27 @@ TEST_F(ConfigFileTest, UnknownKeyNamesFileLineAndKey) {
   }
 }
 
+// Integer settings kept in an int refuse values that would wrap (threads = 2^32 + 1 would
+// otherwise become 1 and pass every later check).
+TEST_F(ConfigFileTest, IntegersOutsideIntRangeAreRejected) {
+  for (const char* key : {"threads", "workers", "device", "queue-capacity", "window-history",
+                          "window-warmup", "csv-label-column"}) {
+    TrainConfig c;
+    const std::string path = write(std::string(key) + " = 4294967297\n");
+    try {
+      apply_config_file(path, c);
+      FAIL() << key;
+    } catch (const InputError& e) {
+      EXPECT_THAT(e.what(), HasSubstr(path + ":1"));
+      EXPECT_THAT(e.what(), HasSubstr(std::string("'") + key + "' = 4294967297 is out of range"));
+    }
+  }
+  TrainConfig c;
+  apply_config_file(write("threads = 2\nworkers = 3\n"), c);
+  EXPECT_EQ(c.threads, 2);
+  EXPECT_EQ(c.workers, 3);
+}
+
 TEST_F(ConfigFileTest, WrongTypeAndBadSyntaxAndMissingFile) {
   TrainConfig c;
   std::string path = write("batch = \"big\"\n");
