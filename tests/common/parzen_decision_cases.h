@@ -4,7 +4,8 @@
 //   ParzenParams params_;
 //   ParzenDecision decide(g, w, messages);  // statistics + decision, each message the whole state
 //   std::int64_t seen();                     // values pushed into the window's history
-// Include it from one file per test binary: it defines tests.
+// Include it from one file per test binary: it defines tests. It also holds the float64
+// reference of the merge rules that both tiers check their merge against.
 #pragma once
 
 #include <cstdint>
@@ -21,6 +22,40 @@ struct ParzenDecision {
   std::vector<std::int32_t> accept;
   std::vector<std::int64_t> counters;
 };
+
+// The merge case of both tiers: a state of 6; message a covers [0, 4), b covers [2, 6).
+struct MergeCase {
+  MergeRule rule;
+  std::vector<std::int32_t> accept;
+};
+
+// The merge rules of DESIGN.md section 1 in float64, element by element, for that case.
+inline std::vector<double> expected_merge(const MergeCase& mc, float eps, float alpha,
+                                          const std::vector<float>& g, const std::vector<float>& w,
+                                          const std::vector<float>& a,
+                                          const std::vector<float>& b) {
+  std::vector<double> expected(6);
+  for (int i = 0; i < 6; ++i) {
+    std::vector<double> e;
+    if (mc.accept[0] && i < 4) e.push_back(a[static_cast<std::size_t>(i)]);
+    if (mc.accept[1] && i >= 2) e.push_back(b[static_cast<std::size_t>(i - 2)]);
+    const double c = static_cast<double>(e.size()), wi = w[static_cast<std::size_t>(i)],
+                 gi = g[static_cast<std::size_t>(i)];
+    double sum = 0;
+    for (double v : e) sum += v;
+    const double local = wi - eps * gi;
+    double& x = expected[static_cast<std::size_t>(i)];
+    if (e.empty())
+      x = local;
+    else if (mc.rule == MergeRule::kSeed)
+      x = wi - eps / (c + 1) * (gi + c * wi - sum);
+    else if (mc.rule == MergeRule::kAverage)
+      x = (local + sum) / (c + 1);
+    else
+      x = local - alpha * (local - sum / c);
+  }
+  return expected;
+}
 
 template <typename Backend>
 class ParzenDecisionCases : public Backend {

@@ -91,10 +91,6 @@ INSTANTIATE_TYPED_TEST_SUITE_P(Cuda, ParzenDecisionCases, CudaParzenDecisionTest
 // ---------------------------------------------------------------------------------------------
 // The hand-made merge of tests/unit/test_parzen.cpp: state of 6, A covers [0, 4), B [2, 6).
 
-struct MergeCase {
-  MergeRule rule;
-  std::vector<std::int32_t> accept;
-};
 
 class CudaMergeRuleTest : public ::testing::TestWithParam<MergeCase> {
  protected:
@@ -110,26 +106,7 @@ TEST_P(CudaMergeRuleTest, MatchesTheRuleElementByElement) {
   const auto g = random_vector(6, 1);
   const auto w = random_vector(6, 2);
   const auto a = random_vector(4, 3), b = random_vector(4, 4);
-  std::vector<double> expected(6);
-  for (int i = 0; i < 6; ++i) {
-    std::vector<double> e;
-    if (mc.accept[0] && i < 4) e.push_back(a[i]);
-    if (mc.accept[1] && i >= 2) e.push_back(b[i - 2]);
-    const double c = static_cast<double>(e.size()), wi = w[i], gi = g[i];
-    double sum = 0;
-    for (double v : e)
-      sum += v;
-    const double local = wi - eps * gi;
-    if (e.empty()) {
-      expected[i] = local;
-    } else if (mc.rule == MergeRule::kSeed) {
-      expected[i] = wi - eps / (c + 1) * (gi + c * wi - sum);
-    } else if (mc.rule == MergeRule::kAverage) {
-      expected[i] = (local + sum) / (c + 1);
-    } else {
-      expected[i] = local - alpha * (local - sum / c);
-    }
-  }
+  const std::vector<double> expected = expected_merge(mc, eps, alpha, g, w, a, b);
   DeviceArray<float> dg(g, cuda), dw(w, cuda), da(a, cuda), db(b, cuda);
   DeviceArray<std::int32_t> daccept(mc.accept, cuda);
   const MergeRange ranges[2] = {{da.get(), 0, 4}, {db.get(), 2, 4}};

@@ -43,12 +43,7 @@ class HostParzen : public ::testing::Test {
 
 INSTANTIATE_TYPED_TEST_SUITE_P(Host, ParzenDecisionCases, HostParzen);
 
-// Merge: state of 6, message A covers [0, 4), B covers [2, 6).
-struct MergeCase {
-  MergeRule rule;
-  std::vector<std::int32_t> accept;
-};
-
+// Merge: state of 6, message A covers [0, 4), B covers [2, 6) (MergeCase).
 class MergeTest : public ::testing::TestWithParam<MergeCase> {};
 
 TEST_P(MergeTest, MatchesTheRuleElementByElement) {
@@ -58,26 +53,7 @@ TEST_P(MergeTest, MatchesTheRuleElementByElement) {
   auto w = testing::random_vector(6, 2);
   const auto a = testing::random_vector(4, 3), b = testing::random_vector(4, 4);
   const MergeRange ranges[2] = {{a.data(), 0, 4}, {b.data(), 2, 4}};
-  std::vector<double> expected(6);
-  for (int i = 0; i < 6; ++i) {
-    std::vector<double> e;
-    if (mc.accept[0] && i < 4) e.push_back(a[i]);
-    if (mc.accept[1] && i >= 2) e.push_back(b[i - 2]);
-    const double c = static_cast<double>(e.size()), wi = w[i], gi = g[i];
-    double sum = 0;
-    for (double v : e)
-      sum += v;
-    const double local = wi - eps * gi;
-    if (e.empty()) {
-      expected[i] = local;
-    } else if (mc.rule == MergeRule::kSeed) {
-      expected[i] = wi - eps / (c + 1) * (gi + c * wi - sum);
-    } else if (mc.rule == MergeRule::kAverage) {
-      expected[i] = (local + sum) / (c + 1);
-    } else {
-      expected[i] = local - alpha * (local - sum / c);
-    }
-  }
+  const std::vector<double> expected = expected_merge(mc, eps, alpha, g, w, a, b);
   parzen_merge(Stream::host(), mc.rule, eps, alpha, 6, g.data(), w.data(), ranges, 2,
                mc.accept.data());
   EXPECT_TRUE(testing::all_close(w, expected, 1e-6, 1e-6));
