@@ -25,4 +25,10 @@ const Message* MessageSlot::acquire() {
   return buffers_[front_].get();
 }
 
+const Message* MessageSlot::peek_unread() const {
+  const std::uint8_t middle = middle_.load(std::memory_order_acquire);
+  if ((middle & kFresh) == 0) return nullptr;
+  return buffers_[middle & ~kFresh].get();
+}
+
 }  // namespace asgd

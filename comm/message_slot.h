@@ -46,6 +46,9 @@ class MessageSlot {
   // Reader: the newest message not handed out before, or nullptr. The returned message stays
   // valid and unchanged until the next acquire() call.
   const Message* acquire();
+  // The message acquire() would return next, left unread; nullptr if none. Only while no
+  // writer runs (a checkpoint of a deterministic run, where one thread does everything).
+  const Message* peek_unread() const;
 
   std::int64_t published() const { return published_.load(std::memory_order_relaxed); }
   std::int64_t overwritten() const { return overwritten_.load(std::memory_order_relaxed); }

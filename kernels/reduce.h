@@ -14,5 +14,9 @@ void reduce_dot(const Stream& stream, std::int64_t n, const float* x, const floa
 void reduce_squared_norm(const Stream& stream, std::int64_t n, const float* x, double* out);
 // Number of elements that are NaN or +-Inf.
 void count_nonfinite(const Stream& stream, std::int64_t n, const float* x, std::int64_t* out);
+// y[i] <- x[i], and *out <- the number of those elements that are NaN or +-Inf: a snapshot and
+// its finiteness check in one pass over memory (the divergence check's last good state).
+void copy_count_nonfinite(const Stream& stream, std::int64_t n, const float* x, float* y,
+                          std::int64_t* out);
 
 }  // namespace asgd

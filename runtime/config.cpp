@@ -1,5 +1,6 @@
 #include "runtime/config.h"
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <cstdlib>
@@ -225,6 +226,33 @@ const std::map<std::string, Setter>& setters() {
       {"peers", custom([](auto& p, auto& k, auto& n, TrainConfig& c) {
          c.peer_choice = parse_peer_choice(get_as<std::string>(p, k, n, "a string"));
        })},
+      {"on-divergence", custom([](auto& p, auto& k, auto& n, TrainConfig& c) {
+         c.on_divergence = parse_divergence_policy(get_as<std::string>(p, k, n, "a string"));
+       })},
+      {"divergence-lr-factor", custom([](auto& p, auto& k, auto& n, TrainConfig& c) {
+         c.divergence_lr_factor = static_cast<float>(get_as<double>(p, k, n, "a number"));
+       })},
+      {"max-restores", custom([](auto& p, auto& k, auto& n, TrainConfig& c) {
+         c.max_restores = get_int(p, k, n);
+       })},
+      {"checkpoint-dir", custom([](auto& p, auto& k, auto& n, TrainConfig& c) {
+         c.checkpoint_dir = get_as<std::string>(p, k, n, "a string");
+       })},
+      {"checkpoint-every", integer(&TrainConfig::checkpoint_every)},
+      {"checkpoint", custom([](auto& p, auto& k, auto& n, TrainConfig& c) {
+         c.checkpoint_scope = parse_checkpoint_scope(get_as<std::string>(p, k, n, "a string"));
+       })},
+      {"resume", custom([](auto& p, auto& k, auto& n, TrainConfig& c) {
+         c.resume_dir = get_as<std::string>(p, k, n, "a string");
+       })},
+      {"fault", custom([](const std::string& p, const std::string& k, const toml::node& n,
+                          TrainConfig& c) {
+         const auto* arr = n.as_array();
+         if (!arr) ASGD_INPUT_ERROR("{}: '{}' must be an array of strings", where(p, n), k);
+         c.faults.clear();
+         for (const auto& e : *arr)
+           c.faults.push_back(parse_fault(get_as<std::string>(p, k, e, "an array of strings")));
+       })},
       {"trace", custom([](auto& p, auto& k, auto& n, TrainConfig& c) {
          c.trace_path = get_as<std::string>(p, k, n, "a string");
        })},
@@ -405,6 +433,49 @@ Adversary parse_adversary(std::string_view text) {
   return a;
 }
 
+DivergencePolicy parse_divergence_policy(std::string_view name) {
+  if (name == "stop") return DivergencePolicy::kStop;
+  if (name == "restore") return DivergencePolicy::kRestore;
+  ASGD_INPUT_ERROR("--on-divergence '{}': expected stop or restore", name);
+}
+
+std::string_view to_string(DivergencePolicy policy) {
+  return policy == DivergencePolicy::kRestore ? "restore" : "stop";
+}
+
+CheckpointScope parse_checkpoint_scope(std::string_view name) {
+  if (name == "rank0") return CheckpointScope::kRank0;
+  if (name == "all") return CheckpointScope::kAll;
+  ASGD_INPUT_ERROR("--checkpoint '{}': expected rank0 or all", name);
+}
+
+std::string_view to_string(CheckpointScope scope) {
+  return scope == CheckpointScope::kAll ? "all" : "rank0";
+}
+
+Fault parse_fault(std::string_view text) {
+  const auto first = text.find(':');
+  const auto second = first == std::string_view::npos ? first : text.find(':', first + 1);
+  if (second == std::string_view::npos)
+    ASGD_INPUT_ERROR("--fault '{}': expected KIND:WORKER:N, e.g. nan:1:300 or corrupt:2:5", text);
+  Fault f;
+  f.kind = std::string(text.substr(0, first));
+  f.worker = parse_worker(text.substr(first + 1, second - first - 1), "--fault WORKER");
+  const double at = parse_number(text.substr(second + 1), "--fault N");
+  static const char* const kKinds[] = {"nan",          "throw",        "kill",
+                                       "corrupt",      "forge-offset", "forge-length",
+                                       "forge-fingerprint", "replay"};
+  if (std::find(std::begin(kKinds), std::end(kKinds), f.kind) == std::end(kKinds))
+    ASGD_INPUT_ERROR("--fault '{}': KIND must be nan, throw or kill (at step N), or corrupt, "
+                     "forge-offset, forge-length, forge-fingerprint or replay (every N-th "
+                     "message)",
+                     text);
+  if (f.worker < 0 || !(at >= 1) || at > 1e15 || at != std::floor(at))
+    ASGD_INPUT_ERROR("--fault '{}': WORKER must be >= 0 and N a whole number >= 1", text);
+  f.at = static_cast<std::int64_t>(at);
+  return f;
+}
+
 void apply_config_file(const std::string& path, TrainConfig& config) {
   toml::table table;
   try {
@@ -486,6 +557,18 @@ void validate(const TrainConfig& c) {
                      c.min_interval, c.max_interval);
   if (!(c.peer_timeout_s > 0.0))
     ASGD_INPUT_ERROR("--peer-timeout must be positive, got {}", c.peer_timeout_s);
+  for (const Fault& f : c.faults)
+    if (f.worker >= workers)
+      ASGD_INPUT_ERROR("--fault {}:{}:{} names worker {} but there are {} workers", f.kind,
+                       f.worker, f.at, f.worker, workers);
+  if (!(c.divergence_lr_factor > 0.0f && c.divergence_lr_factor <= 1.0f))
+    ASGD_INPUT_ERROR("--divergence-lr-factor must lie in (0, 1], got {}", c.divergence_lr_factor);
+  if (c.max_restores < 0) ASGD_INPUT_ERROR("--max-restores must be >= 0, got {}", c.max_restores);
+  if (c.on_divergence == DivergencePolicy::kRestore && c.algorithm == Algorithm::kSync)
+    ASGD_INPUT_ERROR("--on-divergence restore does not apply to --algo sync, whose workers "
+                     "share one state; use --on-divergence stop (and resume from a checkpoint)");
+  if (c.checkpoint_every < 1)
+    ASGD_INPUT_ERROR("--checkpoint-every must be at least 1 step, got {}", c.checkpoint_every);
   if (!(c.data.test_fraction > 0.0 && c.data.test_fraction < 1.0))
     ASGD_INPUT_ERROR("--test-fraction must lie in (0, 1), got {}", c.data.test_fraction);
 }

@@ -89,6 +89,30 @@ struct Adversary {
 };
 Adversary parse_adversary(std::string_view text);  // "W:KIND" or "W:KIND:SCALE"
 
+// What a worker does when its state or training loss turns NaN or Inf (--on-divergence): stop
+// the run with an error, or put back its last good state and halve its step size.
+enum class DivergencePolicy { kStop, kRestore };
+DivergencePolicy parse_divergence_policy(std::string_view name);  // "stop", "restore"
+std::string_view to_string(DivergencePolicy policy);
+
+// Which states a checkpoint holds across processes (--checkpoint): rank 0's, which every rank
+// resumes from, or each rank's own in a file of its own. In one process it holds every worker.
+enum class CheckpointScope { kRank0, kAll };
+CheckpointScope parse_checkpoint_scope(std::string_view name);  // "rank0", "all"
+std::string_view to_string(CheckpointScope scope);
+
+// A fault injected for reliability experiments (--fault KIND:W:N). At worker W's step N: "nan"
+// puts a NaN into its state, "throw" makes its thread fail, "kill" SIGKILLs its process. Every
+// N-th message worker W sends (MPI transport): "corrupt" flips a payload byte, "forge-offset",
+// "forge-length", "forge-fingerprint" forge the header, "replay" sends an old message again.
+struct Fault {
+  std::string kind;
+  int worker = -1;
+  std::int64_t at = 0;
+  bool on_wire() const { return kind != "nan" && kind != "throw" && kind != "kill"; }
+};
+Fault parse_fault(std::string_view text);
+
 struct TrainConfig {
   DataOptions data;
   ModelSpec model;
@@ -129,6 +153,15 @@ struct TrainConfig {
   std::int64_t max_interval = 1000;  // steps
   PeerChoice peer_choice = PeerChoice::kUniform;
   double peer_timeout_s = 120;  // multi-process: how long to wait for a silent peer at the end
+  // Reliability.
+  DivergencePolicy on_divergence = DivergencePolicy::kStop;
+  float divergence_lr_factor = 0.5f;  // step size multiplier at each restore
+  int max_restores = 5;               // restores per worker before the run stops anyway
+  std::string checkpoint_dir;         // empty: no checkpoints
+  std::int64_t checkpoint_every = 1000;  // steps (of worker 0, or of each rank with kAll)
+  CheckpointScope checkpoint_scope = CheckpointScope::kRank0;
+  std::string resume_dir;  // continue from the checkpoint there
+  std::vector<Fault> faults;
 
   std::string metrics_path;  // JSON lines, one per evaluation
   std::string summary_path;  // one JSON object at the end

@@ -63,6 +63,22 @@ void MetricsLog::write(const BalanceDecision& d, double time_s) {
   if (!out_) ASGD_THROW("writing metrics to '{}' failed", path_);
 }
 
+void MetricsLog::write(const RunEvent& e) {
+  if (!out_.is_open()) return;
+  nlohmann::json line = {{"event", e.event}, {"time_s", e.time_s}, {"worker", e.worker}, {"step", e.step}};
+  for (const auto& [name, value] : e.values)
+    if (!std::isfinite(value))
+      line[name] = nlohmann::json();
+    else if (value == std::floor(value) && std::fabs(value) < 9e15)
+      line[name] = static_cast<std::int64_t>(value);  // counts and steps print as integers
+    else
+      line[name] = value;
+  if (!e.detail.empty()) line["detail"] = e.detail;
+  out_ << line.dump() << '\n';
+  out_.flush();
+  if (!out_) ASGD_THROW("writing metrics to '{}' failed", path_);
+}
+
 ProgressLine::ProgressLine(bool wanted) : enabled_(wanted && isatty(STDERR_FILENO) == 1) {}
 
 ProgressLine::~ProgressLine() { finish(); }

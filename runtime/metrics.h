@@ -6,11 +6,24 @@
 #include <cstdint>
 #include <fstream>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace asgd {
 
 struct EvalPoint;
 struct BalanceDecision;
+
+// A run event that is not an evaluation: a divergence recovered from, a checkpoint written, a
+// resume. A line with "event": event, "time_s", "worker", "step", each value and "detail".
+struct RunEvent {
+  std::string event;
+  double time_s = 0;
+  int worker = -1;
+  std::int64_t step = 0;
+  std::vector<std::pair<std::string, double>> values;
+  std::string detail;
+};
 
 class MetricsLog {
  public:
@@ -19,6 +32,7 @@ class MetricsLog {
   void write(const EvalPoint& point, int worker);
   // A load-balancer decision: a line with "event": "balance" (time_s on the run's clock).
   void write(const BalanceDecision& decision, double time_s);
+  void write(const RunEvent& event);
   bool enabled() const { return out_.is_open(); }
 
  private:

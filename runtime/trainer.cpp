@@ -5,11 +5,16 @@
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <limits>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <random>
+#include <sstream>
 #include <thread>
 
 #include <unistd.h>
@@ -20,6 +25,7 @@
 #include "comm/local/local_transport.h"
 #include "runtime/balancer.h"
 #include "runtime/build_info.h"
+#include "runtime/checkpoint.h"
 #include "runtime/distributed.h"
 #include "runtime/error.h"
 #include "runtime/metrics.h"
@@ -163,9 +169,12 @@ TrainConfig for_placement(TrainConfig c, const Placement& p) {
 // The settings every rank must share, as text and hash (for the start-up check).
 std::string shared_settings(const TrainConfig& c) {
   return fmt::format("algo {} lr {} batch {} message-size {} send-interval {} merge {} window {} "
-                     "seed {} dataset {} epochs {}",
+                     "seed {} dataset {} epochs {} on-divergence {} checkpoint-dir '{}' every {} "
+                     "scope {} resume '{}'",
                      to_string(c.algorithm), c.lr, c.batch, c.message_size, c.send_interval,
-                     to_string(c.merge), c.window, c.seed, c.data.spec, c.epochs);
+                     to_string(c.merge), c.window, c.seed, c.data.spec, c.epochs,
+                     to_string(c.on_divergence), c.checkpoint_dir, c.checkpoint_every,
+                     to_string(c.checkpoint_scope), c.resume_dir);
 }
 
 class Run {
@@ -226,6 +235,27 @@ class Run {
           if (i != j) transport_->set_link(i, j, link_between(c.links, i, j));
       for (auto& w : workers_) w->attach(transport_.get());
     }
+    for (const Fault& f : c.faults)
+      if (f.on_wire() && !place_.multiprocess())
+        ASGD_INPUT_ERROR("--fault {}:{}:{} damages messages on the wire, which only the MPI "
+                         "transport has; run under mpirun (e.g. mpirun -np 4 asgd train ...)",
+                         f.kind, f.worker, f.at);
+    check_interval_ = std::min<std::int64_t>(c.eval_every, kDivergenceCheckInterval);
+    order_rng_.seed(c.seed ^ 0xD1B54A32D192ED03ull);
+    if (!c.checkpoint_dir.empty() &&
+        (!place_.multiprocess() || place_.rank == 0 || c.checkpoint_scope == CheckpointScope::kAll)) {
+      std::error_code ec;
+      std::filesystem::create_directories(c.checkpoint_dir, ec);
+      if (ec)
+        ASGD_INPUT_ERROR("--checkpoint-dir '{}': cannot create it: {}", c.checkpoint_dir,
+                         ec.message());
+      checkpoint_path_ = checkpoint_file(c.checkpoint_dir, place_.rank, per_rank_checkpoints());
+      writer_ = std::make_unique<CheckpointWriter>();
+      checkpoint_done_.assign(workers_.size(), 0);
+    }
+    next_checkpoint_step_ = c.checkpoint_every;
+    if (!c.resume_dir.empty()) resume();
+    for (auto& w : workers_) start_steps_.push_back(w->steps());
     published_steps_.reset(new std::atomic<std::int64_t>[workers_.size()]);
     published_eval_s_.reset(new std::atomic<double>[workers_.size()]);
     published_comm_s_.reset(new std::atomic<double>[workers_.size()]);
@@ -241,6 +271,7 @@ class Run {
     sync_comm_s_ = emulated_allreduce_seconds(
         c.links, c.workers, static_cast<double>(w0.parameter_count()) * sizeof(float));
     last_eval_.assign(workers_.size(), {0.0, 0});
+    for (auto& w : workers_) last_eval_[local(*w)].second = w->steps();  // resumed: not 0
     eval_seconds_.assign(workers_.size(), 0.0);
   }
 
@@ -261,6 +292,17 @@ class Run {
               run_sync(*w);
             else
               run_async(*w);
+          } catch (const InputError&) {
+            errors_.capture(std::current_exception());
+            stop_ = true;
+            barrier_.break_all();
+          } catch (const Error& e) {
+            // Which worker failed is the first thing a reader of the report needs.
+            errors_.capture(std::make_exception_ptr(
+                Error(fmt::format("worker {} failed: {}", w->id(), e.message()), e.file().c_str(),
+                      e.line(), e.call())));
+            stop_ = true;
+            barrier_.break_all();
           } catch (...) {
             errors_.capture(std::current_exception());
             stop_ = true;
@@ -270,6 +312,7 @@ class Run {
       for (auto& t : threads) t.join();
       errors_.rethrow_if_set();
     }
+    write_final_checkpoint();
     if (c_.algorithm == Algorithm::kSimu && c_.workers > 1) average_states();
     TrainResult result = finish();
     write_trace();
@@ -337,6 +380,237 @@ class Run {
       }
     }
     if (as_worker >= 0) final_[i] = p;
+  }
+
+  // --- Reliability: faults, divergence, checkpoints ---------------------------------------
+
+  // --fault nan|throw|kill at this worker's current step.
+  void inject_faults(Worker& w) {
+    for (const Fault& f : c_.faults) {
+      if (f.worker != w.id() || f.on_wire() || f.at != w.steps()) continue;
+      if (f.kind == "nan") {
+        std::fprintf(stderr, "asgd: fault: a NaN appears in worker %d's state at step %lld\n",
+                     w.id(), static_cast<long long>(w.steps()));
+        w.inject_nan();
+      } else if (f.kind == "throw") {
+        ASGD_THROW("fault injected (--fault throw:{}:{}): worker {} fails at step {}", f.worker,
+                   f.at, w.id(), w.steps());
+      } else {
+        std::fprintf(stderr, "asgd: fault: worker %d kills its process (SIGKILL) at step %lld\n",
+                     w.id(), static_cast<long long>(w.steps()));
+        std::fflush(stderr);
+        std::raise(SIGKILL);
+      }
+    }
+  }
+
+  // Checks worker w for NaN/Inf (its state and its training loss) and applies --on-divergence.
+  void guard_divergence(Worker& w) {
+    if (w.check_finite()) return;
+    const std::int64_t step = w.steps();
+    if (c_.on_divergence == DivergencePolicy::kStop)
+      ASGD_THROW("training diverged: worker {} has NaN or Inf in its state or training loss at "
+                 "step {}; lower the step size (--lr {}), check the data for extreme values, or "
+                 "let workers recover with --on-divergence restore",
+                 w.id(), step, c_.lr);
+    if (w.restores() >= c_.max_restores)
+      ASGD_THROW("training diverged: worker {} at step {}, after {} restores (--max-restores) "
+                 "with its step size down to {}; check the data and the model, or start with a "
+                 "smaller --lr",
+                 w.id(), step, w.restores(), w.lr());
+    const std::int64_t back_to = w.restore_last_good(c_.divergence_lr_factor);
+    RunEvent e;
+    e.event = "divergence";
+    e.time_s = seconds_since(start_);
+    e.worker = w.id();
+    e.step = step;
+    e.values = {{"restored_step", static_cast<double>(back_to)},
+                {"lr", w.lr()},
+                {"restores", static_cast<double>(w.restores())}};
+    e.detail = "restore";
+    std::lock_guard<std::mutex> lock(mutex_);
+    metrics_.write(e);
+    std::fprintf(stderr,
+                 "asgd: worker %d diverged at step %lld: restored its state of step %lld, step "
+                 "size now %g\n",
+                 w.id(), static_cast<long long>(step), static_cast<long long>(back_to),
+                 static_cast<double>(w.lr()));
+  }
+
+  bool per_rank_checkpoints() const {
+    return place_.multiprocess() && c_.checkpoint_scope == CheckpointScope::kAll;
+  }
+
+  // The settings a resumed run must share with the one that wrote the checkpoint.
+  std::vector<std::pair<std::string, std::string>> identity() const {
+    const Worker& w0 = *workers_.front();
+    return {{"model", w0.model().describe()},
+            {"fingerprint", fmt::format("{:016x}", w0.model().fingerprint())},
+            {"workers", std::to_string(c_.workers)},
+            {"algo", std::string(to_string(c_.algorithm))},
+            {"batch", std::to_string(c_.batch)},
+            {"seed", std::to_string(c_.seed)},
+            {"dataset", c_.data.spec},
+            {"train-rows", std::to_string(shards_.front().rows)},
+            {"deterministic", c_.deterministic ? "true" : "false"},
+            {"window-history", std::to_string(c_.window_history)},
+            {"checkpoint", place_.multiprocess() ? std::string(to_string(c_.checkpoint_scope))
+                                                 : std::string("process")}};
+  }
+
+  // Hands a complete set of this process's worker states to the writer thread.
+  void submit_checkpoint(std::vector<WorkerState> states, bool with_run_state) {
+    Checkpoint ck;
+    ck.identity = identity();
+    const Worker& w0 = *workers_.front();
+    ck.fingerprint = w0.model().fingerprint();
+    ck.parameters = w0.parameter_count();
+    ck.rank = place_.rank;
+    ck.ranks = place_.ranks;
+    ck.elapsed_s = resumed_elapsed_s_ + (started_ ? seconds_since(start_) : 0.0);
+    const std::int64_t step = states.front().steps;
+    ck.workers = std::move(states);
+    if (with_run_state) {
+      std::ostringstream rng;
+      rng << order_rng_;
+      ck.run_rng = rng.str();
+      if (transport_) {
+        transport_->for_each_unread([&ck](int receiver, const Message& m) {
+          UnreadMessage u;
+          u.receiver = receiver;
+          u.header = m.header;
+          u.payload.assign(m.payload.data(), m.payload.data() + m.header.length);
+          ck.unread.push_back(std::move(u));
+        });
+        for (const int s : transport_->collect_starts()) ck.collect_starts.push_back(s);
+      }
+    }
+    ck.config_json = shared_settings(c_);
+    writer_->submit(checkpoint_path_, std::move(ck));
+    RunEvent e;
+    e.event = "checkpoint";
+    e.time_s = started_ ? seconds_since(start_) : 0.0;
+    e.worker = workers_.front()->id();
+    e.step = step;
+    e.detail = checkpoint_path_;
+    std::lock_guard<std::mutex> lock(mutex_);
+    metrics_.write(e);
+    ++checkpoints_submitted_;
+  }
+
+  // Threads (and ranks): the first local worker opens a round every --checkpoint-every steps;
+  // each local worker adds its state at its next step boundary, on its own thread, without
+  // waiting for the others; the last one hands the round to the writer. A round that a newer
+  // one overtakes (a straggler) is dropped. sync: every worker adds its state at the same step.
+  void maybe_checkpoint(Worker& w) {
+    if (!writer_) return;
+    const std::size_t i = local(w);
+    const bool lockstep = c_.algorithm == Algorithm::kSync;
+    std::int64_t round = 0;
+    if (lockstep || i == 0) {
+      if (w.steps() % c_.checkpoint_every != 0) return;
+      round = w.steps() / c_.checkpoint_every;
+      if (!lockstep) checkpoint_requested_.store(round, std::memory_order_release);
+    } else {
+      round = checkpoint_requested_.load(std::memory_order_acquire);
+      if (round <= checkpoint_done_[i]) return;
+    }
+    checkpoint_done_[i] = round;
+    guard_divergence(w);  // never write a state that is not finite
+    WorkerState state = w.save_state();
+    std::lock_guard<std::mutex> lock(checkpoint_mutex_);
+    if (round < checkpoint_round_) return;
+    if (round > checkpoint_round_) {
+      checkpoint_round_ = round;
+      checkpoint_states_.assign(workers_.size(), std::nullopt);
+      checkpoint_have_ = 0;
+    }
+    if (!checkpoint_states_[i]) ++checkpoint_have_;
+    checkpoint_states_[i] = std::move(state);
+    if (checkpoint_have_ < workers_.size()) return;
+    std::vector<WorkerState> states;
+    for (auto& s : checkpoint_states_) states.push_back(std::move(*s));
+    checkpoint_states_.assign(workers_.size(), std::nullopt);
+    checkpoint_have_ = 0;
+    ++checkpoint_round_;
+    submit_checkpoint(std::move(states), false);
+  }
+
+  // Deterministic mode: at the end of the round in which worker 0 passes a multiple of
+  // --checkpoint-every, every worker, the order generator and the unread messages. Written
+  // before the next round starts, so that where a run stops says exactly which checkpoint
+  // it left.
+  void checkpoint_round_deterministic() {
+    if (!writer_ || workers_.front()->steps() < next_checkpoint_step_) return;
+    all_states_checkpoint();
+    writer_->drain();
+  }
+
+  void all_states_checkpoint() {
+    const std::int64_t s0 = workers_.front()->steps();
+    next_checkpoint_step_ = (s0 / c_.checkpoint_every + 1) * c_.checkpoint_every;
+    std::vector<WorkerState> states;
+    for (auto& w : workers_) {
+      guard_divergence(*w);
+      states.push_back(w->save_state());
+    }
+    submit_checkpoint(std::move(states), c_.deterministic);
+  }
+
+  // The state at the end of training (all threads joined), and every write on disk.
+  void write_final_checkpoint() {
+    if (!writer_) return;
+    all_states_checkpoint();
+    writer_->drain();
+  }
+
+  // --resume: this process's workers continue from the checkpoint in c_.resume_dir.
+  void resume() {
+    const std::string path = checkpoint_file(c_.resume_dir, place_.rank, per_rank_checkpoints());
+    const Checkpoint ck = read_checkpoint(path);
+    check_resumable(ck, path, identity());
+    const bool shared = place_.multiprocess() && !per_rank_checkpoints();  // rank 0's, for all
+    if (ck.workers.size() != (shared ? 1 : workers_.size()))
+      ASGD_INPUT_ERROR("--resume: '{}' holds {} worker state(s), this process runs {}", path,
+                       ck.workers.size(), workers_.size());
+    for (std::size_t i = 0; i < workers_.size(); ++i) {
+      Worker& w = *workers_[i];
+      const WorkerState& s = shared ? ck.workers.front() : ck.workers[i];
+      if (!shared && s.id != w.id())
+        ASGD_INPUT_ERROR("--resume: '{}' holds worker {} where this run has worker {}", path,
+                         s.id, w.id());
+      w.load_state(s, !shared || place_.rank == 0);
+    }
+    if (c_.deterministic) {
+      std::istringstream in(ck.run_rng);
+      in >> order_rng_;
+      if (in.fail()) ASGD_INPUT_ERROR("--resume: '{}': the worker order generator is unreadable", path);
+      if (transport_) {
+        std::vector<int> starts(ck.collect_starts.begin(), ck.collect_starts.end());
+        transport_->restore_receive_state(starts);
+        for (const UnreadMessage& m : ck.unread) {
+          if (m.receiver < 0 || m.receiver >= c_.workers || m.header.sender < 0 ||
+              m.header.sender >= c_.workers || m.header.sender == m.receiver)
+            ASGD_INPUT_ERROR("--resume: '{}': an unread message names workers outside the run",
+                             path);
+          transport_->post(m.receiver, m.header, m.payload.data());
+        }
+      }
+    }
+    const std::int64_t s0 = workers_.front()->steps();
+    next_checkpoint_step_ = (s0 / c_.checkpoint_every + 1) * c_.checkpoint_every;
+    resumed_elapsed_s_ = ck.elapsed_s;
+    result_.resumed_step = s0;
+    if (!place_.multiprocess() || place_.rank == 0)
+      std::fprintf(stderr, "asgd: resuming from %s: worker 0 at step %lld, %.1f s trained\n",
+                   path.c_str(), static_cast<long long>(s0), ck.elapsed_s);
+    RunEvent e;
+    e.event = "resume";
+    e.worker = workers_.front()->id();
+    e.step = s0;
+    e.values = {{"elapsed_s", ck.elapsed_s}};
+    e.detail = path;
+    metrics_.write(e);
   }
 
   bool eval_due(const Worker& w) const {
@@ -480,6 +754,9 @@ class Run {
       maybe_change_links(w);
       if (balancer_ && w.steps() % 64 == 0) balancer_->check();
       straggle(w, t0);
+      inject_faults(w);
+      if (w.steps() % check_interval_ == 0 || eval_due(w)) guard_divergence(w);
+      maybe_checkpoint(w);
       if (eval_due(w)) evaluate(w, w.id());
       if (w.id() == 0 && w.steps() >= w.max_steps()) {
         std::lock_guard<std::mutex> lock(mutex_);
@@ -504,8 +781,11 @@ class Run {
       idle_for(sync_comm_s_);  // the emulated allreduce
       w.apply_mean_gradient(all);
       w.stream().synchronize();
+      inject_faults(w);
+      maybe_checkpoint(w);
       // The states are identical: worker 0 evaluates for all and decides the stop.
       if (w.id() == 0) {
+        if (w.steps() % check_interval_ == 0 || eval_due(w)) guard_divergence(w);
         if (eval_due(w)) evaluate(w, 0);
         if (w.steps() >= w.max_steps()) {
           std::lock_guard<std::mutex> lock(mutex_);
@@ -525,7 +805,7 @@ class Run {
   // factor F takes part in a round with probability 1/F. Every message is delivered inside
   // post(), so the run is a pure function of the configuration.
   void run_deterministic() {
-    std::mt19937_64 rng(c_.seed ^ 0xD1B54A32D192ED03ull);
+    std::mt19937_64& rng = order_rng_;
     std::vector<Worker*> order;
     for (auto& w : workers_) order.push_back(w.get());
     std::uniform_real_distribution<double> u(0.0, 1.0);
@@ -533,12 +813,18 @@ class Run {
       if (c_.algorithm == Algorithm::kSync) {
         for (Worker* w : order) w->compute_gradient();
         for (Worker* w : order) w->apply_mean_gradient(order);
+        for (Worker* w : order) inject_faults(*w);
         Worker& w0 = *workers_.front();
+        if (w0.steps() % check_interval_ == 0 || eval_due(w0)) guard_divergence(w0);
+        checkpoint_round_deterministic();
         if (eval_due(w0)) evaluate(w0, 0);
         if (w0.steps() >= w0.max_steps() && stop_reason_.empty()) stop_reason_ = "epochs";
         if (w0.steps() >= w0.max_steps()) stop_ = true;
         continue;
       }
+      // Each round's order is a function of the generator alone (not of the previous round's),
+      // so a checkpoint of the generator is enough to continue the same sequence.
+      std::sort(order.begin(), order.end(), [](const Worker* a, const Worker* b) { return a->id() < b->id(); });
       std::shuffle(order.begin(), order.end(), rng);
       bool any = false;
       for (Worker* w : order) {
@@ -547,12 +833,15 @@ class Run {
         if (slow && u(rng) >= 1.0 / c_.straggler.factor) continue;
         any = true;
         w->step();
+        inject_faults(*w);
+        if (w->steps() % check_interval_ == 0 || eval_due(*w)) guard_divergence(*w);
         if (eval_due(*w)) evaluate(*w, w->id());
         if (w->id() == 0 && w->steps() >= w->max_steps()) {
           if (stop_reason_.empty()) stop_reason_ = "epochs";
           stop_ = true;
         }
       }
+      if (!stop_) checkpoint_round_deterministic();
       if (!any && workers_.front()->steps() >= workers_.front()->max_steps()) break;
     }
     for (auto& w : workers_)
@@ -592,19 +881,23 @@ class Run {
     // Each worker's last evaluation and step count; across ranks, gathered on rank 0.
     std::vector<EvalPoint> finals;
     std::int64_t total_steps = 0;
+    std::int64_t fresh_steps = 0;  // of this run (a resumed one started after the others)
     for (std::size_t i = 0; i < workers_.size(); ++i) {
       auto it = final_.find(i);
       if (it != final_.end()) finals.push_back(it->second);
       total_steps += workers_[i]->steps();
+      fresh_steps += workers_[i]->steps() - start_steps_[i];
     }
     if (transport_)
       for (int i = 0; i < c_.workers; ++i)
         for (int j = 0; j < c_.workers; ++j)
           if (i != j) r.messages_superseded += transport_->stats(i, j).superseded;
-    if (place_.multiprocess()) gather_ranks(finals, total_steps);
+    for (auto& w : workers_) r.divergence_restores += w->restores();
+    r.checkpoints_written = writer_ ? writer_->written() : 0;
+    if (place_.multiprocess()) gather_ranks(finals, total_steps, fresh_steps);
     r.total_samples = total_steps * c_.batch;
     const double busy = r.train_seconds - r.eval_seconds;
-    r.samples_per_s = busy > 0 ? static_cast<double>(r.total_samples) / busy : 0;
+    r.samples_per_s = busy > 0 ? static_cast<double>(fresh_steps * c_.batch) / busy : 0;
     r.worker_final = finals;
     if (communicates(c_.algorithm))
       for (const EvalPoint& p : finals) {
@@ -676,6 +969,11 @@ class Run {
     o.model = {w.parameter_count(), w.model().fingerprint()};
     o.peer_timeout_s = c_.peer_timeout_s;
     o.trace = &trace_;
+    for (const Fault& f : c_.faults)
+      if (f.on_wire() && f.worker == place_.rank) {
+        o.fault.kind = parse_wire_fault(f.kind);
+        o.fault.every = f.at;
+      }
     mpi_ = std::make_unique<MpiTransport>(session, o);
     for (int peer = 0; peer < place_.ranks; ++peer)
       if (peer != place_.rank) mpi_->set_link(peer, link_between(c_.links, place_.rank, peer));
@@ -738,7 +1036,10 @@ class Run {
       idle_for(sync_comm_s_);  // an emulated link's share, as in one process
       if (g[n] > 0) break;
       w.apply_gradient_sum(g, place_.ranks);
+      inject_faults(w);
+      maybe_checkpoint(w);
       if (place_.rank != 0) continue;
+      if (w.steps() % check_interval_ == 0 || eval_due(w)) guard_divergence(w);
       if (eval_due(w)) evaluate(w, 0);
       if (w.steps() >= w.max_steps()) {
         if (stop_reason_.empty()) stop_reason_ = "epochs";
@@ -768,30 +1069,47 @@ class Run {
     std::int64_t has_point = 0;
     std::int64_t steps = 0;
     std::int64_t superseded = 0;
+    std::int64_t fresh_steps = 0;
+    std::int64_t restores = 0;
+    std::int64_t rejected[kWireErrorCount] = {};
   };
-  void gather_ranks(std::vector<EvalPoint>& finals, std::int64_t& total_steps) {
+  void gather_ranks(std::vector<EvalPoint>& finals, std::int64_t& total_steps,
+                    std::int64_t& fresh_steps) {
     RankFinal mine;
     mine.has_point = finals.empty() ? 0 : 1;
     if (!finals.empty()) mine.point = finals.front();
     mine.steps = total_steps;
+    mine.fresh_steps = fresh_steps;
     for (int peer = 0; peer < place_.ranks; ++peer)
       if (peer != place_.rank) mine.superseded += mpi_->stats(place_.rank, peer).superseded;
+    mine.restores = result_.divergence_restores;
+    const WireRejections rejected = mpi_->rejections();
+    for (int k = 0; k < kWireErrorCount; ++k) mine.rejected[k] = rejected[static_cast<std::size_t>(k)];
     const std::vector<RankFinal> all = distributed::gather_to_root(MpiSession::get(), mine);
     if (place_.rank != 0) return;
     finals.clear();
     total_steps = 0;
+    fresh_steps = 0;
     result_.messages_superseded = 0;
+    result_.divergence_restores = 0;
+    std::int64_t rejected_sum[kWireErrorCount] = {};
     for (const RankFinal& f : all) {
       if (f.has_point) finals.push_back(f.point);
       total_steps += f.steps;
+      fresh_steps += f.fresh_steps;
       result_.messages_superseded += f.superseded;
+      result_.divergence_restores += f.restores;
+      for (int k = 0; k < kWireErrorCount; ++k) rejected_sum[k] += f.rejected[k];
     }
+    for (int k = 1; k < kWireErrorCount; ++k)
+      result_.wire_rejections.emplace_back(std::string(to_string(static_cast<WireError>(k))),
+                                           rejected_sum[k]);
   }
 #else
   void connect_ranks(Worker&) {}
   void run_rank() {}
   void average_states_across_ranks() {}
-  void gather_ranks(std::vector<EvalPoint>&, std::int64_t&) {}
+  void gather_ranks(std::vector<EvalPoint>&, std::int64_t&, std::int64_t&) {}
 #endif
 
   const Placement place_;
@@ -841,6 +1159,23 @@ class Run {
   std::vector<std::pair<double, std::int64_t>> last_eval_;
   std::vector<double> eval_seconds_;
   ErrorSlot errors_;
+  // Reliability.
+  static constexpr std::int64_t kDivergenceCheckInterval = 100;  // steps (at most)
+  std::int64_t check_interval_ = kDivergenceCheckInterval;
+  std::mt19937_64 order_rng_;  // deterministic mode: the order of the workers in each round
+  double resumed_elapsed_s_ = 0;
+  std::vector<std::int64_t> start_steps_;  // per local worker: its step when this run began
+  std::string checkpoint_path_;
+  std::atomic<std::int64_t> checkpoint_requested_{0};
+  std::vector<std::int64_t> checkpoint_done_;  // per local worker, its own thread
+  std::mutex checkpoint_mutex_;                // the round below
+  std::int64_t checkpoint_round_ = 0;
+  std::vector<std::optional<WorkerState>> checkpoint_states_;
+  std::size_t checkpoint_have_ = 0;
+  std::int64_t next_checkpoint_step_ = 0;     // deterministic mode
+  std::int64_t checkpoints_submitted_ = 0;    // under mutex_
+  // Declared after everything a checkpoint reads; its destructor writes what waits.
+  std::unique_ptr<CheckpointWriter> writer_;
   // Last: its thread writes metrics_ under mutex_ and reads the transports, so it stops first.
   std::unique_ptr<LoadBalancer> balancer_;
 };
@@ -884,6 +1219,8 @@ void write_summary(const std::string& path, const TrainConfig& c, const TrainRes
                        {"messages_nonfinite", p.messages_nonfinite},
                        {"mean_staleness_s", p.mean_staleness_s},
                        {"mean_step_gap", p.mean_step_gap}});
+  nlohmann::json rejections = nlohmann::json::object();
+  for (const auto& [reason, count] : r.wire_rejections) rejections[reason] = count;
   auto number_or_null = [](bool ok, double v) { return ok ? nlohmann::json(v) : nlohmann::json(); };
   nlohmann::json j = {
       {"final_test_accuracy", number_or_null(r.classifier, r.final_test_accuracy)},
@@ -920,6 +1257,11 @@ void write_summary(const std::string& path, const TrainConfig& c, const TrainRes
       {"messages_superseded", r.messages_superseded},
       {"bytes_sent", r.bytes_sent},
       {"per_worker", workers},
+      {"on_divergence", std::string(to_string(c.on_divergence))},
+      {"divergence_restores", r.divergence_restores},
+      {"checkpoints_written", r.checkpoints_written},
+      {"resumed_step", r.resumed_step >= 0 ? nlohmann::json(r.resumed_step) : nlohmann::json()},
+      {"wire_rejections", rejections},
       {"threads", c.threads},
       {"model", r.model},
       {"parameters", r.parameters},

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "runtime/config.h"
@@ -66,6 +67,11 @@ struct TrainResult {
   std::int64_t messages_superseded = 0;  // dropped unsent from full send queues
   std::int64_t bytes_sent = 0;
   std::vector<EvalPoint> worker_final;   // each worker's last evaluation
+  // Reliability.
+  std::int64_t divergence_restores = 0;  // over all workers (--on-divergence restore)
+  std::int64_t checkpoints_written = 0;  // by this process
+  std::int64_t resumed_step = -1;        // worker 0's step in the checkpoint resumed from
+  std::vector<std::pair<std::string, std::int64_t>> wire_rejections;  // MPI: by reason, all ranks
   std::string model;         // Model::describe()
   std::int64_t parameters = 0;
   std::uint64_t fingerprint = 0;

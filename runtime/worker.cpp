@@ -4,7 +4,9 @@
 #include <chrono>
 #include <cmath>
 #include <limits>
+#include <sstream>
 
+#include "kernels/reduce.h"
 #include "kernels/sgd.h"
 #include "runtime/error.h"
 
@@ -61,6 +63,8 @@ Worker::Worker(int id, int device, const TrainConfig& config, const Dataset& tra
                stream_),
       loss_(stream_.backend(), stream_.device(), 2),
       correct_(stream_.backend(), stream_.device(), 1),
+      lr_(config.lr),
+      nonfinite_(stream_.backend(), stream_.device(), 1),
       peer_rng_(config.seed * 0x9E3779B97F4A7C15ull + static_cast<std::uint64_t>(id)),
       adversary_rng_(config.seed + 0xADu),
       stats_(stream_.backend(), stream_.device(), 4 * kMaxMergeMessages),
@@ -79,7 +83,7 @@ Worker::Worker(int id, int device, const TrainConfig& config, const Dataset& tra
   history_.zero(stream_);
   history_seen_.zero(stream_);
   parzen_counters_.zero(stream_);
-  parzen_.eps = config.lr;
+  parzen_.eps = lr_;
   parzen_.window = config.window;
   parzen_.history = config.window_history;
   parzen_.warmup = config.window_warmup;
@@ -89,6 +93,11 @@ Worker::Worker(int id, int device, const TrainConfig& config, const Dataset& tra
     received_ = std::make_unique<Event>(stream_.backend(), stream_.device());
     computed_ = std::make_unique<Event>(stream_.backend(), stream_.device());
     staged_ = std::make_unique<Event>(stream_.backend(), stream_.device());
+  }
+  if (config.on_divergence == DivergencePolicy::kRestore) {
+    good_ = DeviceBuffer<float>(stream_.backend(), stream_.device(), static_cast<std::size_t>(n_));
+    snapshot_ = DeviceBuffer<float>(stream_.backend(), stream_.device(), static_cast<std::size_t>(n_));
+    axpby(stream_, n_, 1.0f, params_.data(), 0.0f, good_.data());
   }
   stream_.synchronize();
 }
@@ -123,7 +132,7 @@ void Worker::step() {
   if (communicates(config_.algorithm) && transport_) {
     exchange_and_update();
   } else {
-    sgd_step(stream_, n_, config_.lr, grad_.data(), params_.data());
+    sgd_step(stream_, n_, lr_, grad_.data(), params_.data());
   }
   ++steps_;
   if (communicates(config_.algorithm) && transport_) send_due();
@@ -188,7 +197,7 @@ void Worker::apply_mean_gradient(const std::vector<Worker*>& all) {
   axpby(stream_, n_, scale, all[0]->gradient(), 0.0f, mean_grad_.data());
   for (std::size_t i = 1; i < all.size(); ++i)
     axpby(stream_, n_, scale, all[i]->gradient(), 1.0f, mean_grad_.data());
-  sgd_step(stream_, n_, config_.lr, mean_grad_.data(), params_.data());
+  sgd_step(stream_, n_, lr_, mean_grad_.data(), params_.data());
   ++steps_;
 }
 
@@ -203,7 +212,7 @@ void Worker::apply_gradient_sum(const std::vector<float>& sum, int count) {
   if (mean_grad_.empty())
     mean_grad_ = DeviceBuffer<float>(stream_.backend(), stream_.device(), static_cast<std::size_t>(n_));
   mean_grad_.upload(sum.data(), static_cast<std::size_t>(n_), stream_);
-  sgd_step(stream_, n_, config_.lr / static_cast<float>(count), mean_grad_.data(), params_.data());
+  sgd_step(stream_, n_, lr_ / static_cast<float>(count), mean_grad_.data(), params_.data());
   stream_.synchronize();  // `sum` may be reused by the caller
   ++steps_;
 }
@@ -255,7 +264,7 @@ void Worker::exchange_and_update() {
   }
   if (used == 0) {
     const auto t0 = std::chrono::steady_clock::now();
-    sgd_step(stream_, n_, config_.lr, grad_.data(), params_.data());
+    sgd_step(stream_, n_, lr_, grad_.data(), params_.data());
     const double sgd_s = seconds_between(t0, std::chrono::steady_clock::now());
     plain_step_s_ = plain_step_s_ > 0 ? 0.9 * plain_step_s_ + 0.1 * sgd_s : sgd_s;
     return;
@@ -263,7 +272,7 @@ void Worker::exchange_and_update() {
   scope.set_args({"messages", used});
   parzen_decide(stream_, parzen_, used, stats_.data(), lengths, history_.data(),
                 history_seen_.data(), accept_.data(), parzen_counters_.data());
-  parzen_merge(stream_, config_.merge.rule, config_.lr, config_.merge.alpha, n_, grad_.data(),
+  parzen_merge(stream_, config_.merge.rule, lr_, config_.merge.alpha, n_, grad_.data(),
                params_.data(), ranges, used, accept_.data());
   // What the messages cost beyond a plain step (the merge includes the step); on a GPU the
   // launches return at once and the cost measured here is close to nothing, as it should be.
@@ -372,6 +381,181 @@ WorkerCounters Worker::counters() {
   counters_.rejected_window = c[kRejectedWindow];
   counters_.nonfinite = c[kNonFinite];
   return counters_;
+}
+
+namespace {
+std::string rng_text(const std::mt19937_64& rng) {
+  std::ostringstream out;
+  out << rng;
+  return out.str();
+}
+
+std::mt19937_64 rng_from(const std::string& text, const char* what) {
+  std::istringstream in(text);
+  std::mt19937_64 rng;
+  in >> rng;
+  if (in.fail()) ASGD_INPUT_ERROR("the checkpoint's {} generator state is unreadable", what);
+  return rng;
+}
+}  // namespace
+
+WorkerState Worker::save_state() {
+  flush_pending_send_copy();
+  WorkerState s;
+  s.id = id_;
+  s.steps = steps_;
+  s.steps_at_last_eval = steps_at_last_eval_;
+  s.lr_scale = lr_scale_;
+  s.restores = restores_;
+  s.params = download_state();
+  BatchSampler::State sampler = sampler_.state();
+  s.sampler_rng = std::move(sampler.rng);
+  s.sampler_order = std::move(sampler.order);
+  s.sampler_position = sampler.position;
+  s.sampler_epoch = sampler.epoch;
+  s.peer_rng = rng_text(peer_rng_);
+  s.adversary_rng = rng_text(adversary_rng_);
+  s.send_cursor = send_cursor_;
+  s.peer_cursor = peer_cursor_;
+  double loss[2];
+  loss_.download(loss, 2, stream_);
+  s.parzen_history.resize(history_.size());
+  history_.download(s.parzen_history.data(), s.parzen_history.size(), stream_);
+  history_seen_.download(&s.parzen_history_seen, 1, stream_);
+  s.parzen_counters.resize(kParzenCounterCount);
+  parzen_counters_.download(s.parzen_counters.data(), kParzenCounterCount, stream_);
+  stream_.synchronize();
+  s.train_loss_sum = loss[0];
+  s.sent = counters_.sent;
+  s.bytes_sent = counters_.bytes_sent;
+  s.received = counters_.received;
+  s.malformed = counters_.malformed;
+  s.staleness_sum_s = counters_.staleness_sum_s;
+  s.step_gap_sum = counters_.step_gap_sum;
+  if (send_pending_) {
+    s.send_pending = true;
+    s.pending_peer = pending_peer_;
+    s.pending_header = pending_header_;
+    s.pending_payload.assign(send_staging_.data(), send_staging_.data() + pending_header_.length);
+  }
+  return s;
+}
+
+void Worker::load_state(const WorkerState& s, bool whole) {
+  if (static_cast<std::int64_t>(s.params.size()) != n_)
+    ASGD_INPUT_ERROR("the checkpoint holds a state of {} parameters, worker {}'s model has {}",
+                     s.params.size(), id_, n_);
+  if (s.steps < 0 || !(s.lr_scale > 0.0f) || !std::isfinite(s.lr_scale))
+    ASGD_INPUT_ERROR("the checkpoint's step count {} or step-size scale {} is invalid", s.steps,
+                     s.lr_scale);
+  for (const float v : s.params)
+    if (!std::isfinite(v))
+      ASGD_INPUT_ERROR("the checkpoint's state of worker {} holds NaN or Inf values; it would "
+                       "train nothing: resume from an earlier checkpoint",
+                       s.id);
+  upload_state(s.params);
+  steps_ = s.steps;
+  lr_scale_ = s.lr_scale;
+  lr_ = config_.lr * lr_scale_;
+  parzen_.eps = lr_;
+  restores_ = s.restores;
+  if (!good_.empty()) axpby(stream_, n_, 1.0f, params_.data(), 0.0f, good_.data());
+  good_step_ = steps_;
+  if (!whole) {
+    steps_at_last_eval_ = steps_;
+    stream_.synchronize();
+    return;
+  }
+  if (s.steps_at_last_eval < 0 || s.steps_at_last_eval > s.steps)
+    ASGD_INPUT_ERROR("the checkpoint's step of the last evaluation ({}) is not in [0, {}]",
+                     s.steps_at_last_eval, s.steps);
+  if (s.parzen_history.size() != history_.size() ||
+      s.parzen_counters.size() != static_cast<std::size_t>(kParzenCounterCount))
+    ASGD_INPUT_ERROR("the checkpoint's filter history holds {} entries, this run keeps {} "
+                     "(--window-history); resume with the same setting",
+                     s.parzen_history.size(), history_.size());
+  const auto in_state = [&](std::int64_t c) { return c >= 0 && c <= n_; };
+  bool cursors_ok = in_state(s.send_cursor);
+  for (const std::int64_t c : s.peer_cursor) cursors_ok = cursors_ok && in_state(c);
+  if (!cursors_ok) ASGD_INPUT_ERROR("the checkpoint's send cursors lie outside the state");
+  sampler_.restore({s.sampler_rng, s.sampler_order, s.sampler_position, s.sampler_epoch}, stream_);
+  peer_rng_ = rng_from(s.peer_rng, "peer");
+  adversary_rng_ = rng_from(s.adversary_rng, "adversary");
+  steps_at_last_eval_ = s.steps_at_last_eval;
+  send_cursor_ = s.send_cursor;
+  peer_cursor_ = s.peer_cursor;
+  const double loss[2] = {s.train_loss_sum, 0.0};
+  loss_.upload(loss, 2, stream_);
+  history_.upload(s.parzen_history.data(), s.parzen_history.size(), stream_);
+  history_seen_.upload(&s.parzen_history_seen, 1, stream_);
+  parzen_counters_.upload(s.parzen_counters.data(), kParzenCounterCount, stream_);
+  counters_.sent = s.sent;
+  counters_.bytes_sent = s.bytes_sent;
+  counters_.received = s.received;
+  counters_.malformed = s.malformed;
+  counters_.staleness_sum_s = s.staleness_sum_s;
+  counters_.step_gap_sum = s.step_gap_sum;
+  send_pending_ = false;
+  if (s.send_pending) {
+    const std::int64_t length = s.pending_header.length;
+    if (length < 1 || length != static_cast<std::int64_t>(s.pending_payload.size()) ||
+        s.pending_header.offset < 0 || s.pending_header.offset > n_ - length ||
+        s.pending_peer < 0 || s.pending_peer == id_ || s.pending_peer >= config_.workers)
+      ASGD_INPUT_ERROR("the checkpoint's pending message of worker {} is malformed", id_);
+    if (send_staging_.size() < static_cast<std::size_t>(n_))
+      send_staging_ = PinnedBuffer<float>(static_cast<std::size_t>(n_));
+    std::copy(s.pending_payload.begin(), s.pending_payload.end(), send_staging_.data());
+    pending_header_ = s.pending_header;
+    pending_peer_ = s.pending_peer;
+    send_pending_ = true;
+  }
+  stream_.synchronize();
+}
+
+void Worker::flush_pending_send_copy() {
+  // The staged range must be complete before anyone reads the staging buffer.
+  if (send_pending_ && staged_) staged_->synchronize();
+}
+
+bool Worker::check_finite() {
+  if (good_.empty()) {
+    count_nonfinite(stream_, n_, params_.data(), nonfinite_.data());
+  } else {
+    copy_count_nonfinite(stream_, n_, params_.data(), snapshot_.data(), nonfinite_.data());
+  }
+  std::int64_t bad = 0;
+  double train_loss = 0;
+  nonfinite_.download(&bad, 1, stream_);
+  loss_.download(&train_loss, 1, stream_);
+  stream_.synchronize();
+  if (bad > 0 || !std::isfinite(train_loss)) return false;
+  if (!good_.empty()) {
+    std::swap(good_, snapshot_);
+    good_step_ = steps_;
+  }
+  return true;
+}
+
+std::int64_t Worker::restore_last_good(float lr_factor) {
+  ASGD_CHECK(!good_.empty(), "restore_last_good() without --on-divergence restore");
+  if (staging_in_flight_) {
+    staged_->wait_on(stream_);
+    staging_in_flight_ = false;
+  }
+  axpby(stream_, n_, 1.0f, good_.data(), 0.0f, params_.data());
+  lr_scale_ *= lr_factor;
+  lr_ = config_.lr * lr_scale_;
+  parzen_.eps = lr_;
+  ++restores_;
+  // The loss accumulated since the last evaluation includes the diverged steps.
+  loss_.zero(stream_);
+  steps_at_last_eval_ = steps_;
+  stream_.synchronize();
+  return good_step_;
+}
+
+void Worker::inject_nan() {
+  fill(stream_, 1, std::numeric_limits<float>::quiet_NaN(), params_.data() + n_ / 2);
 }
 
 }  // namespace asgd

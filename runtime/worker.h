@@ -16,6 +16,7 @@
 #include "kernels/models/model.h"
 #include "kernels/parzen.h"
 #include "runtime/buffer.h"
+#include "runtime/checkpoint.h"
 #include "runtime/config.h"
 #include "runtime/data/device_dataset.h"
 #include "runtime/balancer.h"
@@ -97,6 +98,7 @@ class Worker {
 
   int id() const { return id_; }
   std::int64_t steps() const { return steps_; }
+  std::int64_t steps_at_last_eval() const { return steps_at_last_eval_; }
   std::int64_t max_steps() const { return max_steps_; }
   std::int64_t parameter_count() const { return n_; }
   const Model& model() const { return *model_; }
@@ -108,6 +110,25 @@ class Worker {
   std::vector<float> download_state() const;
   void upload_state(const std::vector<float>& state);
 
+  // Checkpoints (synchronise). save_state() takes everything the worker needs to continue
+  // exactly; load_state() puts it back — all of it, or with `whole` false only the model
+  // state, step count and step size (another rank's checkpoint: this worker keeps its own
+  // data order and generators). Throws InputError when the state does not fit this worker.
+  WorkerState save_state();
+  void load_state(const WorkerState& state, bool whole);
+
+  // Divergence (--on-divergence). check_finite() tests the state and the training loss since
+  // the last evaluation for NaN/Inf: one pass over the state that also snapshots it (with the
+  // restore policy), and one small read. Finite: the snapshot becomes the last good state.
+  bool check_finite();
+  // Puts the last good state back and multiplies the step size by `lr_factor`; returns the
+  // step at which that state was taken.
+  std::int64_t restore_last_good(float lr_factor);
+  float lr() const { return lr_; }
+  std::int64_t restores() const { return restores_; }
+  // Fault injection (--fault nan:W:STEP): a NaN appears in the state, as after an overflow.
+  void inject_nan();
+
  private:
   void exchange_and_update();
   void send_due();
@@ -115,6 +136,7 @@ class Worker {
   // Sends `message` elements from `cursor` (which then moves on, wrapping) to `peer`.
   void send(int peer, std::int64_t message, std::int64_t& cursor);
   void flush_pending_send();
+  void flush_pending_send_copy();
   // An adversary's transformation of what it is about to send (config.adversary).
   void corrupt(float* data, std::int64_t length);
 
@@ -134,6 +156,15 @@ class Worker {
   DeviceBuffer<std::int64_t> correct_;  // test
   std::int64_t steps_ = 0;
   std::int64_t steps_at_last_eval_ = 0;
+  float lr_scale_ = 1.0f;
+  float lr_;  // config.lr * lr_scale_
+  std::int64_t restores_ = 0;
+  // The divergence check: the state of the last finite check (restore policy only), the
+  // scratch the next check copies into, and the count of non-finite elements.
+  DeviceBuffer<float> good_;
+  DeviceBuffer<float> snapshot_;
+  std::int64_t good_step_ = 0;
+  DeviceBuffer<std::int64_t> nonfinite_;
 
   TraceLane trace_;
   double comm_seconds_ = 0;

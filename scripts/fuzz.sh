@@ -4,7 +4,7 @@
 # sanitizer report, leak, uncaught exception or hang (an input that runs over 10 s).
 #   scripts/fuzz.sh --seconds 20              every target for 20 s each (CI)
 #   scripts/fuzz.sh --runs 1000000            every target for a million executions each
-#   scripts/fuzz.sh --seconds 60 csv wire     only these targets (idx libsvm csv config wire)
+#   scripts/fuzz.sh --seconds 60 csv wire     only these (idx libsvm csv config wire checkpoint)
 #   --json FILE                               also write the counts as JSON
 # A failing input is kept with the fuzzer's log in build-fuzz/fuzz-artifacts/; replay it with
 #   build-fuzz/bin/fuzz_TARGET build-fuzz/fuzz-artifacts/TARGET-crash-...
@@ -28,7 +28,7 @@ while (($#)); do
     *) targets+=("$1"); shift ;;
   esac
 done
-all=(idx libsvm csv config wire)
+all=(idx libsvm csv config wire checkpoint)
 ((${#targets[@]})) || targets=("${all[@]}")
 for t in "${targets[@]}"; do
   [[ -d tests/fuzz/corpus/$t ]] || { echo "fuzz.sh: no target '$t' (${all[*]})" >&2; exit 2; }

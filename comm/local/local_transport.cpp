@@ -152,6 +152,27 @@ void LocalTransport::post(int peer, const MessageHeader& header, const float* da
   wake_.notify_all();
 }
 
+void LocalTransport::for_each_unread(
+    const std::function<void(int receiver, const Message&)>& f) const {
+  ASGD_CHECK(options_.deterministic, "unread messages are only defined in deterministic mode");
+  for (int receiver = 0; receiver < workers_; ++receiver)
+    for (int sender = 0; sender < workers_; ++sender)
+      if (sender != receiver)
+        if (const Message* m = slots_[static_cast<std::size_t>(receiver * workers_ + sender)]->peek_unread())
+          f(receiver, *m);
+}
+
+void LocalTransport::restore_receive_state(const std::vector<int>& collect_starts) {
+  ASGD_CHECK(options_.deterministic, "receive state is only restored in deterministic mode");
+  if (collect_starts.size() != next_sender_.size())
+    ASGD_INPUT_ERROR("the checkpoint holds receive state for {} workers, this run has {}",
+                     collect_starts.size(), next_sender_.size());
+  for (const int s : collect_starts)
+    if (s < 0 || s >= workers_)
+      ASGD_INPUT_ERROR("the checkpoint's receive state names worker {} of {}", s, workers_);
+  next_sender_ = collect_starts;
+}
+
 int LocalTransport::collect(int receiver, const Message** out, int max) {
   int n = 0;
   int& start = next_sender_[static_cast<std::size_t>(receiver)];

@@ -14,6 +14,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <thread>
@@ -49,6 +50,14 @@ class LocalTransport final : public Transport {
 
   // Seconds since the transport was created (the clock of send times and deliveries).
   double now() const;
+
+  // Deterministic mode only (one thread drives every worker): what a checkpoint keeps so that
+  // a resumed run reads exactly what the uninterrupted one would — each delivered message no
+  // receiver has read yet (f(receiver, message)), and where each receiver's collect() starts.
+  void for_each_unread(const std::function<void(int receiver, const Message&)>& f) const;
+  std::vector<int> collect_starts() const { return next_sender_; }
+  // Puts them back into a fresh transport (the messages through post()).
+  void restore_receive_state(const std::vector<int>& collect_starts);
 
  private:
   struct Pending {

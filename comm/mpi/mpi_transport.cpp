@@ -22,7 +22,53 @@ constexpr double kStalledSleep_s = 200e-6;
 constexpr double kIdleSleep_s = 400e-6;
 constexpr int kMaxInFlight = 2;  // messages per peer handed to MPI at once
 
+// kForgeLength: a length other than the true one that stays within bounds, so that nothing but
+// the length is wrong, and that the receiver finds wrong at the chunk where the claim and the
+// payload part. Shorter, but not ending on a chunk boundary: a claim ending there would make
+// the chunks before it a whole message (failing its checksum) and the rest strays, each
+// counted. A single element claims two instead (the one chunk that comes is too short), moved
+// back where needed to stay within the state; the constructor made sure that max_message >= 2.
+void forge_length(WireHeader& h, std::int64_t parameters, std::int64_t chunk_bytes) {
+  if (h.length == 1) {
+    h.length = 2;
+    h.offset = std::min(h.offset, parameters - 2);
+    return;
+  }
+  h.length -= 1;
+  // Still >= 1: a multiple of chunk_bytes / 4 (>= 1024) here means h.length was far above 2.
+  if (h.length * static_cast<std::int64_t>(sizeof(float)) % chunk_bytes == 0) h.length -= 1;
+}
+
 }  // namespace
+
+WireFaultKind parse_wire_fault(std::string_view name) {
+  for (const WireFaultKind kind :
+       {WireFaultKind::kCorrupt, WireFaultKind::kForgeOffset, WireFaultKind::kForgeLength,
+        WireFaultKind::kForgeFingerprint, WireFaultKind::kReplay})
+    if (name == to_string(kind)) return kind;
+  ASGD_INPUT_ERROR(
+      "unknown fault '{}': expected corrupt, forge-offset, forge-length, forge-fingerprint or "
+      "replay",
+      name);
+}
+
+std::string_view to_string(WireFaultKind kind) {
+  switch (kind) {
+    case WireFaultKind::kNone:
+      return "none";
+    case WireFaultKind::kCorrupt:
+      return "corrupt";
+    case WireFaultKind::kForgeOffset:
+      return "forge-offset";
+    case WireFaultKind::kForgeLength:
+      return "forge-length";
+    case WireFaultKind::kForgeFingerprint:
+      return "forge-fingerprint";
+    case WireFaultKind::kReplay:
+      return "replay";
+  }
+  return "unknown";
+}
 
 struct MpiTransport::Peer {
   Peer(std::int64_t capacity, bool remote)
@@ -43,6 +89,8 @@ struct MpiTransport::Peer {
     bool started = false;  // handed to MPI
     double start_s = 0;    // when the (emulated) link started carrying it
     double due_s = 0;      // when an emulated link would have delivered it
+    // What goes on the wire: `message`, or for a replay the earlier message it repeats.
+    Outgoing* wire = nullptr;
     std::int64_t trace_ns = 0;
     std::vector<MPI_Request> requests;
   };
@@ -52,6 +100,10 @@ struct MpiTransport::Peer {
   EncodedHeader done_frame{};
   bool done_started = false;
   bool done_completed = false;
+  // Fault injection, owned by the communication thread: messages taken for sending, and
+  // (kReplay) the last undamaged one, kept out of the pool so that it can be sent again.
+  std::int64_t taken = 0;
+  Outgoing* replay_source = nullptr;
 
   // Receive side, owned by the communication thread (the slot's reader is the worker).
   std::unique_ptr<MessageSlot> slot;
@@ -90,6 +142,21 @@ MpiTransport::MpiTransport(const MpiSession& session, const MpiTransportOptions&
   ASGD_CHECK(options.model.parameters >= options.max_message,
              "messages of {} elements for a model of {} parameters", options.max_message,
              options.model.parameters);
+  // Before any collective call, so that ranks given the same bad settings all fail alike.
+  const WireFault& fault = options.fault;
+  if (fault.kind != WireFaultKind::kNone) {
+    if (fault.every < 1)
+      ASGD_INPUT_ERROR("fault '{}': every must be a positive number of messages, got {}",
+                       to_string(fault.kind), fault.every);
+    if (fault.kind == WireFaultKind::kReplay && fault.every < 2)
+      ASGD_INPUT_ERROR(
+          "fault 'replay' every {}: needs every >= 2, so that an earlier message precedes each "
+          "replay",
+          fault.every);
+    if (fault.kind == WireFaultKind::kForgeLength && options.max_message < 2)
+      ASGD_INPUT_ERROR("fault 'forge-length' needs messages of 2 elements or more, got {}",
+                       options.max_message);
+  }
   ASGD_CHECK_MPI(MPI_Comm_dup(session.comm(), &comm_));
   ASGD_CHECK_MPI(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN));
   for (int p = 0; p < size_; ++p)
@@ -302,11 +369,52 @@ void MpiTransport::start_done(int peer) {
   p.done_started = true;
 }
 
+// Damages a message taken for sending (the fault kinds of the header). Its true header stays in
+// `header`, so the payload goes out at its real length; the buffer goes back to the pool after
+// the send and post() rewrites all of it. Returns what goes on the wire instead of `m`.
+MpiTransport::Outgoing* MpiTransport::damage(Peer& p, Outgoing& m) {
+  WireHeader forged = m.header;
+  switch (options_.fault.kind) {
+    case WireFaultKind::kNone:
+      return &m;
+    case WireFaultKind::kCorrupt:
+      // post() hashed the payload already: the header carries the true payload's checksum.
+      reinterpret_cast<unsigned char*>(m.payload.data())[m.header.payload_bytes() / 2] ^= 0x10;
+      return &m;
+    case WireFaultKind::kForgeOffset:
+      forged.offset = options_.model.parameters - forged.length + 1;  // one element past the end
+      break;
+    case WireFaultKind::kForgeLength:
+      forge_length(forged, options_.model.parameters, options_.chunk_bytes);
+      break;
+    case WireFaultKind::kForgeFingerprint:
+      forged.model.layout_hash = ~forged.model.layout_hash;
+      break;
+    case WireFaultKind::kReplay:
+      // every >= 2: an undamaged message to this peer was taken before this one. It goes on the
+      // wire before the replay, and frames from one sender are processed in order, so the
+      // receiver has taken its step when the replay comes.
+      ASGD_CHECK(p.replay_source != nullptr, "rank {}: nothing to replay", rank_);
+      return p.replay_source;
+  }
+  m.encoded = encode_header(forged);  // a forger who knows the format: the header checks out
+  return &m;
+}
+
+// Puts a buffer whose send completed (or that stopped being the replay source) back into the
+// pool unless the communication thread still needs it. Called with p.mutex held.
+void MpiTransport::release(Peer& p, Outgoing* m) {
+  if (m == p.replay_source) return;
+  for (const Peer::InFlight& f : p.in_flight)
+    if (f.message == m || f.wire == m) return;
+  p.pool.push_back(m);
+}
+
 bool MpiTransport::pump_sends(double t) {
   bool progress = false;
   bool notify_sent = false;
   auto start = [&](int peer, Peer::InFlight& f) {
-    start_send(peer, *f.message, f.requests);
+    start_send(peer, *f.wire, f.requests);
     f.started = true;
     f.trace_ns = trace_.now_ns();
   };
@@ -320,26 +428,29 @@ bool MpiTransport::pump_sends(double t) {
       ASGD_CHECK_MPI(MPI_Testall(static_cast<int>(f.requests.size()), f.requests.data(), &done,
                                  MPI_STATUSES_IGNORE));
       if (!done) break;
-      trace_.complete("transfer", f.trace_ns, trace_.now_ns(),
-                      {"peer", peer, "bytes", f.message->header.payload_bytes()});
+      const std::int64_t bytes = f.wire->header.payload_bytes();
+      trace_.complete("transfer", f.trace_ns, trace_.now_ns(), {"peer", peer, "bytes", bytes});
       {
         // It completed between the previous pass and this one: the midpoint halves the error
         // that the thread's sleep between passes adds to the measured time.
         const double completed_s = std::max(f.start_s, 0.5 * (previous_pass_s_ + t));
         std::lock_guard<std::mutex> lock(transfers_mutex_);
-        transfers_.push_back({rank_, peer, static_cast<double>(f.message->header.payload_bytes()),
-                              completed_s - f.start_s});
+        transfers_.push_back({rank_, peer, static_cast<double>(bytes), completed_s - f.start_s});
         while (transfers_.size() > static_cast<std::size_t>(kMaxTransferRecords * size_))
           transfers_.pop_front();
       }
+      Outgoing* const message = f.message;
+      Outgoing* const wire = f.wire;
+      const double start_s = f.start_s;
+      p.in_flight.pop_front();
       {
         std::lock_guard<std::mutex> lock(p.mutex);
         ++p.send_stats.delivered;
-        p.send_stats.bytes_delivered += f.message->header.payload_bytes();
-        p.send_stats.busy_seconds += t - f.start_s;
-        p.pool.push_back(f.message);
+        p.send_stats.bytes_delivered += bytes;
+        p.send_stats.busy_seconds += t - start_s;
+        release(p, message);
+        if (wire != message) release(p, wire);
       }
-      p.in_flight.pop_front();
       progress = notify_sent = true;
     }
     // Held messages that an emulated link has delivered by now.
@@ -374,15 +485,31 @@ bool MpiTransport::pump_sends(double t) {
         }
       }
       if (!next) break;
+      Outgoing* wire = next;
+      Outgoing* retired = nullptr;  // the replay source this message replaces
+      if (options_.fault.kind != WireFaultKind::kNone) {
+        if (++p.taken % options_.fault.every == 0) {
+          wire = damage(p, *next);
+          faults_injected_.fetch_add(1, std::memory_order_relaxed);
+        } else if (options_.fault.kind == WireFaultKind::kReplay) {
+          retired = p.replay_source;
+          p.replay_source = next;
+        }
+      }
       Peer::InFlight& f = p.in_flight.emplace_back();
       f.message = next;
+      f.wire = wire;
+      if (retired) {
+        std::lock_guard<std::mutex> lock(p.mutex);
+        release(p, retired);
+      }
       // The link starts on it when it is free and the message is taken (a message waiting
       // behind kMaxInFlight others has not been on the link).
       f.start_s = std::max({next->ready_s, p.link_busy_until_s, t});
       f.due_s = f.start_s;
       if (!link.ideal()) {
-        p.link_busy_until_s =
-            f.start_s + static_cast<double>(next->header.payload_bytes()) / link.bandwidth_bytes_per_s;
+        p.link_busy_until_s = f.start_s + static_cast<double>(wire->header.payload_bytes()) /
+                                              link.bandwidth_bytes_per_s;
         f.due_s = p.link_busy_until_s + link.latency_s;
       }
       if (t >= f.due_s) start(peer, f);

@@ -22,9 +22,15 @@
 // Links can be emulated as in the local transport (set_link): a message is handed to MPI only
 // when a link of that bandwidth and latency would have delivered it.
 //
+// Faults can be injected on the wire (MpiTransportOptions::fault) for reliability experiments:
+// the damage is done on the communication thread when a message is taken from its queue, so
+// post() costs the same with or without it, and a message superseded in the queue (never sent)
+// is never counted.
+//
 // Ownership: owns its communicator (a duplicate of the session's), buffers and thread.
 // Thread-safety: post() from the worker's thread; collect() from the receiving worker's thread
-// only, lock-free; stats(), stop_requested(), rejections() and set_link() from any thread.
+// only, lock-free; stats(), stop_requested(), rejections(), faults_injected() and set_link()
+// from any thread.
 // The constructor and destructor are collective over the session's communicator.
 #pragma once
 
@@ -36,6 +42,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -47,6 +54,41 @@
 
 namespace asgd {
 
+// Fault injection for reliability experiments (--fault): this rank damages every `every`-th
+// message it sends (the 1st damaged one is message number `every`), in one way; receivers
+// must reject and count each one, and nothing damaged may reach their model.
+//
+// Messages are counted per peer, in the order they go on the wire, so that every receiver
+// sees exactly one damaged message in `every` from this rank. Each kind is rejected for
+// exactly one reason (WireError) by the receiver:
+//   kCorrupt           a valid header with the checksum of the true payload, one payload byte
+//                      flipped on the wire                                  -> kChecksumMismatch
+//   kForgeOffset       a valid header (its own checksum recomputed) whose offset + length
+//                      runs past the parameter count                        -> kRangeOutOfBounds
+//   kForgeLength       a valid header claiming a length the payload does not have, chosen so
+//                      that the receiver sees it at the chunk where the claim and the payload
+//                      part (it never waits for bytes that do not come)     -> kLengthMismatch
+//   kForgeFingerprint  a valid header of another model (layout hash)        -> kWrongFingerprint
+//   kReplay            instead of the message, the last undamaged message sent to that peer,
+//                      verbatim: the receiver has taken it already          -> kStale
+// The sender counts a damaged message as sent (LinkStats::delivered) like any other.
+enum class WireFaultKind {
+  kNone,
+  kCorrupt,
+  kForgeOffset,
+  kForgeLength,
+  kForgeFingerprint,
+  kReplay
+};
+struct WireFault {
+  WireFaultKind kind = WireFaultKind::kNone;
+  std::int64_t every = 0;  // > 0 when kind != kNone
+};
+// "corrupt", "forge-offset", "forge-length", "forge-fingerprint", "replay" (throws asgd
+// InputError via ASGD_INPUT_ERROR for anything else)
+WireFaultKind parse_wire_fault(std::string_view name);
+std::string_view to_string(WireFaultKind kind);
+
 struct MpiTransportOptions {
   std::int64_t max_message = 0;        // elements; usually the parameter count
   int queue_capacity = 2;              // unsent messages per peer before the oldest is superseded
@@ -54,6 +96,10 @@ struct MpiTransportOptions {
   std::int64_t chunk_bytes = 1 << 20;  // payload pieces: hashed on arrival while in cache
   double peer_timeout_s = 120;         // finish(): how long to wait for the peers' done frames
   TraceRecorder* trace = nullptr;      // records transfers on a lane of its own (--trace)
+  // Damage sent messages (see WireFault). The constructor throws InputError for every <= 0;
+  // for kReplay, every >= 2 (there must be an earlier message to replay) and for
+  // kForgeLength, max_message >= 2 (there must be another length within bounds).
+  WireFault fault;
 };
 
 // Rejected frames by reason (index: WireError).
@@ -96,6 +142,8 @@ class MpiTransport final : public Transport {
   // True once `peer` has sent its done frame.
   bool peer_done(int peer) const;
   WireRejections rejections() const;
+  // How many damaged messages this rank has sent (options.fault), to all peers together.
+  std::int64_t faults_injected() const { return faults_injected_.load(std::memory_order_relaxed); }
   // Rethrows the first error of the communication thread, if any.
   void check() const { error_.rethrow_if_set(); }
 
@@ -120,6 +168,8 @@ class MpiTransport final : public Transport {
   bool pump_receives();
   bool complete_chunks(int source, bool all_landed = false);
   void start_send(int peer, const Outgoing& message, std::vector<MPI_Request>& requests);
+  Outgoing* damage(Peer& p, Outgoing& message);
+  void release(Peer& p, Outgoing* message);
   void start_done(int peer);
   void abandon_incoming(int source, WireError reason);
   void drain(MPI_Message* message, int count);
@@ -149,6 +199,7 @@ class MpiTransport final : public Transport {
   std::vector<std::byte> scratch_;  // frames that are drained and dropped
   TraceLane trace_;                 // the communication thread's lane
   std::array<std::atomic<std::int64_t>, kWireErrorCount> rejected_{};
+  std::atomic<std::int64_t> faults_injected_{0};
   std::thread thread_;
   ErrorSlot error_;
 };

@@ -125,6 +125,23 @@ struct NonFinite {
            (isfinite(a.w) ? 0 : 1);
   }
 };
+
+// 8 bytes moved per element: the copy is the pass, the count rides along.
+struct CopyNonFinite {
+  const float* x;
+  float* y;
+  __device__ long long scalar(std::int64_t i) const {
+    const float v = x[i];
+    y[i] = v;
+    return isfinite(v) ? 0 : 1;
+  }
+  __device__ long long vector(std::int64_t j) const {
+    const float4 a = reinterpret_cast<const float4*>(x)[j];
+    reinterpret_cast<float4*>(y)[j] = a;
+    return (isfinite(a.x) ? 0 : 1) + (isfinite(a.y) ? 0 : 1) + (isfinite(a.z) ? 0 : 1) +
+           (isfinite(a.w) ? 0 : 1);
+  }
+};
 }  // namespace
 
 void reduce_sum(const Stream& stream, std::int64_t n, const float* x, double* out) {
@@ -141,6 +158,11 @@ void reduce_squared_norm(const Stream& stream, std::int64_t n, const float* x, d
 
 void count_nonfinite(const Stream& stream, std::int64_t n, const float* x, std::int64_t* out) {
   launch_reduce<long long>(stream, n, aligned16(x), NonFinite{x}, out);
+}
+
+void copy_count_nonfinite(const Stream& stream, std::int64_t n, const float* x, float* y,
+                          std::int64_t* out) {
+  launch_reduce<long long>(stream, n, aligned16(x) && aligned16(y), CopyNonFinite{x, y}, out);
 }
 
 }  // namespace asgd::cuda_ops

@@ -37,6 +37,8 @@ void reduce_dot(const Stream& stream, std::int64_t n, const float* x, const floa
                 double* out);
 void reduce_squared_norm(const Stream& stream, std::int64_t n, const float* x, double* out);
 void count_nonfinite(const Stream& stream, std::int64_t n, const float* x, std::int64_t* out);
+void copy_count_nonfinite(const Stream& stream, std::int64_t n, const float* x, float* y,
+                          std::int64_t* out);
 void parzen_statistics(const Stream& stream, std::int64_t length, const float* g, const float* w,
                        const float* e, double* out);
 void parzen_decide(const Stream& stream, const ParzenParams& params, int count,

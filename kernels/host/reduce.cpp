@@ -68,4 +68,14 @@ void count_nonfinite(const Stream& stream, std::int64_t n, const float* x, std::
   });
 }
 
+void copy_count_nonfinite(const Stream& stream, std::int64_t n, const float* x, float* y,
+                          std::int64_t* out) {
+  ASGD_CHECK(n >= 0, "reduce over {} elements", n);
+  ASGD_DISPATCH_CUDA(stream, copy_count_nonfinite(stream, n, x, y, out));
+  *out = reduce<std::int64_t>(stream, n, [x, y](std::int64_t i) -> std::int64_t {
+    y[i] = x[i];
+    return std::isfinite(x[i]) ? 0 : 1;
+  });
+}
+
 }  // namespace asgd

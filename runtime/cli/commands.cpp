@@ -49,6 +49,12 @@ int run_train(CLI::App& cmd, TrainOptions& o) {
   if (cmd.count("--balance")) c.balance = parse_balance(o.balance);
   if (cmd.count("--peers")) c.peer_choice = parse_peer_choice(o.peers);
   if (cmd.count("--link-change")) parse_link_change(o.link_change, c.links);
+  if (cmd.count("--on-divergence")) c.on_divergence = parse_divergence_policy(o.on_divergence);
+  if (cmd.count("--checkpoint")) c.checkpoint_scope = parse_checkpoint_scope(o.checkpoint_scope);
+  if (cmd.count("--fault")) {
+    c.faults.clear();
+    for (const std::string& f : o.faults) c.faults.push_back(parse_fault(f));
+  }
   if (cmd.count("--window")) {
     if (o.window == "inf") {
       c.window = std::numeric_limits<float>::infinity();
@@ -240,6 +246,29 @@ void add_train_command(CLI::App& app, TrainOptions& o) {
   cmd->add_option("--peer-timeout", c.peer_timeout_s,
                   "multi-process: seconds to wait for a silent peer when the run ends")
       ->capture_default_str();
+  cmd->add_option("--on-divergence", o.on_divergence,
+                  "NaN/Inf in a worker's state or loss: stop (error) | restore (its last good "
+                  "state, with the step size times --divergence-lr-factor) [stop]");
+  cmd->add_option("--divergence-lr-factor", c.divergence_lr_factor,
+                  "restore: step size multiplier at each restore")
+      ->capture_default_str();
+  cmd->add_option("--max-restores", c.max_restores,
+                  "restore: restores per worker before the run stops with an error")
+      ->capture_default_str();
+  cmd->add_option("--checkpoint-dir", c.checkpoint_dir,
+                  "write checkpoints to this directory (atomically; the last one is kept)");
+  cmd->add_option("--checkpoint-every", c.checkpoint_every,
+                  "steps between checkpoints (of worker 0; of each rank with --checkpoint all)")
+      ->capture_default_str();
+  cmd->add_option("--checkpoint", o.checkpoint_scope,
+                  "under mpirun: rank0 (rank 0's state, every rank resumes from it) | all "
+                  "(each rank its own file) [rank0]");
+  cmd->add_option("--resume", c.resume_dir,
+                  "continue from the checkpoint in this directory (same model and settings)");
+  cmd->add_option("--fault", o.faults,
+                  "inject a fault (repeatable): nan|throw|kill:W:STEP, or "
+                  "corrupt|forge-offset|forge-length|forge-fingerprint|replay:W:N (every N-th "
+                  "message of rank W, MPI)");
   cmd->add_option("--trace", c.trace_path,
                   "write a Chrome/Perfetto trace (JSON) of steps, copies, sends and receives");
   cmd->add_option("--metrics", c.metrics_path,
@@ -269,10 +298,11 @@ void preload_config_file(int argc, char** argv, TrainOptions& o) {
   }
 }
 
-int run_selected(CLI::App& app, TrainOptions& train) {
+int run_selected(CLI::App& app, TrainOptions& train, const std::string& checkpoint_path) {
   if (app.got_subcommand("train")) return run_train(*app.get_subcommand("train"), train);
   if (app.got_subcommand("info")) return run_info();
   if (app.got_subcommand("bench-link")) return run_bench_link(*app.get_subcommand("bench-link"));
+  if (app.got_subcommand("checkpoint")) return run_checkpoint(checkpoint_path);
   return 1;
 }
 

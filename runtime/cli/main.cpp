@@ -1,4 +1,4 @@
-// The asgd command line: `asgd train`, `asgd info`, `asgd bench-link`.
+// The asgd command line: `asgd train`, `asgd info`, `asgd bench-link`, `asgd checkpoint`.
 #include <cstdio>
 #include <exception>
 #include <string>
@@ -45,12 +45,14 @@ int main(int argc, char** argv) {
   asgd::cli::add_train_command(app, train);
   asgd::cli::add_info_command(app);
   asgd::cli::add_bench_link_command(app);
+  std::string checkpoint_path;
+  asgd::cli::add_checkpoint_command(app, checkpoint_path);
 
   try {
     // The config file is read before the flags are parsed so that flags override it.
     asgd::cli::preload_config_file(argc, argv, train);
     app.parse(argc, argv);
-    const int code = asgd::cli::run_selected(app, train);
+    const int code = asgd::cli::run_selected(app, train, checkpoint_path);
     return leave(code, false);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);

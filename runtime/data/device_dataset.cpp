@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <numeric>
+#include <sstream>
 
 #include "kernels/gather.h"
 #include "runtime/error.h"
@@ -57,6 +58,40 @@ Batch BatchSampler::next(const Stream& stream) {
               index_.data() + position_, x_.data(), y_.data());
   position_ += batch_;
   return {x_.data(), y_.data(), batch_};
+}
+
+BatchSampler::State BatchSampler::state() const {
+  std::ostringstream rng;
+  rng << rng_;
+  return {rng.str(), order_, position_, epoch_};
+}
+
+void BatchSampler::restore(const State& state, const Stream& stream) {
+  if (state.order.size() != order_.size())
+    ASGD_INPUT_ERROR("the checkpoint's data order covers {} rows but this worker's shard has {}; "
+                     "resume with the same data set, worker count and seed",
+                     state.order.size(), order_.size());
+  std::vector<char> seen(order_.size(), 0);
+  for (const std::int32_t row : state.order) {
+    if (row < 0 || static_cast<std::size_t>(row) >= seen.size() || seen[static_cast<std::size_t>(row)])
+      ASGD_INPUT_ERROR("the checkpoint's data order is not a permutation of the shard's rows");
+    seen[static_cast<std::size_t>(row)] = 1;
+  }
+  if (state.position < 0 || state.position > data_.rows() || state.epoch < -1)
+    ASGD_INPUT_ERROR("the checkpoint's data position {} (epoch {}) is outside the shard of {} rows",
+                     state.position, state.epoch, data_.rows());
+  std::istringstream in(state.rng);
+  std::mt19937_64 rng;
+  in >> rng;
+  if (in.fail()) ASGD_INPUT_ERROR("the checkpoint's sampler generator state is unreadable");
+  rng_ = rng;
+  order_ = state.order;
+  position_ = state.position;
+  epoch_ = state.epoch;
+  stream.synchronize();  // the staging buffer may still feed an upload
+  std::copy(order_.begin(), order_.end(), staging_.data());
+  index_.upload(staging_.data(), staging_.size(), stream);
+  stream.synchronize();
 }
 
 }  // namespace asgd

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "kernels/models/model.h"
@@ -49,6 +50,17 @@ class BatchSampler {
   std::int64_t batch() const { return batch_; }
   // Completed epochs.
   std::int64_t epoch() const { return epoch_; }
+
+  // Where the sampler is (for checkpoints): its generator, this epoch's order and position.
+  struct State {
+    std::string rng;  // std::mt19937_64 in its text form
+    std::vector<std::int32_t> order;
+    std::int64_t position = 0;
+    std::int64_t epoch = -1;
+  };
+  State state() const;
+  // Continues from `state`; throws InputError when it does not fit this sampler's data.
+  void restore(const State& state, const Stream& stream);
 
  private:
   void start_epoch(const Stream& stream);

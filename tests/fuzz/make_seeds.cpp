@@ -12,6 +12,7 @@
 #include <string>
 
 #include "comm/wire_format.h"
+#include "runtime/checkpoint.h"
 
 namespace {
 
@@ -268,6 +269,87 @@ void wire_seeds() {
   write("wire", "truncated_header", frame(h, 0).substr(0, asgd::kWireHeaderBytes - 1));
 }
 
+
+// --- checkpoints: the file as read_checkpoint reads it -------------------------------------------
+
+// A tiny model keeps each seed small (a few hundred bytes), so that libFuzzer's input length
+// stays short. The generator fields hold short stand-ins: the decoder does not parse them (the
+// workers do), so the 5 KB text of a real std::mt19937_64 would only slow the fuzzer.
+asgd::WorkerState checkpoint_worker(int id, std::int64_t parameters, bool pending) {
+  asgd::WorkerState w;
+  w.id = id;
+  w.steps = 100 + id;
+  w.steps_at_last_eval = 96;
+  w.lr_scale = 0.5f;
+  w.restores = 1;
+  for (std::int64_t i = 0; i < parameters; ++i)
+    w.params.push_back(0.25f * static_cast<float>(i + id) - 1.5f);
+  w.sampler_rng = "5489 " + std::to_string(id);
+  w.peer_rng = "42";
+  w.adversary_rng = "7 7";
+  w.sampler_order = {3, 1, 0, 2};
+  w.sampler_position = 2;
+  w.sampler_epoch = 1;
+  w.send_cursor = 8;
+  w.peer_cursor = {0, 4, 12};
+  w.train_loss_sum = 3.75;
+  w.parzen_history = {0.5f, 0.125f};
+  w.parzen_history_seen = 2;
+  w.parzen_counters = {5, 1};
+  w.sent = 9;
+  w.bytes_sent = 9 * 16;
+  w.received = 7;
+  w.malformed = 1;
+  w.staleness_sum_s = 0.03125;
+  w.step_gap_sum = 11;
+  if (pending) {
+    w.send_pending = true;
+    w.pending_peer = (id + 1) % 3;
+    w.pending_header = {id, w.steps, 4, 4, 12.5};
+    w.pending_payload = {1, 2, 3, 4};
+  }
+  return w;
+}
+
+void checkpoint_seeds() {
+  constexpr std::int64_t kParameters = 16;
+  write("checkpoint", "empty", asgd::encode_checkpoint(asgd::Checkpoint{}));
+
+  asgd::Checkpoint one;
+  one.identity = {{"model", "softmax"}, {"workers", "1"}};
+  one.fingerprint = 0x5eed5eed12345678ull;
+  one.parameters = kParameters;
+  one.elapsed_s = 1.5;
+  one.workers.push_back(checkpoint_worker(0, kParameters, false));
+  one.config_json = R"({"model": "softmax", "workers": 1})";
+  write("checkpoint", "one_worker", asgd::encode_checkpoint(one));
+
+  // Deterministic mode across ranks: pending sends, unread messages, the receive order.
+  asgd::Checkpoint three = one;
+  three.identity = {{"model", "softmax"}, {"workers", "3"}, {"deterministic", "true"}};
+  three.rank = 1;
+  three.ranks = 2;
+  three.run_rng = "1 2 3";
+  three.workers.clear();
+  for (int id = 0; id < 3; ++id) three.workers.push_back(checkpoint_worker(id, kParameters, true));
+  three.unread.push_back({1, {0, 99, 0, 2, 12.25}, {0.5f, -0.5f}});
+  three.unread.push_back({2, {1, 98, 14, 2, 12.0}, {1.0f, -1.0f}});
+  three.collect_starts = {1, 2, 0};
+  three.config_json = R"({"model": "softmax", "workers": 3, "deterministic": true})";
+  const std::string bytes = asgd::encode_checkpoint(three);
+  write("checkpoint", "three_workers", bytes);
+
+  // Damaged copies: each stops at a different check.
+  Bytes bad_checksum = bytes;
+  bad_checksum[bytes.size() / 2] ^= 0x10;
+  write("checkpoint", "bad_checksum", bad_checksum);
+  write("checkpoint", "truncated", bytes.substr(0, bytes.size() - 5));
+  write("checkpoint", "header_only", bytes.substr(0, 32));
+  Bytes version = bytes;
+  version[8] = 2;
+  write("checkpoint", "newer_version", version);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -281,5 +363,6 @@ int main(int argc, char** argv) {
   csv_seeds();
   config_seeds();
   wire_seeds();
+  checkpoint_seeds();
   return 0;
 }

@@ -3,6 +3,7 @@
 // multiples of the warp or of the float4 width, and buffers offset from their alignment.
 // Every test skips itself when no CUDA device is usable (and in a build without CUDA).
 #include <cmath>
+#include <cstring>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -552,6 +553,13 @@ TEST_F(CudaKernelTest, CountNonfinite) {
       count_nonfinite(host(), n, x.data(), &host_count);
       EXPECT_EQ(out.download(cuda())[0], expected);
       EXPECT_EQ(host_count, expected);
+
+      // The snapshot pass: the same count, and a bit-exact copy (NaN payloads included).
+      DeviceArray<float> dy(std::vector<float>(x.size(), 3.0f), cuda(), offset);
+      copy_count_nonfinite(cuda(), n, dx.get(), dy.get(), out.get());
+      EXPECT_EQ(out.download(cuda())[0], expected);
+      const std::vector<float> copied = dy.download(cuda());
+      EXPECT_EQ(std::memcmp(copied.data(), x.data(), x.size() * sizeof(float)), 0);
     }
   }
 }

@@ -4,7 +4,9 @@
 // collective: every rank builds the transport and finishes it.
 #include <algorithm>
 #include <cstring>
+#include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -270,6 +272,237 @@ TEST(MpiTransport, EmulatedLinkDelaysButDeliversEverything) {
     EXPECT_EQ(t.stats(1, 0).delivered, kPosts);
   }
   t.finish(false);
+}
+
+// --- fault injection (MpiTransportOptions::fault) -----------------------------------------
+
+TEST(WireFault, EveryKindParsesFromItsNameAndAnythingElseIsAnInputError) {
+  EXPECT_EQ(parse_wire_fault("corrupt"), WireFaultKind::kCorrupt);
+  EXPECT_EQ(parse_wire_fault("forge-offset"), WireFaultKind::kForgeOffset);
+  EXPECT_EQ(parse_wire_fault("forge-length"), WireFaultKind::kForgeLength);
+  EXPECT_EQ(parse_wire_fault("forge-fingerprint"), WireFaultKind::kForgeFingerprint);
+  EXPECT_EQ(parse_wire_fault("replay"), WireFaultKind::kReplay);
+  for (const WireFaultKind kind :
+       {WireFaultKind::kCorrupt, WireFaultKind::kForgeOffset, WireFaultKind::kForgeLength,
+        WireFaultKind::kForgeFingerprint, WireFaultKind::kReplay})
+    EXPECT_EQ(parse_wire_fault(to_string(kind)), kind);
+  EXPECT_EQ(to_string(WireFaultKind::kNone), "none");
+  for (const char* bad : {"", "none", "Corrupt", "forge", "forge_length", "replay ", "stale"}) {
+    try {
+      parse_wire_fault(bad);
+      ADD_FAILURE() << "no error for '" << bad << "'";
+    } catch (const InputError& e) {
+      EXPECT_NE(std::string(e.what()).find("forge-fingerprint"), std::string::npos) << e.what();
+    }
+  }
+}
+
+TEST(MpiTransportFault, BadSettingsAreInputErrorsOnEveryRankBeforeAnyCollective) {
+  // Every rank is given the same bad settings and must throw before the constructor's first
+  // collective call, or the ranks would hang instead.
+  MpiTransportOptions o = options();
+  o.fault = {WireFaultKind::kCorrupt, 0};
+  EXPECT_THROW(MpiTransport(session(), o), InputError);
+  o.fault = {WireFaultKind::kForgeOffset, -3};
+  EXPECT_THROW(MpiTransport(session(), o), InputError);
+  o.fault = {WireFaultKind::kReplay, 1};  // nothing earlier to replay
+  EXPECT_THROW(MpiTransport(session(), o), InputError);
+  o = options();
+  o.max_message = 1;  // no other length within bounds
+  o.fault = {WireFaultKind::kForgeLength, 2};
+  EXPECT_THROW(MpiTransport(session(), o), InputError);
+}
+
+constexpr int kFaultySender = 1;
+
+// The range of message `i`, by groups of three: the damaged ones of FaultyRankSends (every
+// third) are a single element at the end of the state, 1,025 elements (one element short ends
+// on a chunk boundary: forge-length must claim another length), 3,000 elements, a whole state.
+struct Range {
+  std::int64_t offset;
+  std::int64_t length;
+};
+Range fault_range(std::int64_t i) {
+  constexpr Range kRanges[] = {{0, kParams}, {kParams - 1, 1}, {100, 1025}, {7, 3000}};
+  return kRanges[(i / 3) % 4];
+}
+
+void post_to_all(MpiTransport& t, std::int64_t step) {
+  const Range r = fault_range(step);
+  const std::vector<float> v = payload(kFaultySender, step, r.length);
+  MessageHeader h;
+  h.sender = kFaultySender;
+  h.sender_step = step;
+  h.offset = r.offset;
+  h.length = r.length;
+  for (int peer = 0; peer < session().size(); ++peer)
+    if (peer != kFaultySender) t.post(peer, h, v.data());
+}
+
+std::int64_t rejected(const MpiTransport& t, WireError reason) {
+  return t.rejections()[static_cast<std::size_t>(reason)];
+}
+
+// Rank 1 sends kPosts messages to every other rank, one at a time, damaging every kEvery-th;
+// each receiver takes every undamaged message as soon as it is published and compares it with
+// what was sent, and must reject exactly the damaged ones, each for `reason` alone.
+void faulty_rank_sends(WireFaultKind kind, WireError reason) {
+  constexpr std::int64_t kPosts = 13;
+  constexpr std::int64_t kEvery = 3;  // messages 3, 6, 9 and 12
+  constexpr std::int64_t kDamaged = kPosts / kEvery;
+  const int rank = session().rank();
+  const int size = session().size();
+  MpiTransportOptions o = options();
+  if (rank == kFaultySender) o.fault = {kind, kEvery};
+  MpiTransport t(session(), o);
+  std::int64_t delivered = 0;
+  std::int64_t bytes = 0;
+  for (std::int64_t step = 1; step <= kPosts; ++step) {
+    if (rank == kFaultySender) {
+      post_to_all(t, step);
+      t.flush();  // one at a time: none is superseded, so every kEvery-th goes on the wire
+    } else if (step % kEvery != 0) {
+      t.wait_delivered(kFaultySender, ++delivered);
+      // Frames from one sender are dealt with in order: every damaged one before this message
+      // has been rejected by now.
+      EXPECT_EQ(rejected(t, reason), (step - 1) / kEvery) << "before step " << step;
+      const Message* got[2];
+      const int n = t.collect(rank, got, 2);
+      EXPECT_EQ(n, 1) << "step " << step;
+      if (n >= 1) {
+        const Message& m = *got[0];
+        const Range r = fault_range(step);
+        EXPECT_EQ(m.header.sender, kFaultySender);
+        EXPECT_EQ(m.header.sender_step, step);
+        EXPECT_EQ(m.header.offset, r.offset);
+        EXPECT_EQ(m.header.length, r.length);
+        if (m.header.length == r.length) {
+          const std::vector<float> want = payload(kFaultySender, step, r.length);
+          EXPECT_EQ(std::memcmp(m.payload.data(), want.data(), want.size() * sizeof(float)), 0)
+              << "step " << step;
+        }
+        bytes += r.length * 4;
+      }
+    }
+    // The receivers have taken message `step` before the next is posted: none is overwritten.
+    distributed::barrier(session());
+  }
+  if (rank == kFaultySender) {
+    EXPECT_EQ(t.faults_injected(), kDamaged * (size - 1));
+    for (int peer = 0; peer < size; ++peer) {
+      if (peer == kFaultySender) continue;
+      const LinkStats s = t.stats(kFaultySender, peer);
+      EXPECT_EQ(s.posted, kPosts);
+      EXPECT_EQ(s.delivered, kPosts);  // damaged or not, every send completed
+      EXPECT_EQ(s.superseded, 0);
+    }
+    t.finish(false);
+  } else {
+    wait_for_done(t, kFaultySender);  // its last frame: nothing more comes from it
+    const WireRejections r = t.rejections();
+    for (int e = 0; e < kWireErrorCount; ++e)
+      EXPECT_EQ(r[static_cast<std::size_t>(e)], static_cast<WireError>(e) == reason ? kDamaged : 0)
+          << to_string(static_cast<WireError>(e)) << " on rank " << rank;
+    const LinkStats s = t.stats(kFaultySender, rank);
+    EXPECT_EQ(s.delivered, kPosts - kDamaged);
+    EXPECT_EQ(s.bytes_delivered, bytes);
+    EXPECT_EQ(s.overwritten, 0);
+    const Message* got[2];
+    EXPECT_EQ(t.collect(rank, got, 2), 0) << "nothing damaged was published";
+    EXPECT_EQ(t.faults_injected(), 0);
+    t.finish(false);
+  }
+}
+
+TEST(MpiTransportFault, CorruptPayloadIsRejectedAsChecksumMismatch) {
+  faulty_rank_sends(WireFaultKind::kCorrupt, WireError::kChecksumMismatch);
+}
+
+TEST(MpiTransportFault, ForgedOffsetIsRejectedAsRangeOutOfBounds) {
+  faulty_rank_sends(WireFaultKind::kForgeOffset, WireError::kRangeOutOfBounds);
+}
+
+TEST(MpiTransportFault, ForgedLengthIsRejectedAsLengthMismatch) {
+  faulty_rank_sends(WireFaultKind::kForgeLength, WireError::kLengthMismatch);
+}
+
+TEST(MpiTransportFault, ForgedFingerprintIsRejectedAsWrongFingerprint) {
+  faulty_rank_sends(WireFaultKind::kForgeFingerprint, WireError::kWrongFingerprint);
+}
+
+TEST(MpiTransportFault, ReplayIsRejectedAsStale) {
+  faulty_rank_sends(WireFaultKind::kReplay, WireError::kStale);
+}
+
+// The same with little or no pacing: two messages are in flight at once (a replay beside the
+// message it repeats), then posts outrun the sends and the queue supersedes some, and buffers
+// are reused under load. Which messages go on the wire is up to timing, but each receiver must
+// still reject exactly one in kEvery of those that reached it from rank 1, and take every other
+// one intact.
+TEST(MpiTransportFault, BackedUpSendsKeepExactAccountingForEveryKind) {
+  constexpr std::int64_t kPosts = 200;
+  constexpr std::int64_t kEvery = 2;
+  const int rank = session().rank();
+  const int size = session().size();
+  const std::pair<WireFaultKind, WireError> kinds[] = {
+      {WireFaultKind::kCorrupt, WireError::kChecksumMismatch},
+      {WireFaultKind::kForgeOffset, WireError::kRangeOutOfBounds},
+      {WireFaultKind::kForgeLength, WireError::kLengthMismatch},
+      {WireFaultKind::kForgeFingerprint, WireError::kWrongFingerprint},
+      {WireFaultKind::kReplay, WireError::kStale}};
+  for (const auto& [kind, reason] : kinds) {
+    SCOPED_TRACE(std::string(to_string(kind)));
+    MpiTransportOptions o = options();
+    if (rank == kFaultySender) o.fault = {kind, kEvery};
+    MpiTransport t(session(), o);
+    // Messages that went on the wire from rank 1 to each rank, sent from rank 1 to all.
+    std::vector<std::int64_t> sent(static_cast<std::size_t>(size), 0);
+    if (rank == kFaultySender) {
+      for (std::int64_t step = 1; step <= kPosts; ++step) {
+        post_to_all(t, step);
+        // The first half at most two ahead (both may be in flight), the rest as fast as posted.
+        if (step <= kPosts / 2) t.flush(1);
+      }
+      t.flush();
+      std::int64_t damaged = 0;
+      for (int peer = 0; peer < size; ++peer) {
+        if (peer == kFaultySender) continue;
+        const LinkStats s = t.stats(kFaultySender, peer);
+        EXPECT_EQ(s.delivered + s.superseded, kPosts);
+        sent[static_cast<std::size_t>(peer)] = s.delivered;
+        damaged += s.delivered / kEvery;
+      }
+      EXPECT_EQ(t.faults_injected(), damaged);
+    }
+    ASGD_CHECK_MPI(MPI_Bcast(sent.data(), size, MPI_INT64_T, kFaultySender, session().comm()));
+    if (rank == kFaultySender) {
+      t.finish(false);
+      continue;
+    }
+    wait_for_done(t, kFaultySender);
+    const std::int64_t on_wire = sent[static_cast<std::size_t>(rank)];
+    const WireRejections r = t.rejections();
+    for (int e = 0; e < kWireErrorCount; ++e)
+      EXPECT_EQ(r[static_cast<std::size_t>(e)],
+                static_cast<WireError>(e) == reason ? on_wire / kEvery : 0)
+          << to_string(static_cast<WireError>(e)) << " on rank " << rank;
+    EXPECT_EQ(t.stats(kFaultySender, rank).delivered, on_wire - on_wire / kEvery);
+    const Message* got[2];
+    const int n = t.collect(rank, got, 2);
+    EXPECT_EQ(n, 1);
+    if (n >= 1) {  // the latest undamaged message, intact
+      const Message& m = *got[0];
+      const Range want_range = fault_range(m.header.sender_step);
+      EXPECT_EQ(m.header.offset, want_range.offset);
+      EXPECT_EQ(m.header.length, want_range.length);
+      if (m.header.length == want_range.length) {
+        const std::vector<float> want =
+            payload(kFaultySender, m.header.sender_step, m.header.length);
+        EXPECT_EQ(std::memcmp(m.payload.data(), want.data(), want.size() * sizeof(float)), 0);
+      }
+    }
+    t.finish(false);
+  }
 }
 
 TEST(Distributed, DifferentModelsFailOnEveryRankWithOneMessage) {

@@ -88,6 +88,57 @@ deterministic_under_mpirun)
   if launch 2 "$asgd" "${common[@]}" --deterministic; then fail "accepted"; fi
   grep -q "deterministic needs one process" "$work/out" || fail "unclear error"
   ;;
+rank_killed_resume)
+  # A rank SIGKILLed at a random step (--fault kill): the job ends, non-zero, within a bounded
+  # time and says which rank died; the last checkpoint is valid, and the job resumed from it
+  # reaches the target. The victim is rank 0, the one that writes checkpoints (--checkpoint
+  # rank0) and decides the end, so it surely gets to the step where it dies.
+  seed=${ASGD_TEST_SEED:-$RANDOM}
+  RANDOM=$seed
+  step=$((400 + RANDOM % 400))
+  echo "seed $seed: rank 0 dies at its step $step"
+  ck=(--checkpoint-dir "$work/ck" --checkpoint-every 100)
+  start=$SECONDS
+  if launch 3 "$asgd" "${common[@]}" "${ck[@]}" --lr 0.1 --epochs 10 --target-accuracy 0.83 \
+       --fault "kill:0:$step"; then
+    fail "the job reported success after rank 0 was killed"
+  fi
+  elapsed=$((SECONDS - start))
+  ((elapsed < 120)) || fail "the job took ${elapsed} s to end after a rank died"
+  grep -q "rank 0 .*signal 9" "$work/out" || fail "the output does not name rank 0"
+  "$asgd" checkpoint "$work/ck" >"$work/ck.json" 2>&1 || fail "no valid checkpoint: $(cat "$work/ck.json")"
+  launch 3 "$asgd" "${common[@]}" "${ck[@]}" --lr 0.1 --epochs 10 --target-accuracy 0.83 \
+    --resume "$work/ck" || fail "the resumed job failed (exit $?)"
+  [[ $(summary 'd["resumed_step"] >= 100') == True ]] || fail "did not resume from a checkpoint"
+  [[ $(summary 'd["time_to_target_s"] is not None') == True ]] || fail "target 0.83 not reached"
+  ;;
+checkpoint_all)
+  # --checkpoint all: every rank writes and resumes its own state.
+  launch 2 "$asgd" "${common[@]}" --lr 0.1 --epochs 1 --checkpoint all --checkpoint-dir "$work/ck" \
+    --checkpoint-every 100 || fail "exit $?"
+  for r in 0 1; do
+    "$asgd" checkpoint "$work/ck/checkpoint.rank$r.asgd" >"$work/r$r.json" || fail "rank $r: no valid checkpoint"
+    grep -q "\"rank\": $r" "$work/r$r.json" || fail "rank $r's file holds another rank"
+  done
+  [[ ! -e $work/ck/checkpoint.asgd ]] || fail "a shared checkpoint was written as well"
+  launch 2 "$asgd" "${common[@]}" --lr 0.1 --epochs 2 --checkpoint all --checkpoint-dir "$work/ck" \
+    --resume "$work/ck" || fail "the resumed job failed (exit $?)"
+  [[ $(summary 'd["resumed_step"] > 0') == True ]] || fail "did not resume"
+  launch 2 "$asgd" "${common[@]}" --lr 0.1 --epochs 2 --resume "$work/ck" && fail "resumed rank0-scope from per-rank files"
+  grep -q "no checkpoint at" "$work/out" || fail "unclear error for a missing shared checkpoint"
+  ;;
+wire_faults)
+  # Three ranks damage messages on the wire, each in its own way; the receivers reject and
+  # count every one, and training reaches its target.
+  launch 4 "$asgd" "${common[@]}" --lr 0.1 --epochs 4 --target-accuracy 0.80 \
+    --fault corrupt:1:3 --fault forge-offset:2:2 --fault replay:3:4 || fail "exit $?"
+  [[ $(summary 'd["time_to_target_s"] is not None') == True ]] || fail "target 0.80 not reached"
+  for reason in checksum-mismatch range-out-of-bounds stale; do
+    [[ $(summary "d['wire_rejections']['$reason'] > 0") == True ]] || fail "no $reason rejections counted"
+  done
+  [[ $(summary 'd["wire_rejections"]["header-checksum"] == 0 and d["wire_rejections"]["bad-magic"] == 0') == True ]] ||
+    fail "rejections of kinds nobody injected"
+  ;;
 *)
   echo "unknown case $case_name"
   exit 2

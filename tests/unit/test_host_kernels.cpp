@@ -1,6 +1,7 @@
 // Every host kernel against the float64 references of tests/common/reference.h, on random
 // inputs over several shapes, including edge sizes, with 1 and 2 threads.
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <numeric>
 #include <tuple>
@@ -214,6 +215,25 @@ TEST_P(VectorTest, CountNonfinite) {
   x[0] = -std::numeric_limits<float>::infinity();
   count_nonfinite(s, n, x.data(), &count);
   EXPECT_EQ(count, n >= 3 ? 3 : (n == 2 ? 2 : 1));
+}
+
+TEST_P(VectorTest, CopyCountNonfinite) {
+  const auto [n, threads] = GetParam();
+  const Stream s = Stream::host(threads);
+  auto x = random_vector(n, 19);
+  x[n - 1] = std::numeric_limits<float>::quiet_NaN();
+  x[0] = std::numeric_limits<float>::infinity();
+  std::vector<float> y(static_cast<std::size_t>(n), 7.0f);
+  std::int64_t count = -1;
+  copy_count_nonfinite(s, n, x.data(), y.data(), &count);
+  EXPECT_EQ(count, n >= 2 ? 2 : 1);
+  // Bit for bit, NaN included.
+  EXPECT_EQ(std::memcmp(x.data(), y.data(), x.size() * sizeof(float)), 0);
+  x[n - 1] = 1.5f;
+  x[0] = -2.5f;
+  copy_count_nonfinite(s, n, x.data(), y.data(), &count);
+  EXPECT_EQ(count, 0);
+  EXPECT_EQ(std::memcmp(x.data(), y.data(), x.size() * sizeof(float)), 0);
 }
 
 INSTANTIATE_TEST_SUITE_P(Sizes, VectorTest,

@@ -1,0 +1,275 @@
+// Reliability of a run in one process: checkpoint and resume (bit-identical in deterministic
+// mode), the divergence policies, injected faults and the errors they must produce.
+#include <cstdio>
+#include <fstream>
+#include <random>
+#include <string>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "runtime/checkpoint.h"
+#include "runtime/config.h"
+#include "runtime/error.h"
+#include "runtime/trainer.h"
+#include "tests/common/separable.h"
+#include "tests/common/temp_dir.h"
+
+namespace asgd {
+namespace {
+using ::testing::HasSubstr;
+using testing::TempDir;
+
+// 4 workers, 500 rows each: 15 steps of 32 per epoch.
+TrainConfig reliability_config(Algorithm algo = Algorithm::kAsgd) {
+  TrainConfig c;
+  c.model = {"mlp", {16}};
+  c.batch = 32;
+  c.lr = 0.1f;
+  c.epochs = 10;
+  c.eval_every = 20;
+  c.progress = false;
+  c.workers = 4;
+  c.algorithm = algo;
+  c.message_size = 100;  // partial messages rotating over the state
+  c.send_interval = 2;
+  c.checkpoint_every = 20;
+  return c;
+}
+
+TrainResult run(const TrainConfig& c) {
+  return train(c, testing::separable_train_test());
+}
+
+// A step in [lo, hi] drawn from gtest's seed (printed with every failure by the caller).
+std::int64_t random_step(std::int64_t lo, std::int64_t hi) {
+  std::mt19937_64 rng(
+      static_cast<std::uint64_t>(::testing::UnitTest::GetInstance()->random_seed()));
+  return std::uniform_int_distribution<std::int64_t>(lo, hi)(rng);
+}
+
+void expect_same_states(const Checkpoint& a, const Checkpoint& b) {
+  ASSERT_EQ(a.workers.size(), b.workers.size());
+  for (std::size_t i = 0; i < a.workers.size(); ++i) {
+    SCOPED_TRACE("worker " + std::to_string(i));
+    EXPECT_EQ(a.workers[i].steps, b.workers[i].steps);
+    ASSERT_EQ(a.workers[i].params.size(), b.workers[i].params.size());
+    EXPECT_EQ(std::memcmp(a.workers[i].params.data(), b.workers[i].params.data(),
+                          a.workers[i].params.size() * sizeof(float)),
+              0)
+        << "the states differ";
+  }
+}
+
+// Interrupted at a random step (a worker fails there; the process is SIGKILLed in
+// tests/cli/kill_resume.sh), then resumed: the run ends bit-identical to an uninterrupted one.
+TEST(ResumeTest, DeterministicResumeEndsBitIdentical) {
+  for (Algorithm algo : {Algorithm::kAsgd, Algorithm::kAsgdNoFilter, Algorithm::kSync}) {
+    SCOPED_TRACE(std::string(to_string(algo)));
+    TempDir dir;
+    TrainConfig c = reliability_config(algo);
+    c.deterministic = true;
+    if (algo == Algorithm::kAsgd) c.straggler = {1, 2.0};  // uneven rounds
+    c.checkpoint_dir = dir.file("whole");
+    const TrainResult whole = run(c);
+
+    const std::int64_t at = random_step(25, 140);
+    SCOPED_TRACE("interrupted at step " + std::to_string(at));
+    c.checkpoint_dir = dir.file("parts");
+    c.faults = {parse_fault("throw:2:" + std::to_string(at))};
+    EXPECT_THROW(run(c), Error);
+    c.faults.clear();
+    c.resume_dir = c.checkpoint_dir;
+    const TrainResult resumed = run(c);
+    EXPECT_GE(resumed.resumed_step, 20);
+    EXPECT_LE(resumed.resumed_step, at);
+    EXPECT_EQ(resumed.final_test_loss, whole.final_test_loss);
+    expect_same_states(read_checkpoint(checkpoint_file(dir.file("whole"), 0, false)),
+                       read_checkpoint(checkpoint_file(dir.file("parts"), 0, false)));
+  }
+}
+
+// With threads, how far the other workers got when one fails is up to the scheduler (the
+// SIGKILL variant is tests/cli/kill_resume.sh); here a finished run is continued for more
+// epochs from its final checkpoint, which holds every worker at its last step.
+TEST(ResumeTest, ThreadedRunContinuesFromItsCheckpoint) {
+  TempDir dir;
+  TrainConfig c = reliability_config();
+  c.epochs = 5;
+  c.checkpoint_dir = dir.str();
+  const TrainResult first = run(c);
+  const Checkpoint partial = read_checkpoint(checkpoint_file(dir.str(), 0, false));
+  ASSERT_EQ(partial.workers.size(), 4u);
+  EXPECT_EQ(partial.workers[0].steps, 75);
+  EXPECT_GE(first.checkpoints_written, 1);  // at least the final one
+  c.epochs = 10;
+  c.resume_dir = dir.str();
+  const TrainResult r = run(c);
+  EXPECT_EQ(r.resumed_step, 75);
+  EXPECT_EQ(r.steps, 150);
+  EXPECT_GE(r.final_test_accuracy, 0.9);
+  EXPECT_GE(r.checkpoints_written, 1);
+  const Checkpoint last = read_checkpoint(checkpoint_file(dir.str(), 0, false));
+  EXPECT_EQ(last.workers[0].steps, 150);
+}
+
+TEST(ResumeTest, RefusesAnotherRunsCheckpoint) {
+  TempDir dir;
+  TrainConfig c = reliability_config();
+  c.epochs = 2;
+  c.checkpoint_dir = dir.str();
+  run(c);
+  TrainConfig other = c;
+  other.checkpoint_dir.clear();
+  other.resume_dir = dir.str();
+  other.workers = 2;
+  other.batch = 16;
+  try {
+    run(other);
+    FAIL() << "resumed a 4-worker checkpoint with 2 workers";
+  } catch (const InputError& e) {
+    EXPECT_THAT(e.what(), HasSubstr("workers: checkpoint '4', this run '2'"));
+    EXPECT_THAT(e.what(), HasSubstr("batch: checkpoint '32', this run '16'"));
+  }
+  other = c;
+  other.model.hidden = {8};
+  other.resume_dir = dir.str();
+  EXPECT_THROW(run(other), InputError);
+}
+
+TEST(ResumeTest, CorruptedOrMissingCheckpointIsAClearError) {
+  TempDir dir;
+  TrainConfig c = reliability_config();
+  c.epochs = 2;
+  c.checkpoint_dir = dir.str();
+  run(c);
+  const std::string file = checkpoint_file(dir.str(), 0, false);
+  {
+    std::fstream f(file, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(1000);
+    char byte = 0;
+    f.read(&byte, 1);
+    f.seekp(1000);
+    byte = static_cast<char>(byte ^ 0x10);
+    f.write(&byte, 1);
+  }
+  c.resume_dir = dir.str();
+  try {
+    run(c);
+    FAIL() << "a corrupted checkpoint was accepted";
+  } catch (const InputError& e) {
+    EXPECT_THAT(e.what(), HasSubstr("checksum mismatch"));
+    EXPECT_THAT(e.what(), HasSubstr(file));
+  }
+  c.resume_dir = dir.file("nothing-here");
+  try {
+    run(c);
+    FAIL() << "resumed from a directory without a checkpoint";
+  } catch (const InputError& e) {
+    EXPECT_THAT(e.what(), HasSubstr("no checkpoint"));
+  }
+}
+
+TEST(DivergenceTest, RestorePolicyRecoversAndLowersTheStepSize) {
+  TempDir dir;
+  TrainConfig c = reliability_config();
+  c.deterministic = true;
+  c.on_divergence = DivergencePolicy::kRestore;
+  c.faults = {parse_fault("nan:1:50")};
+  c.metrics_path = dir.file("m.jsonl");
+  const TrainResult r = run(c);
+  EXPECT_EQ(r.divergence_restores, 1);
+  EXPECT_GE(r.final_test_accuracy, 0.9);
+  EXPECT_EQ(r.steps, 150);
+  std::ifstream in(c.metrics_path);
+  std::string line, event;
+  while (std::getline(in, line))
+    if (line.find("\"divergence\"") != std::string::npos) event = line;
+  // Found at the first check after the fault (every eval-every = 20 steps), put back to the
+  // state of the check before it, at half the step size.
+  EXPECT_THAT(event, HasSubstr("\"worker\":1"));
+  EXPECT_THAT(event, HasSubstr("\"step\":60"));
+  EXPECT_THAT(event, HasSubstr("\"restored_step\":40"));
+  EXPECT_THAT(event, HasSubstr("\"lr\":0.05"));
+}
+
+TEST(DivergenceTest, StopPolicyNamesTheWorkerAndStep) {
+  TrainConfig c = reliability_config();
+  // Worker 0: with threads, it alone is sure to reach a given step (it decides the end).
+  c.faults = {parse_fault("nan:0:40")};
+  try {
+    run(c);
+    FAIL() << "a NaN state went unnoticed";
+  } catch (const Error& e) {
+    EXPECT_THAT(e.what(), HasSubstr("worker 0 has NaN or Inf"));
+    EXPECT_THAT(e.what(), HasSubstr("at step 40"));
+    EXPECT_THAT(e.what(), HasSubstr("--on-divergence restore"));
+  }
+}
+
+TEST(DivergenceTest, RestoresAreBounded) {
+  TrainConfig c = reliability_config();
+  c.lr = 1e30f;  // diverges again after every restore
+  c.on_divergence = DivergencePolicy::kRestore;
+  c.max_restores = 3;
+  try {
+    run(c);
+    FAIL() << "a run that cannot converge never stopped";
+  } catch (const Error& e) {
+    EXPECT_THAT(e.what(), HasSubstr("after 3 restores"));
+  }
+}
+
+TEST(DivergenceTest, CheckpointsNeverHoldANonFiniteState) {
+  TempDir dir;
+  TrainConfig c = reliability_config();
+  c.deterministic = true;
+  c.on_divergence = DivergencePolicy::kRestore;
+  c.faults = {parse_fault("nan:0:40")};  // at a checkpoint step of worker 0
+  c.epochs = 3;
+  c.checkpoint_dir = dir.str();
+  run(c);
+  for (const WorkerState& w : read_checkpoint(checkpoint_file(dir.str(), 0, false)).workers)
+    for (const float v : w.params)
+      ASSERT_TRUE(std::isfinite(v)) << "worker " << w.id;
+}
+
+TEST(FaultTest, AFailingWorkerEndsTheRunWithItsName) {
+  TrainConfig c = reliability_config();
+  c.faults = {parse_fault("throw:0:30")};
+  try {
+    run(c);
+    FAIL() << "the failure of worker 0 was lost";
+  } catch (const Error& e) {
+    EXPECT_THAT(e.what(), HasSubstr("worker 0 failed"));
+    EXPECT_THAT(e.what(), HasSubstr("at step 30"));
+  }
+}
+
+TEST(FaultTest, ParsesAndRejectsFaultSpecifications) {
+  const Fault f = parse_fault("forge-offset:2:5");
+  EXPECT_EQ(f.kind, "forge-offset");
+  EXPECT_EQ(f.worker, 2);
+  EXPECT_EQ(f.at, 5);
+  EXPECT_TRUE(f.on_wire());
+  EXPECT_FALSE(parse_fault("kill:0:9").on_wire());
+  for (const char* bad :
+       {"nan", "nan:1", "melt:1:5", "nan:-1:5", "nan:1:0", "nan:1:2.5", "nan:x:5"})
+    EXPECT_THROW(parse_fault(bad), InputError) << bad;
+  TrainConfig c = reliability_config();
+  c.faults = {parse_fault("corrupt:1:3")};
+  try {
+    run(c);
+    FAIL() << "a wire fault was accepted without a wire";
+  } catch (const InputError& e) {
+    EXPECT_THAT(e.what(), HasSubstr("MPI transport"));
+  }
+  c.faults = {parse_fault("nan:7:3")};
+  EXPECT_THROW(run(c), InputError);  // no worker 7
+  c = reliability_config(Algorithm::kSync);
+  c.on_divergence = DivergencePolicy::kRestore;
+  EXPECT_THROW(run(c), InputError);
+}
+
+}  // namespace
+}  // namespace asgd
