@@ -149,7 +149,7 @@ def in_process(r, only):
         ck = os.path.join(r.tmp, "kill_ck")
         rc, wall, s, tail = r.run([*w, "--fault", "kill:0:700", "--checkpoint-dir", ck,
                                    "--checkpoint-every", "100"])
-        first = f"exit {rc} (SIGKILL) after {wall:.1f} s"
+        first = f"killed by SIGKILL (exit {rc}) after {wall:.1f} s"
         rc2, wall2, s2, _ = r.run([*w, "--checkpoint-dir", ck, "--checkpoint-every", "100",
                                    "--resume", ck])
         rows.append(row("process killed", "--fault kill:0:700 (SIGKILL), then --resume",
@@ -180,6 +180,9 @@ def across_ranks(r, only, stall_seconds):
     rows = []
     np = 4
     if want(only, "stall"):
+        window = {}
+        metrics = os.path.join(r.tmp, "stall_metrics.jsonl")
+
         def stall(proc):
             deadline = time.monotonic() + 60
             ranks = {}
@@ -188,14 +191,45 @@ def across_ranks(r, only, stall_seconds):
                 ranks = rank_pids(proc.pid)
             if len(ranks) < np:
                 return
-            time.sleep(3)  # past start-up, into training
+            # Into training: rank 0's first evaluation line.
+            while proc.poll() is None and time.monotonic() < deadline and (
+                    not os.path.exists(metrics) or os.path.getsize(metrics) == 0):
+                time.sleep(0.05)
+            window["first_eval"] = time.monotonic()
+            time.sleep(0.5)
             os.kill(ranks[2], signal.SIGSTOP)
+            window["stop"] = time.monotonic()
             time.sleep(stall_seconds)
             os.kill(ranks[2], signal.SIGCONT)
-        rc, wall, s, _ = r.run([], mpi_ranks=np, during=stall)
+            window["cont"] = time.monotonic()
+        rc, wall, s, _ = r.run(["--metrics", metrics], mpi_ranks=np,
+                               during=stall)
+        # Rank 0's steps per second before and during the stall, on its own clock (its first
+        # evaluation line is the common point of the two clocks).
+        rate = {}
+        try:
+            with open(metrics) as f:
+                points = [json.loads(l) for l in f if '"event"' not in l]
+            t0 = points[0]["time_s"]
+            stop = t0 + window["stop"] - window["first_eval"]
+            cont = t0 + window["cont"] - window["first_eval"]
+
+            def steps_per_s(a, b):
+                inside = [p for p in points if a <= p["time_s"] <= b]
+                if len(inside) < 2:
+                    return None
+                return (inside[-1]["step"] - inside[0]["step"]) / (inside[-1]["time_s"] - inside[0]["time_s"])
+            rate = {"before": steps_per_s(t0, stop), "during": steps_per_s(stop, cont)}
+        except (OSError, KeyError, IndexError, ValueError):
+            pass
+        if rate.get("before") and rate.get("during"):
+            seen = (f"rank 0 stepped {rate['during']:.0f}/s during the stall vs "
+                    f"{rate['before']:.0f}/s before ({rate['during'] / rate['before']:.2f})")
+        else:
+            seen = "rank 0 reached the target before or without a measurable stall window"
         rows.append(row("rank stalled", f"SIGSTOP rank 2 for {stall_seconds:.0f} s, then SIGCONT",
-                        f"exit {rc}; the others kept training; {describe(s)}", reached(s), s,
-                        wall))
+                        f"exit {rc}; {seen}; job ended normally after SIGCONT", reached(s), s,
+                        wall, {"rank0_steps_per_s": rate}))
     if want(only, "rankkill"):
         ck = os.path.join(r.tmp, "rank_ck")
         rc, wall, s, tail = r.run(["--fault", "kill:0:600", "--checkpoint-dir", ck,
