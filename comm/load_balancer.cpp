@@ -82,6 +82,13 @@ PeerSetting decide(const PeerState& peer, const PeerSetting& previous, double st
   if (target == previous || !within_limits(previous, l)) return target;
   // The link slowed enough that the previous setting overloads it: follow at once.
   if (busy_fraction(peer.link, previous, step_s) > l.rho * (1 + l.hysteresis)) return target;
+  // Likewise when its messages cost the worker more compute than its share (the cost per
+  // element was measured higher, or the steps got shorter).
+  if (l.seconds_per_element > 0 &&
+      static_cast<double>(previous.message) * l.seconds_per_element /
+              (static_cast<double>(previous.interval) * step_s) >
+          l.compute_share * (1 + l.hysteresis))
+    return target;
   if (congested && target.interval > previous.interval) return target;
   const double dk = relative_change(previous.interval, target.interval);
   const double dm = relative_change(previous.message, target.message);

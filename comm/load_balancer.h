@@ -112,8 +112,8 @@ PeerSetting ideal_setting(const LinkModel& link, double step_s, const BalanceLim
 // max_interval), and kept at `previous` unless the change is worth it: it sends more often by
 // more than the hysteresis (relative), or more per message by more than the hysteresis at no
 // larger interval. A worse setting is taken at once when the previous one would break the busy
-// bound by more than the hysteresis (a slowing link) or the backlog exceeds its bound and asks
-// for a longer interval; otherwise the previous one is kept, so an estimate that wanders
+// bound or the compute share by more than the hysteresis (a slowing link, a dearer element)
+// or the backlog exceeds its bound and asks for a longer interval; otherwise the previous one is kept, so an estimate that wanders
 // across the boundary between two intervals does not flip k back and forth. A previous
 // setting outside the limits is replaced. An entry with link_known false keeps its previous
 // setting, or gets (max_message, min_interval) when it has none yet (message 0); the caller

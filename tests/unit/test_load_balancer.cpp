@@ -424,6 +424,32 @@ TEST(Balance, BacklogAboveTheBoundThinsTheSends) {
   EXPECT_EQ(decide(link, 0, PeerSetting{749568, 8}, step_s, limits), ideal);
 }
 
+// The compute bound is followed like the link's: a setting that costs more than the share
+// (the cost per element was measured higher) is cut at once, not kept by the hysteresis; one
+// within the hysteresis of the share stays; and a cheaper cost lets the volume grow again.
+TEST(Balance, FollowsTheComputeShareAtOnce) {
+  BalanceLimits limits = test_limits();
+  limits.compute_share = 0.05;
+  limits.seconds_per_element = 1e-9;
+  const double step_s = 1e-3;
+  const LinkModel ideal;
+  const PeerSetting cheap = ideal_setting(ideal, step_s, limits);
+  ASSERT_EQ(cheap, (PeerSetting{49152, 1}));
+  // Whole state every step (as before the first cost reading): 10x the share.
+  const PeerSetting whole{limits.max_message, 1};
+  ASSERT_GT(limits.max_message, 10 * cheap.message);
+  EXPECT_EQ(decide(ideal, 0, whole, step_s, limits), cheap);
+  // The cost per element doubles: the volume halves at the next decision.
+  limits.seconds_per_element = 2e-9;
+  EXPECT_EQ(decide(ideal, 0, cheap, step_s, limits), (PeerSetting{24576, 1}));
+  // A 5% rise (inside the hysteresis) keeps the setting.
+  limits.seconds_per_element = 1.05e-9;
+  EXPECT_EQ(decide(ideal, 0, cheap, step_s, limits), cheap);
+  // Cheaper again: more per message.
+  limits.seconds_per_element = 0.5e-9;
+  EXPECT_EQ(decide(ideal, 0, cheap, step_s, limits), (PeerSetting{99328, 1}));
+}
+
 TEST(Balance, KeepsSmallChangesAndFollowsLargeOnes) {
   const BalanceLimits limits = test_limits();
   const double step_s = 1e-2;
