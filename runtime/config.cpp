@@ -557,6 +557,12 @@ void validate(const TrainConfig& c) {
                      c.min_interval, c.max_interval);
   if (!(c.peer_timeout_s > 0.0))
     ASGD_INPUT_ERROR("--peer-timeout must be positive, got {}", c.peer_timeout_s);
+  for (std::size_t i = 0; i < c.faults.size(); ++i)
+    for (std::size_t j = 0; j < i; ++j)
+      if (c.faults[i].on_wire() && c.faults[j].on_wire() && c.faults[i].worker == c.faults[j].worker)
+        ASGD_INPUT_ERROR("--fault {}:{}:{} and --fault {}:{}:{}: one wire fault per worker",
+                         c.faults[j].kind, c.faults[j].worker, c.faults[j].at, c.faults[i].kind,
+                         c.faults[i].worker, c.faults[i].at);
   for (const Fault& f : c.faults)
     if (f.worker >= workers)
       ASGD_INPUT_ERROR("--fault {}:{}:{} names worker {} but there are {} workers", f.kind,

@@ -144,9 +144,10 @@ struct TrainConfig {
   // The load balancer.
   BalanceMode balance = BalanceMode::kDefault;
   double rho = 0.5;                  // target busy fraction of every link
-  // Most of a worker's compute that its messages may cost (measured per element; 0: the
-  // balancer considers the links only, as by default).
-  double compute_share = 0.0;
+  // Most of a worker's compute that its messages may cost: the balancer keeps m c / (k T) within
+  // it per peer's share, c the measured compute per element sent and merged (on the host, the
+  // worker thread's CPU time). 0: the links alone decide.
+  double compute_share = 0.1;
   std::int64_t min_message = 4096;   // elements
   std::int64_t max_message = 0;      // elements; 0 = the parameter count
   std::int64_t min_interval = 0;     // steps; 0 = the number of peers (one message per step)

@@ -256,12 +256,13 @@ class Run {
     next_checkpoint_step_ = c.checkpoint_every;
     if (!c.resume_dir.empty()) resume();
     for (auto& w : workers_) start_steps_.push_back(w->steps());
+    checked_at_.assign(workers_.size(), -1);
     published_steps_.reset(new std::atomic<std::int64_t>[workers_.size()]);
     published_eval_s_.reset(new std::atomic<double>[workers_.size()]);
     published_comm_s_.reset(new std::atomic<double>[workers_.size()]);
     published_comm_elements_.reset(new std::atomic<std::int64_t>[workers_.size()]);
     for (std::size_t i = 0; i < workers_.size(); ++i) {
-      published_steps_[i].store(0);
+      published_steps_[i].store(workers_[i]->steps());
       published_eval_s_[i].store(0.0);
       published_comm_s_[i].store(0.0);
       published_comm_elements_[i].store(0);
@@ -406,7 +407,12 @@ class Run {
 
   // Checks worker w for NaN/Inf (its state and its training loss) and applies --on-divergence.
   void guard_divergence(Worker& w) {
-    if (w.check_finite()) return;
+    std::int64_t& checked = checked_at_[local(w)];
+    if (checked == w.steps()) return;  // already checked at this step (and finite since)
+    if (w.check_finite()) {
+      checked = w.steps();
+      return;
+    }
     const std::int64_t step = w.steps();
     if (c_.on_divergence == DivergencePolicy::kStop)
       ASGD_THROW("training diverged: worker {} has NaN or Inf in its state or training loss at "
@@ -419,6 +425,7 @@ class Run {
                  "smaller --lr",
                  w.id(), step, w.restores(), w.lr());
     const std::int64_t back_to = w.restore_last_good(c_.divergence_lr_factor);
+    checked = w.steps();
     RunEvent e;
     e.event = "divergence";
     e.time_s = seconds_since(start_);
@@ -451,7 +458,7 @@ class Run {
             {"batch", std::to_string(c_.batch)},
             {"seed", std::to_string(c_.seed)},
             {"dataset", c_.data.spec},
-            {"train-rows", std::to_string(shards_.front().rows)},
+            {"train-rows", std::to_string(result_.train_rows)},
             {"deterministic", c_.deterministic ? "true" : "false"},
             {"window-history", std::to_string(c_.window_history)},
             {"checkpoint", place_.multiprocess() ? std::string(to_string(c_.checkpoint_scope))
@@ -628,7 +635,8 @@ class Run {
   void show_progress(const Worker& w) {
     if (w.id() != 0) return;
     const double elapsed = seconds_since(start_);
-    const double rate = static_cast<double>(w.steps() * c_.batch) / std::max(elapsed, 1e-9);
+    const double rate = static_cast<double>((w.steps() - start_steps_[local(w)]) * c_.batch) /
+                        std::max(elapsed, 1e-9);
     double eta = static_cast<double>((w.max_steps() - w.steps()) * c_.batch) / rate;
     if (c_.max_seconds > 0) eta = std::min(eta, c_.max_seconds - elapsed);
     std::lock_guard<std::mutex> lock(mutex_);
@@ -675,6 +683,7 @@ class Run {
       probe_ = probe_links(*transport_, c_.workers, {std::min<std::int64_t>(4096, top), top / 4, top}, 3);
     }
     steps_seen_.assign(static_cast<std::size_t>(c_.workers), StepClock{});
+    for (auto& w : workers_) steps_seen_[static_cast<std::size_t>(w->id())].steps = w->steps();
     last_step_time_.assign(static_cast<std::size_t>(c_.workers), 0.0);
     board_ = std::make_unique<PeerBoard>(c_.workers);
     std::vector<int> local_ids;
@@ -756,8 +765,8 @@ class Run {
       straggle(w, t0);
       inject_faults(w);
       if (w.steps() % check_interval_ == 0 || eval_due(w)) guard_divergence(w);
-      maybe_checkpoint(w);
       if (eval_due(w)) evaluate(w, w.id());
+      maybe_checkpoint(w);  // after the evaluation: a resumed run does not repeat it
       if (w.id() == 0 && w.steps() >= w.max_steps()) {
         std::lock_guard<std::mutex> lock(mutex_);
         if (stop_reason_.empty()) stop_reason_ = "epochs";
@@ -766,7 +775,10 @@ class Run {
       check_time();
       show_progress(w);
     }
-    if (w.steps() != last_eval_[local(w)].second) evaluate(w, w.id());
+    if (w.steps() != last_eval_[local(w)].second) {
+      guard_divergence(w);
+      evaluate(w, w.id());
+    }
   }
 
   void run_sync(Worker& w) {
@@ -782,7 +794,6 @@ class Run {
       w.apply_mean_gradient(all);
       w.stream().synchronize();
       inject_faults(w);
-      maybe_checkpoint(w);
       // The states are identical: worker 0 evaluates for all and decides the stop.
       if (w.id() == 0) {
         if (w.steps() % check_interval_ == 0 || eval_due(w)) guard_divergence(w);
@@ -795,6 +806,7 @@ class Run {
         check_time();
         show_progress(w);
       }
+      maybe_checkpoint(w);
       barrier_.arrive_and_wait();  // nobody overwrites its gradient before all have read
       if (stop_) break;
     }
@@ -816,10 +828,10 @@ class Run {
         for (Worker* w : order) inject_faults(*w);
         Worker& w0 = *workers_.front();
         if (w0.steps() % check_interval_ == 0 || eval_due(w0)) guard_divergence(w0);
-        checkpoint_round_deterministic();
         if (eval_due(w0)) evaluate(w0, 0);
         if (w0.steps() >= w0.max_steps() && stop_reason_.empty()) stop_reason_ = "epochs";
         if (w0.steps() >= w0.max_steps()) stop_ = true;
+        if (!stop_) checkpoint_round_deterministic();
         continue;
       }
       // Each round's order is a function of the generator alone (not of the previous round's),
@@ -846,8 +858,10 @@ class Run {
     }
     for (auto& w : workers_)
       if (w->steps() != last_eval_[local(*w)].second &&
-          (c_.algorithm != Algorithm::kSync || w->id() == 0))
+          (c_.algorithm != Algorithm::kSync || w->id() == 0)) {
+        guard_divergence(*w);
         evaluate(*w, w->id());
+      }
   }
 
   // SimuParallelSGD's result: the mean of all workers' states, evaluated as worker -1.
@@ -1037,10 +1051,13 @@ class Run {
       if (g[n] > 0) break;
       w.apply_gradient_sum(g, place_.ranks);
       inject_faults(w);
-      maybe_checkpoint(w);
-      if (place_.rank != 0) continue;
+      if (place_.rank != 0) {
+        maybe_checkpoint(w);
+        continue;
+      }
       if (w.steps() % check_interval_ == 0 || eval_due(w)) guard_divergence(w);
       if (eval_due(w)) evaluate(w, 0);
+      maybe_checkpoint(w);
       if (w.steps() >= w.max_steps()) {
         if (stop_reason_.empty()) stop_reason_ = "epochs";
         stop_ = true;
@@ -1048,7 +1065,10 @@ class Run {
       check_time();
       show_progress(w);
     }
-    if (place_.rank == 0 && w.steps() != last_eval_[0].second) evaluate(w, 0);
+    if (place_.rank == 0 && w.steps() != last_eval_[0].second) {
+      guard_divergence(w);
+      evaluate(w, 0);
+    }
   }
 
   // simu across processes: the mean of the ranks' states, evaluated on rank 0 as worker -1.
@@ -1165,6 +1185,7 @@ class Run {
   std::mt19937_64 order_rng_;  // deterministic mode: the order of the workers in each round
   double resumed_elapsed_s_ = 0;
   std::vector<std::int64_t> start_steps_;  // per local worker: its step when this run began
+  std::vector<std::int64_t> checked_at_;   // per local worker, its thread: last finite check
   std::string checkpoint_path_;
   std::atomic<std::int64_t> checkpoint_requested_{0};
   std::vector<std::int64_t> checkpoint_done_;  // per local worker, its own thread

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <ctime>
 #include <limits>
 #include <sstream>
 
@@ -14,11 +15,6 @@ namespace asgd {
 namespace {
 // Evaluation runs in chunks of the model's largest batch; larger chunks make it cheaper.
 constexpr std::int64_t kEvalChunk = 1024;
-
-double seconds_between(std::chrono::steady_clock::time_point a,
-                       std::chrono::steady_clock::time_point b) {
-  return std::chrono::duration<double>(b - a).count();
-}
 
 // The clock of send times: steady, and shared by every worker of this process.
 double monotonic_seconds() {
@@ -64,6 +60,7 @@ Worker::Worker(int id, int device, const TrainConfig& config, const Dataset& tra
       loss_(stream_.backend(), stream_.device(), 2),
       correct_(stream_.backend(), stream_.device(), 1),
       lr_(config.lr),
+      cpu_cost_clock_(config.backend == Backend::kHost && config.threads == 1),
       nonfinite_(stream_.backend(), stream_.device(), 1),
       peer_rng_(config.seed * 0x9E3779B97F4A7C15ull + static_cast<std::uint64_t>(id)),
       adversary_rng_(config.seed + 0xADu),
@@ -254,7 +251,7 @@ void Worker::exchange_and_update() {
     received_->record(*copy_stream_);
     received_->wait_on(stream_);
   }
-  const auto merge_start = std::chrono::steady_clock::now();
+  const double merge_start = cost_clock();
   for (int m = 0; m < used; ++m)
     parzen_statistics(stream_, lengths[m], grad_.data() + ranges[m].offset,
                       params_.data() + ranges[m].offset, ranges[m].data, stats_.data() + 4 * m);
@@ -263,9 +260,9 @@ void Worker::exchange_and_update() {
     staging_in_flight_ = false;
   }
   if (used == 0) {
-    const auto t0 = std::chrono::steady_clock::now();
+    const double t0 = cost_clock();
     sgd_step(stream_, n_, lr_, grad_.data(), params_.data());
-    const double sgd_s = seconds_between(t0, std::chrono::steady_clock::now());
+    const double sgd_s = cost_clock() - t0;
     plain_step_s_ = plain_step_s_ > 0 ? 0.9 * plain_step_s_ + 0.1 * sgd_s : sgd_s;
     return;
   }
@@ -276,7 +273,7 @@ void Worker::exchange_and_update() {
                params_.data(), ranges, used, accept_.data());
   // What the messages cost beyond a plain step (the merge includes the step); on a GPU the
   // launches return at once and the cost measured here is close to nothing, as it should be.
-  const double merge_s = seconds_between(merge_start, std::chrono::steady_clock::now());
+  const double merge_s = cost_clock() - merge_start;
   std::int64_t elements = 0;
   for (int m = 0; m < used; ++m) elements += lengths[m];
   comm_seconds_ += std::max(0.0, merge_s - plain_step_s_);
@@ -299,9 +296,9 @@ void Worker::send(int peer, std::int64_t message, std::int64_t& cursor) {
   TraceScope scope(trace_, "send", {"peer", peer, "bytes", h.length * 4});
   trace_.flow_begin("message", TraceRecorder::flow_id(id_, peer, h.sender_step));
   if (stream_.is_host() && !adversary) {
-    const auto t0 = std::chrono::steady_clock::now();
+    const double t0 = cost_clock();
     transport_->post(peer, h, params_.data() + h.offset);
-    comm_seconds_ += seconds_between(t0, std::chrono::steady_clock::now());
+    comm_seconds_ += cost_clock() - t0;
     return;
   }
   // On a GPU the range goes to pinned memory first; it is posted at the next step, when the
@@ -399,6 +396,13 @@ std::mt19937_64 rng_from(const std::string& text, const char* what) {
 }
 }  // namespace
 
+double Worker::cost_clock() const {
+  if (!cpu_cost_clock_) return monotonic_seconds();
+  timespec t{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+  return static_cast<double>(t.tv_sec) + 1e-9 * static_cast<double>(t.tv_nsec);
+}
+
 WorkerState Worker::save_state() {
   flush_pending_send_copy();
   WorkerState s;
@@ -445,9 +449,10 @@ void Worker::load_state(const WorkerState& s, bool whole) {
   if (static_cast<std::int64_t>(s.params.size()) != n_)
     ASGD_INPUT_ERROR("the checkpoint holds a state of {} parameters, worker {}'s model has {}",
                      s.params.size(), id_, n_);
-  if (s.steps < 0 || !(s.lr_scale > 0.0f) || !std::isfinite(s.lr_scale))
-    ASGD_INPUT_ERROR("the checkpoint's step count {} or step-size scale {} is invalid", s.steps,
-                     s.lr_scale);
+  if (s.steps < 0 || !(s.lr_scale > 0.0f) || !std::isfinite(s.lr_scale) || s.restores < 0)
+    ASGD_INPUT_ERROR("the checkpoint's step count {}, step-size scale {} or restore count {} is "
+                     "invalid",
+                     s.steps, s.lr_scale, s.restores);
   for (const float v : s.params)
     if (!std::isfinite(v))
       ASGD_INPUT_ERROR("the checkpoint's state of worker {} holds NaN or Inf values; it would "
@@ -469,6 +474,13 @@ void Worker::load_state(const WorkerState& s, bool whole) {
   if (s.steps_at_last_eval < 0 || s.steps_at_last_eval > s.steps)
     ASGD_INPUT_ERROR("the checkpoint's step of the last evaluation ({}) is not in [0, {}]",
                      s.steps_at_last_eval, s.steps);
+  // The history count indexes the ring (seen % H) and grows by one per message.
+  constexpr std::int64_t kMaxCount = std::int64_t{1} << 60;
+  bool counts_ok = s.parzen_history_seen >= 0 && s.parzen_history_seen < kMaxCount;
+  for (const std::int64_t c : s.parzen_counters) counts_ok = counts_ok && c >= 0 && c < kMaxCount;
+  for (const std::int64_t c : {s.sent, s.bytes_sent, s.received, s.malformed})
+    counts_ok = counts_ok && c >= 0 && c < kMaxCount;
+  if (!counts_ok) ASGD_INPUT_ERROR("the checkpoint's message counters of worker {} are invalid", id_);
   if (s.parzen_history.size() != history_.size() ||
       s.parzen_counters.size() != static_cast<std::size_t>(kParzenCounterCount))
     ASGD_INPUT_ERROR("the checkpoint's filter history holds {} entries, this run keeps {} "
@@ -500,7 +512,8 @@ void Worker::load_state(const WorkerState& s, bool whole) {
     const std::int64_t length = s.pending_header.length;
     if (length < 1 || length != static_cast<std::int64_t>(s.pending_payload.size()) ||
         s.pending_header.offset < 0 || s.pending_header.offset > n_ - length ||
-        s.pending_peer < 0 || s.pending_peer == id_ || s.pending_peer >= config_.workers)
+        s.pending_peer < 0 || s.pending_peer == id_ || s.pending_peer >= config_.workers ||
+        s.pending_header.sender != id_)
       ASGD_INPUT_ERROR("the checkpoint's pending message of worker {} is malformed", id_);
     if (send_staging_.size() < static_cast<std::size_t>(n_))
       send_staging_ = PinnedBuffer<float>(static_cast<std::size_t>(n_));
@@ -555,6 +568,10 @@ std::int64_t Worker::restore_last_good(float lr_factor) {
 }
 
 void Worker::inject_nan() {
+  if (staging_in_flight_) {
+    staged_->wait_on(stream_);  // the range being copied out is the state before the fault
+    staging_in_flight_ = false;
+  }
   fill(stream_, 1, std::numeric_limits<float>::quiet_NaN(), params_.data() + n_ / 2);
 }
 

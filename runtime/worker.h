@@ -137,6 +137,7 @@ class Worker {
   void send(int peer, std::int64_t message, std::int64_t& cursor);
   void flush_pending_send();
   void flush_pending_send_copy();
+  double cost_clock() const;  // seconds, see cpu_cost_clock_
   // An adversary's transformation of what it is about to send (config.adversary).
   void corrupt(float* data, std::int64_t length);
 
@@ -158,6 +159,11 @@ class Worker {
   std::int64_t steps_at_last_eval_ = 0;
   float lr_scale_ = 1.0f;
   float lr_;  // config.lr * lr_scale_
+  // What communication costs is timed on this thread's CPU clock where the worker computes on
+  // this thread alone (host backend, one thread): on a busy machine a thread descheduled in
+  // the middle of a merge would otherwise count the time others ran as the merge's cost. Wall
+  // time otherwise (OpenMP helpers; a GPU, whose launches return at once).
+  const bool cpu_cost_clock_;
   std::int64_t restores_ = 0;
   // The divergence check: the state of the last finite check (restore policy only), the
   // scratch the next check copies into, and the count of non-finite elements.

@@ -23,7 +23,13 @@ void add_checkpoint_command(CLI::App& app, std::string& path) {
 int run_checkpoint(const std::string& path) {
   struct stat st {};
   const bool dir = ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
-  const std::string file = dir ? checkpoint_file(path, 0, false) : path;
+  std::string file = dir ? checkpoint_file(path, 0, false) : path;
+  // A --checkpoint all directory holds one file per rank: show rank 0's, and say so.
+  if (dir && ::stat(file.c_str(), &st) != 0 &&
+      ::stat(checkpoint_file(path, 0, true).c_str(), &st) == 0) {
+    file = checkpoint_file(path, 0, true);
+    std::fprintf(stderr, "asgd: %s holds one checkpoint per rank; showing rank 0's\n", path.c_str());
+  }
   const Checkpoint c = read_checkpoint(file);
   nlohmann::json settings = nlohmann::json::object();
   for (const auto& [name, value] : c.identity)

@@ -228,7 +228,7 @@ void add_train_command(CLI::App& app, TrainOptions& o) {
       ->capture_default_str();
   cmd->add_option("--compute-share", c.compute_share,
                   "balancer: most of a worker's compute that sending and merging may take, "
-                  "measured (0: links only)")
+                  "measured per element (0: links only)")
       ->capture_default_str();
   cmd->add_option("--min-message", c.min_message, "balancer: smallest useful message, elements")
       ->capture_default_str();

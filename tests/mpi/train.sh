@@ -127,6 +127,16 @@ checkpoint_all)
   launch 2 "$asgd" "${common[@]}" --lr 0.1 --epochs 2 --resume "$work/ck" && fail "resumed rank0-scope from per-rank files"
   grep -q "no checkpoint at" "$work/out" || fail "unclear error for a missing shared checkpoint"
   ;;
+resume_uneven_shards)
+  # 3 ranks on 7201 training rows hold shards of 2401, 2400 and 2400 rows; every rank resumes
+  # from rank 0's checkpoint (--checkpoint rank0), so the check must not compare shards.
+  args=(train --dataset blobs:8001,20,4 --model softmax --batch 32 --eval-every 100 --no-progress
+        --summary "$work/s.json" --checkpoint-dir "$work/ck" --checkpoint-every 50)
+  launch 3 "$asgd" "${args[@]}" --epochs 2 || fail "exit $?"
+  launch 3 "$asgd" "${args[@]}" --epochs 3 --resume "$work/ck" || fail "the resumed job failed (exit $?)"
+  [[ $(summary 'd["resumed_step"] > 0 and d["steps"] > d["resumed_step"]') == True ]] ||
+    fail "did not continue from the checkpoint"
+  ;;
 wire_faults)
   # Three ranks damage messages on the wire, each in its own way; the receivers reject and
   # count every one, and training reaches its target.

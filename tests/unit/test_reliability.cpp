@@ -1,9 +1,13 @@
 // Reliability of a run in one process: checkpoint and resume (bit-identical in deterministic
 // mode), the divergence policies, injected faults and the errors they must produce.
+#include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <random>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -84,6 +88,13 @@ TEST(ResumeTest, DeterministicResumeEndsBitIdentical) {
     EXPECT_GE(resumed.resumed_step, 20);
     EXPECT_LE(resumed.resumed_step, at);
     EXPECT_EQ(resumed.final_test_loss, whole.final_test_loss);
+    // Every evaluation after the resume point, training loss included, is the uninterrupted
+    // run's (the checkpoint is taken after the evaluation at its step).
+    std::vector<std::pair<std::int64_t, double>> after_whole, after_resumed;
+    for (const EvalPoint& p : whole.history)
+      if (p.step > resumed.resumed_step) after_whole.emplace_back(p.step, p.train_loss);
+    for (const EvalPoint& p : resumed.history) after_resumed.emplace_back(p.step, p.train_loss);
+    EXPECT_EQ(after_resumed, after_whole);
     expect_same_states(read_checkpoint(checkpoint_file(dir.file("whole"), 0, false)),
                        read_checkpoint(checkpoint_file(dir.file("parts"), 0, false)));
   }
@@ -135,6 +146,45 @@ TEST(ResumeTest, RefusesAnotherRunsCheckpoint) {
   other.model.hidden = {8};
   other.resume_dir = dir.str();
   EXPECT_THROW(run(other), InputError);
+}
+
+// A checkpoint with a valid checksum but impossible contents (written by a buggy or hostile
+// tool) is refused before any of it is used.
+TEST(ResumeTest, ImpossibleContentsAreRefused) {
+  TempDir dir;
+  TrainConfig c = reliability_config();
+  c.epochs = 2;
+  c.checkpoint_dir = dir.str();
+  run(c);
+  const std::string file = checkpoint_file(dir.str(), 0, false);
+  const Checkpoint good = read_checkpoint(file);
+  c.resume_dir = dir.str();
+  const auto expect_refused = [&](Checkpoint bad, const char* what) {
+    write_checkpoint(file, bad);
+    try {
+      run(c);
+      ADD_FAILURE() << what << " was accepted";
+    } catch (const InputError& e) {
+      EXPECT_THAT(e.what(), HasSubstr("checkpoint")) << what;
+    }
+  };
+  Checkpoint bad = good;
+  bad.workers[1].parzen_history_seen = -5;  // would index before the ring
+  expect_refused(bad, "a negative filter history count");
+  bad = good;
+  bad.workers[2].params[7] = std::nanf("");
+  expect_refused(bad, "a NaN state");
+  bad = good;
+  bad.workers[0].sampler_order[3] = bad.workers[0].sampler_order[4];
+  expect_refused(bad, "a data order that is not a permutation");
+  bad = good;
+  bad.workers[3].restores = -1;
+  expect_refused(bad, "a negative restore count");
+  bad = good;
+  bad.workers[0].send_cursor = 1 << 30;
+  expect_refused(bad, "a send cursor outside the state");
+  write_checkpoint(file, good);
+  EXPECT_NO_THROW(run(c));
 }
 
 TEST(ResumeTest, CorruptedOrMissingCheckpointIsAClearError) {
