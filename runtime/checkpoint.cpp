@@ -313,8 +313,7 @@ Checkpoint decode_checkpoint(const std::string& bytes, const std::string& origin
     m.header = in.get_header("message header");
     m.payload = in.get_vector<float>("message payload");
     if (m.header.length < 1 || m.header.length != static_cast<std::int64_t>(m.payload.size()) ||
-        m.header.offset < 0 ||
-        m.header.offset > c.parameters - m.header.length)
+        m.header.offset < 0 || m.header.offset > c.parameters - m.header.length)
       in.fail("message header", "describes a range outside the model state");
     c.unread.push_back(std::move(m));
   }

@@ -3,9 +3,10 @@
 // deterministic mode) the messages delivered but not yet read — in one versioned file.
 //
 // File layout (little-endian): "ASGDCKPT", u32 version, u32 header size (32), u64 body size,
-// u64 XXH3-64 of the body (seeded with "ASGDCKPT" read as a big-endian u64), then the body. A reader checks all of it before it trusts a byte,
-// and every length inside the body against what is left, so a truncated, corrupted or hostile
-// file gives an InputError that names the file and what is wrong, never a crash.
+// u64 XXH3-64 of the body (seeded with "ASGDCKPT" read as a big-endian u64), then the body. A
+// reader checks all of it before it trusts a byte, and every length inside the body against what is
+// left, so a truncated, corrupted or hostile file gives an InputError that names the file and what
+// is wrong, never a crash.
 //
 // Writes are atomic: the file is written under a temporary name beside the target, fsynced,
 // renamed over it and the directory fsynced, so a crash at any moment leaves the previous

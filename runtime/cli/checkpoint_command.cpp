@@ -28,7 +28,8 @@ int run_checkpoint(const std::string& path) {
   if (dir && ::stat(file.c_str(), &st) != 0 &&
       ::stat(checkpoint_file(path, 0, true).c_str(), &st) == 0) {
     file = checkpoint_file(path, 0, true);
-    std::fprintf(stderr, "asgd: %s holds one checkpoint per rank; showing rank 0's\n", path.c_str());
+    std::fprintf(stderr, "asgd: %s holds one checkpoint per rank; showing rank 0's\n",
+                 path.c_str());
   }
   const Checkpoint c = read_checkpoint(file);
   nlohmann::json settings = nlohmann::json::object();

@@ -93,7 +93,8 @@ TEST(ResumeTest, DeterministicResumeEndsBitIdentical) {
     std::vector<std::pair<std::int64_t, double>> after_whole, after_resumed;
     for (const EvalPoint& p : whole.history)
       if (p.step > resumed.resumed_step) after_whole.emplace_back(p.step, p.train_loss);
-    for (const EvalPoint& p : resumed.history) after_resumed.emplace_back(p.step, p.train_loss);
+    for (const EvalPoint& p : resumed.history)
+      after_resumed.emplace_back(p.step, p.train_loss);
     EXPECT_EQ(after_resumed, after_whole);
     expect_same_states(read_checkpoint(checkpoint_file(dir.file("whole"), 0, false)),
                        read_checkpoint(checkpoint_file(dir.file("parts"), 0, false)));
