@@ -48,6 +48,9 @@ def main():
         "asgd (whole state every step)": ["--algo", "asgd", "--balance", "off"],
         "asgd (message 33666, every step)": ["--algo", "asgd", "--message-size", "33666",
                                              "--balance", "off"],
+        # What `asgd train` does without communication settings: the load balancer sizes the
+        # messages from the probed link and the measured compute share (0.1).
+        "asgd (defaults: --balance auto)": ["--algo", "asgd"],
     }
     samples = {name: [] for name in settings}
     commands = {}
