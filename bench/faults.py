@@ -110,6 +110,18 @@ def error_line(tail):
     return tail[-1].strip()[:150] if tail else ""
 
 
+def interrupted(r, args, fault, name, injected, first, mpi_ranks=0):
+    """A run that `fault` interrupts (checkpoints every 100 steps), then the same run resumed
+    from its checkpoint. `first(rc, wall, tail)` says how the interrupted run ended."""
+    ck = os.path.join(r.tmp, name.replace(" ", "_") + "_ck")
+    checkpoints = ["--checkpoint-dir", ck, "--checkpoint-every", "100"]
+    rc, wall, _, tail = r.run([*args, "--fault", fault, *checkpoints], mpi_ranks=mpi_ranks)
+    rc2, wall2, s2, _ = r.run([*args, *checkpoints, "--resume", ck], mpi_ranks=mpi_ranks)
+    return row(name, injected,
+               f"{first(rc, wall, tail)}; resumed from step "
+               f"{s2['resumed_step'] if s2 else '?'}, exit {rc2}", reached(s2), s2, wall + wall2)
+
+
 def in_process(r, only):
     rows = []
     w = ["--workers", "4"]
@@ -136,25 +148,13 @@ def in_process(r, only):
         rows.append(row("NaN divergence", "--fault nan:1:500 --on-divergence stop",
                         f"exit {rc} after {wall:.1f} s: {error_line(tail)}", reached(s), s, wall))
     if want(only, "exception"):
-        ck = os.path.join(r.tmp, "exception_ck")
-        rc, wall, s, tail = r.run([*w, "--fault", "throw:2:400", "--checkpoint-dir", ck,
-                                   "--checkpoint-every", "100"])
-        first = f"exit {rc} after {wall:.1f} s: {error_line(tail)}"
-        rc2, wall2, s2, _ = r.run([*w, "--checkpoint-dir", ck, "--checkpoint-every", "100",
-                                   "--resume", ck])
-        rows.append(row("worker exception", "--fault throw:2:400, then --resume",
-                        f"{first}; resumed from step {s2['resumed_step'] if s2 else '?'}, "
-                        f"exit {rc2}", reached(s2), s2, wall + wall2))
+        rows.append(interrupted(
+            r, w, "throw:2:400", "worker exception", "--fault throw:2:400, then --resume",
+            lambda rc, wall, tail: f"exit {rc} after {wall:.1f} s: {error_line(tail)}"))
     if want(only, "kill"):
-        ck = os.path.join(r.tmp, "kill_ck")
-        rc, wall, s, tail = r.run([*w, "--fault", "kill:0:700", "--checkpoint-dir", ck,
-                                   "--checkpoint-every", "100"])
-        first = f"killed by SIGKILL (exit {rc}) after {wall:.1f} s"
-        rc2, wall2, s2, _ = r.run([*w, "--checkpoint-dir", ck, "--checkpoint-every", "100",
-                                   "--resume", ck])
-        rows.append(row("process killed", "--fault kill:0:700 (SIGKILL), then --resume",
-                        f"{first}; resumed from step {s2['resumed_step'] if s2 else '?'}, "
-                        f"exit {rc2}", reached(s2), s2, wall + wall2))
+        rows.append(interrupted(
+            r, w, "kill:0:700", "process killed", "--fault kill:0:700 (SIGKILL), then --resume",
+            lambda rc, wall, tail: f"killed by SIGKILL (exit {rc}) after {wall:.1f} s"))
     return rows
 
 
@@ -231,15 +231,10 @@ def across_ranks(r, only, stall_seconds):
                         f"exit {rc}; {seen}; job ended normally after SIGCONT", reached(s), s,
                         wall, {"rank0_steps_per_s": rate}))
     if want(only, "rankkill"):
-        ck = os.path.join(r.tmp, "rank_ck")
-        rc, wall, s, tail = r.run(["--fault", "kill:0:600", "--checkpoint-dir", ck,
-                                   "--checkpoint-every", "100"], mpi_ranks=np)
-        first = f"job ended, exit {rc}, {wall:.1f} s: {error_line(tail)}"
-        rc2, wall2, s2, _ = r.run(["--checkpoint-dir", ck, "--checkpoint-every", "100",
-                                   "--resume", ck], mpi_ranks=np)
-        rows.append(row("rank killed", "--fault kill:0:600 (SIGKILL rank 0), then --resume",
-                        f"{first}; resumed from step {s2['resumed_step'] if s2 else '?'}, "
-                        f"exit {rc2}", reached(s2), s2, wall + wall2))
+        rows.append(interrupted(
+            r, [], "kill:0:600", "rank killed", "--fault kill:0:600 (SIGKILL rank 0), then --resume",
+            lambda rc, wall, tail: f"job ended, exit {rc}, {wall:.1f} s: {error_line(tail)}",
+            mpi_ranks=np))
     if want(only, "wire"):
         for kind, label in (("corrupt", "corrupted message"), ("forge-offset", "forged header"),
                             ("forge-length", "forged header"),

@@ -48,6 +48,32 @@ std::uint32_t header_check(const std::byte* b) {
 
 }  // namespace
 
+std::string_view to_string(WireFaultKind kind) {
+  switch (kind) {
+    case WireFaultKind::kNone:
+      return "none";
+    case WireFaultKind::kCorrupt:
+      return "corrupt";
+    case WireFaultKind::kForgeOffset:
+      return "forge-offset";
+    case WireFaultKind::kForgeLength:
+      return "forge-length";
+    case WireFaultKind::kForgeFingerprint:
+      return "forge-fingerprint";
+    case WireFaultKind::kReplay:
+      return "replay";
+  }
+  return "unknown";
+}
+
+WireFaultKind wire_fault_named(std::string_view name) {
+  for (const WireFaultKind kind :
+       {WireFaultKind::kCorrupt, WireFaultKind::kForgeOffset, WireFaultKind::kForgeLength,
+        WireFaultKind::kForgeFingerprint, WireFaultKind::kReplay})
+    if (name == to_string(kind)) return kind;
+  return WireFaultKind::kNone;
+}
+
 std::string_view to_string(WireError e) {
   switch (e) {
     case WireError::kNone:

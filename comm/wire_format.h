@@ -95,6 +95,20 @@ enum class WireError : std::uint8_t {
 inline constexpr int kWireErrorCount = static_cast<int>(WireError::kCount);
 std::string_view to_string(WireError e);
 
+// The ways a sender can be made to damage what it sends, for reliability experiments
+// (--fault; the MPI transport injects them, see comm/mpi/mpi_transport.h).
+enum class WireFaultKind {
+  kNone,
+  kCorrupt,
+  kForgeOffset,
+  kForgeLength,
+  kForgeFingerprint,
+  kReplay
+};
+std::string_view to_string(WireFaultKind kind);  // "corrupt", "forge-offset", ...
+// The kind of that name; kNone for any other name (and for "none").
+WireFaultKind wire_fault_named(std::string_view name);
+
 EncodedHeader encode_header(const WireHeader& header);
 
 // Decodes and validates a header that arrived from rank `source`, for a receiver holding

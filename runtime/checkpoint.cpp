@@ -240,7 +240,7 @@ std::string encode_checkpoint(const Checkpoint& c) {
     body.put_vector(m.payload);
   }
   body.put_vector(c.collect_starts);
-  body.put_string(c.config_json);
+  body.put_string(c.settings);
 
   Out file;
   file.bytes().append(kMagic, sizeof(kMagic));
@@ -318,7 +318,7 @@ Checkpoint decode_checkpoint(const std::string& bytes, const std::string& origin
     c.unread.push_back(std::move(m));
   }
   c.collect_starts = in.get_vector<std::int32_t>("receive order");
-  c.config_json = in.get_string("configuration");
+  c.settings = in.get_string("settings");
   if (!in.at_end()) in.fail("end of the state", "is followed by unexpected bytes");
   if (c.ranks < 1 || c.rank < 0 || c.rank >= c.ranks) in.fail("rank", "is out of range");
   return c;

@@ -82,7 +82,7 @@ struct Checkpoint {
   std::vector<WorkerState> workers;
   std::vector<UnreadMessage> unread;
   std::vector<std::int32_t> collect_starts;  // deterministic: each receiver's next sender
-  std::string config_json;                   // the whole configuration, for people reading the file
+  std::string settings;  // the run's settings as one line of text, for people reading the file
 };
 
 // The file of `dir`'s latest checkpoint: checkpoint.asgd, or checkpoint.rankR.asgd when every

@@ -10,6 +10,7 @@
 
 #include <toml++/toml.h>
 
+#include "comm/wire_format.h"
 #include "runtime/error.h"
 
 namespace asgd {
@@ -462,10 +463,7 @@ Fault parse_fault(std::string_view text) {
   f.kind = std::string(text.substr(0, first));
   f.worker = parse_worker(text.substr(first + 1, second - first - 1), "--fault WORKER");
   const double at = parse_number(text.substr(second + 1), "--fault N");
-  static const char* const kKinds[] = {"nan",          "throw",        "kill",
-                                       "corrupt",      "forge-offset", "forge-length",
-                                       "forge-fingerprint", "replay"};
-  if (std::find(std::begin(kKinds), std::end(kKinds), f.kind) == std::end(kKinds))
+  if (f.on_wire() && wire_fault_named(f.kind) == WireFaultKind::kNone)
     ASGD_INPUT_ERROR("--fault '{}': KIND must be nan, throw or kill (at step N), or corrupt, "
                      "forge-offset, forge-length, forge-fingerprint or replay (every N-th "
                      "message)",

@@ -5,7 +5,11 @@
 
 #include <cstdint>
 #include <random>
+#include <sstream>
+#include <string>
 #include <utility>
+
+#include "runtime/error.h"
 
 namespace asgd {
 
@@ -22,6 +26,22 @@ template <typename T>
 void portable_shuffle(T* first, std::int64_t n, std::mt19937_64& rng) {
   for (std::int64_t i = n - 1; i > 0; --i)
     std::swap(first[i], first[uniform_below(rng, static_cast<std::uint64_t>(i + 1))]);
+}
+
+// A generator's state in the standard's text form, and back (checkpoints). `what` names the
+// generator in the InputError for text that is not such a state.
+inline std::string generator_state(const std::mt19937_64& rng) {
+  std::ostringstream out;
+  out << rng;
+  return out.str();
+}
+
+inline std::mt19937_64 generator_from_state(const std::string& text, const char* what) {
+  std::istringstream in(text);
+  std::mt19937_64 rng;
+  in >> rng;
+  if (in.fail()) ASGD_INPUT_ERROR("the checkpoint's {} generator state is unreadable", what);
+  return rng;
 }
 
 }  // namespace asgd

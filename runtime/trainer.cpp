@@ -14,7 +14,6 @@
 #include <mutex>
 #include <optional>
 #include <random>
-#include <sstream>
 #include <thread>
 
 #include <unistd.h>
@@ -29,6 +28,7 @@
 #include "runtime/distributed.h"
 #include "runtime/error.h"
 #include "runtime/metrics.h"
+#include "runtime/random.h"
 #include "runtime/trace.h"
 #if ASGD_HAVE_MPI
 #include "comm/mpi/link_bench.h"
@@ -444,6 +444,23 @@ class Run {
                  static_cast<double>(w.lr()));
   }
 
+  // Every check_interval_ steps and before each evaluation.
+  void guard_divergence_if_due(Worker& w) {
+    if (w.steps() % check_interval_ == 0 || eval_due(w)) guard_divergence(w);
+  }
+
+  // The evaluation after a worker's last step, unless its last step was evaluated.
+  void evaluate_last(Worker& w, int as_worker) {
+    if (w.steps() == last_eval_[local(w)].second) return;
+    guard_divergence(w);
+    evaluate(w, as_worker);
+  }
+
+  // The first multiple of --checkpoint-every after step `s`.
+  std::int64_t checkpoint_step_after(std::int64_t s) const {
+    return (s / c_.checkpoint_every + 1) * c_.checkpoint_every;
+  }
+
   bool per_rank_checkpoints() const {
     return place_.multiprocess() && c_.checkpoint_scope == CheckpointScope::kAll;
   }
@@ -478,9 +495,7 @@ class Run {
     const std::int64_t step = states.front().steps;
     ck.workers = std::move(states);
     if (with_run_state) {
-      std::ostringstream rng;
-      rng << order_rng_;
-      ck.run_rng = rng.str();
+      ck.run_rng = generator_state(order_rng_);
       if (transport_) {
         transport_->for_each_unread([&ck](int receiver, const Message& m) {
           UnreadMessage u;
@@ -492,7 +507,7 @@ class Run {
         for (const int s : transport_->collect_starts()) ck.collect_starts.push_back(s);
       }
     }
-    ck.config_json = shared_settings(c_);
+    ck.settings = shared_settings(c_);
     writer_->submit(checkpoint_path_, std::move(ck));
     RunEvent e;
     e.event = "checkpoint";
@@ -502,7 +517,6 @@ class Run {
     e.detail = checkpoint_path_;
     std::lock_guard<std::mutex> lock(mutex_);
     metrics_.write(e);
-    ++checkpoints_submitted_;
   }
 
   // Threads (and ranks): the first local worker opens a round every --checkpoint-every steps;
@@ -555,7 +569,7 @@ class Run {
 
   void all_states_checkpoint() {
     const std::int64_t s0 = workers_.front()->steps();
-    next_checkpoint_step_ = (s0 / c_.checkpoint_every + 1) * c_.checkpoint_every;
+    next_checkpoint_step_ = checkpoint_step_after(s0);
     std::vector<WorkerState> states;
     for (auto& w : workers_) {
       guard_divergence(*w);
@@ -589,9 +603,7 @@ class Run {
       w.load_state(s, !shared || place_.rank == 0);
     }
     if (c_.deterministic) {
-      std::istringstream in(ck.run_rng);
-      in >> order_rng_;
-      if (in.fail()) ASGD_INPUT_ERROR("--resume: '{}': the worker order generator is unreadable", path);
+      order_rng_ = generator_from_state(ck.run_rng, "worker order");
       if (transport_) {
         std::vector<int> starts(ck.collect_starts.begin(), ck.collect_starts.end());
         transport_->restore_receive_state(starts);
@@ -605,7 +617,7 @@ class Run {
       }
     }
     const std::int64_t s0 = workers_.front()->steps();
-    next_checkpoint_step_ = (s0 / c_.checkpoint_every + 1) * c_.checkpoint_every;
+    next_checkpoint_step_ = checkpoint_step_after(s0);
     resumed_elapsed_s_ = ck.elapsed_s;
     result_.resumed_step = s0;
     if (!place_.multiprocess() || place_.rank == 0)
@@ -764,7 +776,7 @@ class Run {
       if (balancer_ && w.steps() % 64 == 0) balancer_->check();
       straggle(w, t0);
       inject_faults(w);
-      if (w.steps() % check_interval_ == 0 || eval_due(w)) guard_divergence(w);
+      guard_divergence_if_due(w);
       if (eval_due(w)) evaluate(w, w.id());
       maybe_checkpoint(w);  // after the evaluation: a resumed run does not repeat it
       if (w.id() == 0 && w.steps() >= w.max_steps()) {
@@ -775,10 +787,7 @@ class Run {
       check_time();
       show_progress(w);
     }
-    if (w.steps() != last_eval_[local(w)].second) {
-      guard_divergence(w);
-      evaluate(w, w.id());
-    }
+    evaluate_last(w, w.id());
   }
 
   void run_sync(Worker& w) {
@@ -796,7 +805,7 @@ class Run {
       inject_faults(w);
       // The states are identical: worker 0 evaluates for all and decides the stop.
       if (w.id() == 0) {
-        if (w.steps() % check_interval_ == 0 || eval_due(w)) guard_divergence(w);
+        guard_divergence_if_due(w);
         if (eval_due(w)) evaluate(w, 0);
         if (w.steps() >= w.max_steps()) {
           std::lock_guard<std::mutex> lock(mutex_);
@@ -827,7 +836,7 @@ class Run {
         for (Worker* w : order) w->apply_mean_gradient(order);
         for (Worker* w : order) inject_faults(*w);
         Worker& w0 = *workers_.front();
-        if (w0.steps() % check_interval_ == 0 || eval_due(w0)) guard_divergence(w0);
+        guard_divergence_if_due(w0);
         if (eval_due(w0)) evaluate(w0, 0);
         if (w0.steps() >= w0.max_steps() && stop_reason_.empty()) stop_reason_ = "epochs";
         if (w0.steps() >= w0.max_steps()) stop_ = true;
@@ -846,7 +855,7 @@ class Run {
         any = true;
         w->step();
         inject_faults(*w);
-        if (w->steps() % check_interval_ == 0 || eval_due(*w)) guard_divergence(*w);
+        guard_divergence_if_due(*w);
         if (eval_due(*w)) evaluate(*w, w->id());
         if (w->id() == 0 && w->steps() >= w->max_steps()) {
           if (stop_reason_.empty()) stop_reason_ = "epochs";
@@ -857,11 +866,7 @@ class Run {
       if (!any && workers_.front()->steps() >= workers_.front()->max_steps()) break;
     }
     for (auto& w : workers_)
-      if (w->steps() != last_eval_[local(*w)].second &&
-          (c_.algorithm != Algorithm::kSync || w->id() == 0)) {
-        guard_divergence(*w);
-        evaluate(*w, w->id());
-      }
+      if (c_.algorithm != Algorithm::kSync || w->id() == 0) evaluate_last(*w, w->id());
   }
 
   // SimuParallelSGD's result: the mean of all workers' states, evaluated as worker -1.
@@ -1055,7 +1060,7 @@ class Run {
         maybe_checkpoint(w);
         continue;
       }
-      if (w.steps() % check_interval_ == 0 || eval_due(w)) guard_divergence(w);
+      guard_divergence_if_due(w);
       if (eval_due(w)) evaluate(w, 0);
       maybe_checkpoint(w);
       if (w.steps() >= w.max_steps()) {
@@ -1065,10 +1070,7 @@ class Run {
       check_time();
       show_progress(w);
     }
-    if (place_.rank == 0 && w.steps() != last_eval_[0].second) {
-      guard_divergence(w);
-      evaluate(w, 0);
-    }
+    if (place_.rank == 0) evaluate_last(w, 0);
   }
 
   // simu across processes: the mean of the ranks' states, evaluated on rank 0 as worker -1.
@@ -1194,7 +1196,6 @@ class Run {
   std::vector<std::optional<WorkerState>> checkpoint_states_;
   std::size_t checkpoint_have_ = 0;
   std::int64_t next_checkpoint_step_ = 0;     // deterministic mode
-  std::int64_t checkpoints_submitted_ = 0;    // under mutex_
   // Declared after everything a checkpoint reads; its destructor writes what waits.
   std::unique_ptr<CheckpointWriter> writer_;
   // Last: its thread writes metrics_ under mutex_ and reads the transports, so it stops first.

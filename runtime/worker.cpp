@@ -5,11 +5,11 @@
 #include <cmath>
 #include <ctime>
 #include <limits>
-#include <sstream>
 
 #include "kernels/reduce.h"
 #include "kernels/sgd.h"
 #include "runtime/error.h"
+#include "runtime/random.h"
 
 namespace asgd {
 namespace {
@@ -94,7 +94,7 @@ Worker::Worker(int id, int device, const TrainConfig& config, const Dataset& tra
   if (config.on_divergence == DivergencePolicy::kRestore) {
     good_ = DeviceBuffer<float>(stream_.backend(), stream_.device(), static_cast<std::size_t>(n_));
     snapshot_ = DeviceBuffer<float>(stream_.backend(), stream_.device(), static_cast<std::size_t>(n_));
-    axpby(stream_, n_, 1.0f, params_.data(), 0.0f, good_.data());
+    copy_async(good_.data(), params_.data(), good_.bytes(), stream_);
   }
   stream_.synchronize();
 }
@@ -380,22 +380,6 @@ WorkerCounters Worker::counters() {
   return counters_;
 }
 
-namespace {
-std::string rng_text(const std::mt19937_64& rng) {
-  std::ostringstream out;
-  out << rng;
-  return out.str();
-}
-
-std::mt19937_64 rng_from(const std::string& text, const char* what) {
-  std::istringstream in(text);
-  std::mt19937_64 rng;
-  in >> rng;
-  if (in.fail()) ASGD_INPUT_ERROR("the checkpoint's {} generator state is unreadable", what);
-  return rng;
-}
-}  // namespace
-
 double Worker::cost_clock() const {
   if (!cpu_cost_clock_) return monotonic_seconds();
   timespec t{};
@@ -404,7 +388,8 @@ double Worker::cost_clock() const {
 }
 
 WorkerState Worker::save_state() {
-  flush_pending_send_copy();
+  // A staged range must be complete before its staging buffer is read below.
+  if (send_pending_ && staged_) staged_->synchronize();
   WorkerState s;
   s.id = id_;
   s.steps = steps_;
@@ -417,8 +402,8 @@ WorkerState Worker::save_state() {
   s.sampler_order = std::move(sampler.order);
   s.sampler_position = sampler.position;
   s.sampler_epoch = sampler.epoch;
-  s.peer_rng = rng_text(peer_rng_);
-  s.adversary_rng = rng_text(adversary_rng_);
+  s.peer_rng = generator_state(peer_rng_);
+  s.adversary_rng = generator_state(adversary_rng_);
   s.send_cursor = send_cursor_;
   s.peer_cursor = peer_cursor_;
   double loss[2];
@@ -464,7 +449,7 @@ void Worker::load_state(const WorkerState& s, bool whole) {
   lr_ = config_.lr * lr_scale_;
   parzen_.eps = lr_;
   restores_ = s.restores;
-  if (!good_.empty()) axpby(stream_, n_, 1.0f, params_.data(), 0.0f, good_.data());
+  if (!good_.empty()) copy_async(good_.data(), params_.data(), good_.bytes(), stream_);
   good_step_ = steps_;
   if (!whole) {
     steps_at_last_eval_ = steps_;
@@ -491,8 +476,8 @@ void Worker::load_state(const WorkerState& s, bool whole) {
   for (const std::int64_t c : s.peer_cursor) cursors_ok = cursors_ok && in_state(c);
   if (!cursors_ok) ASGD_INPUT_ERROR("the checkpoint's send cursors lie outside the state");
   sampler_.restore({s.sampler_rng, s.sampler_order, s.sampler_position, s.sampler_epoch}, stream_);
-  peer_rng_ = rng_from(s.peer_rng, "peer");
-  adversary_rng_ = rng_from(s.adversary_rng, "adversary");
+  peer_rng_ = generator_from_state(s.peer_rng, "peer");
+  adversary_rng_ = generator_from_state(s.adversary_rng, "adversary");
   steps_at_last_eval_ = s.steps_at_last_eval;
   send_cursor_ = s.send_cursor;
   peer_cursor_ = s.peer_cursor;
@@ -525,11 +510,6 @@ void Worker::load_state(const WorkerState& s, bool whole) {
   stream_.synchronize();
 }
 
-void Worker::flush_pending_send_copy() {
-  // The staged range must be complete before anyone reads the staging buffer.
-  if (send_pending_ && staged_) staged_->synchronize();
-}
-
 bool Worker::check_finite() {
   if (good_.empty()) {
     count_nonfinite(stream_, n_, params_.data(), nonfinite_.data());
@@ -555,7 +535,7 @@ std::int64_t Worker::restore_last_good(float lr_factor) {
     staged_->wait_on(stream_);
     staging_in_flight_ = false;
   }
-  axpby(stream_, n_, 1.0f, good_.data(), 0.0f, params_.data());
+  copy_async(params_.data(), good_.data(), good_.bytes(), stream_);
   lr_scale_ *= lr_factor;
   lr_ = config_.lr * lr_scale_;
   parzen_.eps = lr_;

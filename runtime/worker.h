@@ -136,7 +136,6 @@ class Worker {
   // Sends `message` elements from `cursor` (which then moves on, wrapping) to `peer`.
   void send(int peer, std::int64_t message, std::int64_t& cursor);
   void flush_pending_send();
-  void flush_pending_send_copy();
   double cost_clock() const;  // seconds, see cpu_cost_clock_
   // An adversary's transformation of what it is about to send (config.adversary).
   void corrupt(float* data, std::int64_t length);

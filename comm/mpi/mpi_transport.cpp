@@ -42,33 +42,14 @@ void forge_length(WireHeader& h, std::int64_t parameters, std::int64_t chunk_byt
 }  // namespace
 
 WireFaultKind parse_wire_fault(std::string_view name) {
-  for (const WireFaultKind kind :
-       {WireFaultKind::kCorrupt, WireFaultKind::kForgeOffset, WireFaultKind::kForgeLength,
-        WireFaultKind::kForgeFingerprint, WireFaultKind::kReplay})
-    if (name == to_string(kind)) return kind;
+  const WireFaultKind kind = wire_fault_named(name);
+  if (kind != WireFaultKind::kNone) return kind;
   ASGD_INPUT_ERROR(
       "unknown fault '{}': expected corrupt, forge-offset, forge-length, forge-fingerprint or "
       "replay",
       name);
 }
 
-std::string_view to_string(WireFaultKind kind) {
-  switch (kind) {
-    case WireFaultKind::kNone:
-      return "none";
-    case WireFaultKind::kCorrupt:
-      return "corrupt";
-    case WireFaultKind::kForgeOffset:
-      return "forge-offset";
-    case WireFaultKind::kForgeLength:
-      return "forge-length";
-    case WireFaultKind::kForgeFingerprint:
-      return "forge-fingerprint";
-    case WireFaultKind::kReplay:
-      return "replay";
-  }
-  return "unknown";
-}
 
 struct MpiTransport::Peer {
   Peer(std::int64_t capacity, bool remote)

@@ -72,14 +72,7 @@ namespace asgd {
 //   kReplay            instead of the message, the last undamaged message sent to that peer,
 //                      verbatim: the receiver has taken it already          -> kStale
 // The sender counts a damaged message as sent (LinkStats::delivered) like any other.
-enum class WireFaultKind {
-  kNone,
-  kCorrupt,
-  kForgeOffset,
-  kForgeLength,
-  kForgeFingerprint,
-  kReplay
-};
+// (WireFaultKind and its names are in comm/wire_format.h.)
 struct WireFault {
   WireFaultKind kind = WireFaultKind::kNone;
   std::int64_t every = 0;  // > 0 when kind != kNone
@@ -87,7 +80,6 @@ struct WireFault {
 // "corrupt", "forge-offset", "forge-length", "forge-fingerprint", "replay" (throws asgd
 // InputError via ASGD_INPUT_ERROR for anything else)
 WireFaultKind parse_wire_fault(std::string_view name);
-std::string_view to_string(WireFaultKind kind);
 
 struct MpiTransportOptions {
   std::int64_t max_message = 0;        // elements; usually the parameter count

@@ -2,10 +2,10 @@
 
 #include <algorithm>
 #include <numeric>
-#include <sstream>
 
 #include "kernels/gather.h"
 #include "runtime/error.h"
+#include "runtime/random.h"
 
 namespace asgd {
 
@@ -61,9 +61,7 @@ Batch BatchSampler::next(const Stream& stream) {
 }
 
 BatchSampler::State BatchSampler::state() const {
-  std::ostringstream rng;
-  rng << rng_;
-  return {rng.str(), order_, position_, epoch_};
+  return {generator_state(rng_), order_, position_, epoch_};
 }
 
 void BatchSampler::restore(const State& state, const Stream& stream) {
@@ -80,11 +78,7 @@ void BatchSampler::restore(const State& state, const Stream& stream) {
   if (state.position < 0 || state.position > data_.rows() || state.epoch < -1)
     ASGD_INPUT_ERROR("the checkpoint's data position {} (epoch {}) is outside the shard of {} rows",
                      state.position, state.epoch, data_.rows());
-  std::istringstream in(state.rng);
-  std::mt19937_64 rng;
-  in >> rng;
-  if (in.fail()) ASGD_INPUT_ERROR("the checkpoint's sampler generator state is unreadable");
-  rng_ = rng;
+  rng_ = generator_from_state(state.rng, "sampler");
   order_ = state.order;
   position_ = state.position;
   epoch_ = state.epoch;

@@ -321,7 +321,7 @@ void checkpoint_seeds() {
   one.parameters = kParameters;
   one.elapsed_s = 1.5;
   one.workers.push_back(checkpoint_worker(0, kParameters, false));
-  one.config_json = R"({"model": "softmax", "workers": 1})";
+  one.settings = R"({"model": "softmax", "workers": 1})";
   write("checkpoint", "one_worker", asgd::encode_checkpoint(one));
 
   // Deterministic mode across ranks: pending sends, unread messages, the receive order.
@@ -335,7 +335,7 @@ void checkpoint_seeds() {
   three.unread.push_back({1, {0, 99, 0, 2, 12.25}, {0.5f, -0.5f}});
   three.unread.push_back({2, {1, 98, 14, 2, 12.0}, {1.0f, -1.0f}});
   three.collect_starts = {1, 2, 0};
-  three.config_json = R"({"model": "softmax", "workers": 3, "deterministic": true})";
+  three.settings = R"({"model": "softmax", "workers": 3, "deterministic": true})";
   const std::string bytes = asgd::encode_checkpoint(three);
   write("checkpoint", "three_workers", bytes);
 

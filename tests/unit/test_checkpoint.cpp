@@ -147,7 +147,7 @@ Checkpoint random_checkpoint(std::uint64_t seed, int workers = 3) {
   c.unread[0].payload[0] = nan_with_payload(static_cast<std::uint32_t>(rng()));
   c.collect_starts =
       nonzero_vector<std::int32_t>(rng, static_cast<std::size_t>(workers), nonzero_i32);
-  c.config_json = R"({"lr": )" + std::to_string(nonzero_double(rng)) + R"(, "tag": ")" +
+  c.settings = R"({"lr": )" + std::to_string(nonzero_double(rng)) + R"(, "tag": ")" +
                   std::to_string(rng()) + "\"}";
   return c;
 }
@@ -221,7 +221,7 @@ void expect_same(const Checkpoint& a, const Checkpoint& b) {
     EXPECT_TRUE(same_bits(a.unread[i].payload, b.unread[i].payload));
   }
   EXPECT_EQ(a.collect_starts, b.collect_starts);
-  EXPECT_EQ(a.config_json, b.config_json);
+  EXPECT_EQ(a.settings, b.settings);
 }
 
 std::string read_bytes(const std::string& path) {
@@ -348,8 +348,8 @@ TEST(CheckpointCodec, HeaderHasTheDocumentedLayout) {
   EXPECT_EQ(load<std::int64_t>(bytes, o.message_length), c.unread[0].header.length);
   EXPECT_EQ(load<std::uint64_t>(bytes, o.message_payload_length), c.unread[0].payload.size());
   EXPECT_EQ(load<std::uint64_t>(bytes, o.collect_starts_length), c.collect_starts.size());
-  EXPECT_EQ(load<std::uint64_t>(bytes, o.config_length), c.config_json.size());
-  EXPECT_EQ(o.config_length + 8 + c.config_json.size(), bytes.size());
+  EXPECT_EQ(load<std::uint64_t>(bytes, o.config_length), c.settings.size());
+  EXPECT_EQ(o.config_length + 8 + c.settings.size(), bytes.size());
 }
 
 // --- files -------------------------------------------------------------------------------------

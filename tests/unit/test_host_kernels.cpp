@@ -222,7 +222,7 @@ TEST_P(VectorTest, CopyCountNonfinite) {
   const Stream s = Stream::host(threads);
   auto x = random_vector(n, 19);
   x[n - 1] = std::numeric_limits<float>::quiet_NaN();
-  x[0] = std::numeric_limits<float>::infinity();
+  x.at(0) = std::numeric_limits<float>::infinity();
   std::vector<float> y(static_cast<std::size_t>(n), 7.0f);
   std::int64_t count = -1;
   copy_count_nonfinite(s, n, x.data(), y.data(), &count);
