@@ -1,13 +1,14 @@
-// Achieved memory bandwidth of the host Parzen test and merge against memcpy, measured in the
-// same process on vectors far larger than the last-level cache.
+// Achieved memory bandwidth of the Parzen test and merge against a plain copy, measured in the
+// same process on vectors far larger than the last-level cache: on the host against memcpy on
+// as many threads as the kernels get, on CUDA against a device-to-device cudaMemcpyAsync.
 //
-// Bytes moved per element (float32): memcpy 8 (read + write); statistics 12 (read g, w, e);
+// Bytes moved per element (float32): copy 8 (read + write); statistics 12 (read g, w, e);
 // merge with one accepted full-state message 16 (read g, w, e, write w); test + merge 28.
-// GB/s = bytes / seconds / 1e9; each figure is the median of --repeats timed runs. memcpy runs
-// on the same number of threads as the kernels.
-//   asgd_bench_parzen [--elements N] [--repeats R] [--threads T] [--json FILE]
+// GB/s = bytes / seconds / 1e9; each figure is the median of --repeats timed runs, timed with
+// the stream's events (CUDA events on a GPU).
+//   asgd_bench_parzen [--backend host|cuda] [--elements N] [--repeats R] [--threads T]
+//                     [--json FILE]
 #include <algorithm>
-#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -26,13 +27,17 @@
 
 namespace {
 template <typename F>
-double median_seconds(int repeats, F&& body) {
-  body();  // warm-up: page faults and caches
+double median_seconds(const asgd::Stream& s, int repeats, F&& body) {
+  body();  // warm-up: page faults, caches, CUDA module loading
+  s.synchronize();
+  asgd::Event start(s.backend(), s.device()), stop(s.backend(), s.device());
   std::vector<double> t;
   for (int r = 0; r < repeats; ++r) {
-    const auto t0 = std::chrono::steady_clock::now();
+    start.record(s);
     body();
-    t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    stop.record(s);
+    stop.synchronize();
+    t.push_back(stop.elapsed_ms_since(start) / 1e3);
   }
   std::sort(t.begin(), t.end());
   return t[t.size() / 2];
@@ -43,29 +48,42 @@ int main(int argc, char** argv) {
   CLI::App app{"Host Parzen test and merge bandwidth against memcpy."};
   std::int64_t n = 32 << 20;
   int repeats = 9, threads = 1;
-  std::string json_path;
+  std::string json_path, backend_name = "host";
+  app.add_option("--backend", backend_name, "host or cuda")->capture_default_str();
   app.add_option("--elements", n, "floats per vector")->capture_default_str();
   app.add_option("--repeats", repeats)->capture_default_str();
   app.add_option("--threads", threads)->capture_default_str();
   app.add_option("--json", json_path, "also write the results here");
   CLI11_PARSE(app, argc, argv);
 
-  const asgd::Stream s = asgd::Stream::host(threads);
+  const asgd::Backend backend = asgd::parse_backend(backend_name);
+  const bool on_host = backend == asgd::Backend::kHost;
+  const asgd::Stream s = asgd::Stream::create(backend, 0, threads);
+  std::vector<float> init(static_cast<std::size_t>(n));
   auto make = [&](float v) {
-    asgd::DeviceBuffer<float> b(asgd::Backend::kHost, 0, static_cast<std::size_t>(n));
-    for (std::int64_t i = 0; i < n; ++i) b.data()[i] = v + 1e-3f * static_cast<float>(i % 977);
+    asgd::DeviceBuffer<float> b(backend, 0, static_cast<std::size_t>(n));
+    for (std::int64_t i = 0; i < n; ++i) init[i] = v + 1e-3f * static_cast<float>(i % 977);
+    b.upload(init.data(), init.size(), s);
+    s.synchronize();
     return b;
   };
   auto g = make(0.01f), w = make(1.0f), e = make(0.9f), dst = make(0.0f);
-  double stats[4];
-  const std::int32_t accept[1] = {1};
+  asgd::DeviceBuffer<double> stats(backend, 0, 4);
+  asgd::DeviceBuffer<std::int32_t> accept(backend, 0, 1);
+  const std::int32_t one = 1;
+  accept.upload(&one, 1, s);
   const asgd::MergeRange range[1] = {{e.data(), 0, n}};
   const std::size_t bytes = static_cast<std::size_t>(n) * sizeof(float);
   asgd::ParzenParams params;
   params.window = 1e30f;
 
-  // memcpy on as many threads as the kernels get, each copying its contiguous share.
-  const double t_copy = median_seconds(repeats, [&] {
+  // The peer: memcpy on as many threads as the kernels get, each copying its contiguous share;
+  // on CUDA one device-to-device copy.
+  const double t_copy = median_seconds(s, repeats, [&] {
+    if (!on_host) {
+      asgd::copy_async(dst.data(), w.data(), static_cast<std::size_t>(n) * sizeof(float), s);
+      return;
+    }
 #pragma omp parallel num_threads(threads)
     {
       const std::size_t t = static_cast<std::size_t>(omp_get_thread_num());
@@ -76,27 +94,27 @@ int main(int argc, char** argv) {
     }
   });
   const double t_stats = median_seconds(
-      repeats, [&] { asgd::parzen_statistics(s, n, g.data(), w.data(), e.data(), stats); });
+      s, repeats, [&] { asgd::parzen_statistics(s, n, g.data(), w.data(), e.data(), stats.data()); });
   // Merging the same message repeatedly moves w towards e; the cost does not depend on values.
-  const double t_merge = median_seconds(repeats, [&] {
+  const double t_merge = median_seconds(s, repeats, [&] {
     asgd::parzen_merge(s, asgd::MergeRule::kSeed, 1e-6f, 0.5f, n, g.data(), w.data(), range, 1,
-                       accept);
+                       accept.data());
   });
-  const double t_both = median_seconds(repeats, [&] {
-    asgd::parzen_statistics(s, n, g.data(), w.data(), e.data(), stats);
+  const double t_both = median_seconds(s, repeats, [&] {
+    asgd::parzen_statistics(s, n, g.data(), w.data(), e.data(), stats.data());
     asgd::parzen_merge(s, asgd::MergeRule::kSeed, 1e-6f, 0.5f, n, g.data(), w.data(), range, 1,
-                       accept);
+                       accept.data());
   });
   const double b = static_cast<double>(bytes);
   struct Row {
     const char* name;
     double bytes, seconds;
-  } rows[] = {{"memcpy", 2 * b, t_copy},
+  } rows[] = {{on_host ? "memcpy" : "cudaMemcpy", 2 * b, t_copy},
               {"statistics", 3 * b, t_stats},
               {"merge", 4 * b, t_merge},
               {"test+merge", 7 * b, t_both}};
   const double copy_gbs = 2 * b / t_copy / 1e9;
-  std::printf("%12s %12s %10s %8s %10s\n", "op", "bytes", "time_ms", "GB/s", "of memcpy");
+  std::printf("%12s %12s %10s %8s %10s\n", "op", "bytes", "time_ms", "GB/s", "of copy");
   char host[256] = {};
   gethostname(host, sizeof(host) - 1);
   std::string cpu = "unknown";
@@ -109,7 +127,9 @@ int main(int argc, char** argv) {
   nlohmann::json out = {{"benchmark", "parzen_bandwidth"},
                         {"commit", asgd::git_commit()},
                         {"machine", {{"host", host}, {"cpu", cpu}}},
-                        {"peer", "memcpy"},
+                        {"backend", backend_name},
+                        {"device", on_host ? cpu : asgd::list_devices().at(1).name},
+                        {"peer", on_host ? "memcpy" : "cudaMemcpyAsync device to device"},
                         {"elements", n},
                         {"threads", threads},
                         {"repeats", repeats}};
@@ -121,7 +141,7 @@ int main(int argc, char** argv) {
                               {"bytes", r.bytes},
                               {"seconds", r.seconds},
                               {"gb_per_s", gbs},
-                              {"fraction_of_memcpy", gbs / copy_gbs}});
+                              {"fraction_of_copy", gbs / copy_gbs}});
   }
   if (!json_path.empty()) std::ofstream(json_path) << out.dump(2) << '\n';
   return 0;

@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
 # The gpu tier on a machine with a GPU: configures and builds asgd with the CUDA backend, runs
-# the tests labelled gpu, then runs asgd_gpu_tests under compute-sanitizer.
+# the tests labelled gpu, runs asgd_gpu_tests under compute-sanitizer and, with --bench, the
+# kernel benchmarks on the GPU beside their peers.
 #
 #   scripts/gpu_checks.sh [--deps DIR] [--build DIR] [--tools "memcheck racecheck ..."]
-#                         [-- EXTRA_CMAKE_ARGS...]
+#                         [--bench] [-- EXTRA_CMAKE_ARGS...]
 #
 #   --deps DIR   headers and libraries packed by scripts/pack_gpu_deps.sh, for a machine that
 #                has a compiler, nvcc, cmake and ninja but not our Debian -dev packages
 #   --build DIR  build folder (default build-gpu; kept between runs, so a rerun is incremental)
-#   --tools      compute-sanitizer tools to run (default "memcheck racecheck synccheck")
+#   --tools      compute-sanitizer tools to run (default "memcheck racecheck synccheck"; "" none)
+#   --bench      also build the benchmarks and run on GPU 0: the Parzen test and merge against a
+#                device-to-device copy (parzen_bandwidth_cuda.json) and one MLP training step
+#                against PyTorch on the same GPU (mlp_step_cuda.json; needs python3 with a
+#                CUDA build of torch)
 #
 # Writes to $OUT, or to bench/results/ when OUT is unset:
 #   gpu_checks_env.txt        nvidia-smi, driver, toolkit and compiler versions
@@ -25,6 +30,7 @@ deps=""
 build="$repo/build-gpu"
 tools="memcheck racecheck synccheck"
 cmake_extra=()
+bench=0
 
 die() {
   echo "gpu_checks: $*" >&2
@@ -36,6 +42,7 @@ while (($#)); do
     --deps) deps="${2:?--deps needs a folder}"; shift 2 ;;
     --build) build="${2:?--build needs a folder}"; shift 2 ;;
     --tools) tools="${2?--tools needs a list}"; shift 2 ;;
+    --bench) bench=1; shift ;;
     --) shift; cmake_extra=("$@"); break ;;
     -h | --help) sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument '$1' (see --help)" ;;
@@ -104,7 +111,7 @@ fi
 # Configure and build everything (the build runs the test binaries to list their tests).
 {
   cmake -S "$repo" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DASGD_CUDA=ON \
-    -DASGD_MPI=OFF -DASGD_NCCL=OFF -DASGD_BUILD_TESTS=ON -DASGD_BUILD_BENCH=OFF \
+    -DASGD_MPI=OFF -DASGD_NCCL=OFF -DASGD_BUILD_TESTS=ON -DASGD_BUILD_BENCH="$bench" \
     "${cmake_args[@]}" "${cmake_extra[@]}" &&
     cmake --build "$build" --parallel "$(nproc)"
 } 2>&1 | tee "$out/gpu_checks_build.log"
@@ -146,6 +153,25 @@ else
     tail -n 3 "$out/gpu_checks_sanitizer.log"
     record "compute-sanitizer $tool" "$rc"
   done
+fi
+
+# ---------------------------------------------------------------------------------------------
+# Kernel benchmarks on GPU 0, each beside its peer in the same process or script.
+if ((bench == 0)); then
+  :
+elif ((gpus == 0)); then
+  record benchmarks skip "no GPU"
+else
+  {
+    "$build/bin/asgd_bench_parzen" --backend cuda --elements $((256 << 20)) --repeats 21 \
+      --json "$out/parzen_bandwidth_cuda.json"
+  } 2>&1 | tee "$out/gpu_checks_bench.log"
+  record "bench parzen (cuda)" "${PIPESTATUS[0]}"
+  {
+    PYTHONUNBUFFERED=1 python3 "$repo/bench/mlp_step.py" --device cuda --build "$build" \
+      --rounds 3 --out "$out/mlp_step_cuda.json"
+  } 2>&1 | tee -a "$out/gpu_checks_bench.log"
+  record "bench mlp_step (cuda, vs PyTorch)" "${PIPESTATUS[0]}"
 fi
 
 echo "gpu_checks: results in $out"

@@ -54,6 +54,8 @@ def machine():
 
 
 def commit():
+    if os.environ.get("ASGD_GIT_COMMIT"):  # a copy of the tree without .git names its commit
+        return os.environ["ASGD_GIT_COMMIT"]
     out = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short=12", "HEAD"],
                          capture_output=True, text=True).stdout.strip()
     dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"],
