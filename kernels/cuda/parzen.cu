@@ -24,9 +24,9 @@
 // two >= H, O(H log^2 H / 256) work), then each message reads the median in O(1) and replaces
 // the value it evicts from the ring by its own with two binary searches (O(log H)) and a
 // shift of the values between the two positions (O(|shift| / 256), one barrier per 256
-// values). The history needs H * 4 bytes of shared memory: within the default 48 KiB per
-// block (with the kernel's 2 KB) as is, beyond that up to the device's opt-in limit (about
-// 56k values on an H100, 15k on Turing); a larger history throws.
+// values). The history needs H * 4 bytes of shared memory, at most kMaxParzenHistory * 4 =
+// 32 KiB: with the kernel's static 2.4 KB within the 48 KiB every GPU gives a block without
+// opting in (the caller checks H against kMaxParzenHistory for both backends).
 // The `lengths` and the parameters travel in the kernel's parameter block; the statistics,
 // the values the first pushes evict and the values pushed are staged in shared memory, so
 // global memory is read once at the start and written only for results.
@@ -63,8 +63,11 @@ constexpr int kWarp = 32;
 constexpr unsigned kFullMask = 0xffffffffu;
 // Each thread of the statistics pass should get at least this many elements.
 constexpr std::int64_t kElementsPerThread = 16;
-// Shared memory a block may use without opting in.
+// Shared memory a block may use without opting in: the largest history and the decision's
+// static arrays (about 2.4 KB) must fit.
 constexpr std::size_t kDefaultSharedBytes = 48 * 1024;
+static_assert(kMaxParzenHistory * sizeof(float) + 4096 <= kDefaultSharedBytes,
+              "the largest Parzen history no longer fits the default shared memory of a block");
 constexpr double kFloatMax = std::numeric_limits<float>::max();
 constexpr double kInfinity = std::numeric_limits<double>::infinity();
 
@@ -586,25 +589,6 @@ void parzen_decide(const Stream& stream, const ParzenParams& params, int count, 
   detail::prepare_launch(stream);
   const bool sorted = args.filter && !args.bare;
   const std::size_t shared = sorted ? static_cast<std::size_t>(params.history) * sizeof(float) : 0;
-  // The kernel's static shared memory (about 2 KB) counts towards the default limit too.
-  if (shared + 4096 > kDefaultSharedBytes) {
-    cudaFuncAttributes attributes{};
-    ASGD_CHECK_CUDA(cudaFuncGetAttributes(&attributes, decide_kernel));
-    if (shared + attributes.sharedSizeBytes > kDefaultSharedBytes) {
-      int optin = 0;
-      ASGD_CHECK_CUDA(
-          cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, stream.device()));
-      const auto allowed = static_cast<std::size_t>(optin) - attributes.sharedSizeBytes;
-      ASGD_CHECK(shared <= allowed,
-                 "a Parzen history of {} values needs {} bytes of shared memory; CUDA device {} "
-                 "allows {}",
-                 params.history, shared, stream.device(), allowed);
-      // Always the device's maximum, so that threads launching with different histories
-      // never lower it under each other.
-      ASGD_CHECK_CUDA(cudaFuncSetAttribute(
-          decide_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(allowed)));
-    }
-  }
   decide_kernel<<<1, kThreads, shared, static_cast<cudaStream_t>(stream.native())>>>(args);
   ASGD_CHECK_LAUNCH();
 }

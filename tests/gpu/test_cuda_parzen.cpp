@@ -366,16 +366,17 @@ TEST_F(CudaParzenTest, DecisionsAndHistoryMatchHostExactly) {
       {"filter off", make_params(0.05f, 4.0f, 64, 8, false), false, 0, 9},
       {"full ring of 4096", make_params(0.05f, 4.0f, 4096, 8), false, 1000003, 10},
       {"ring of 3000 filling up, ties", make_params(0.05f, 2.0f, 3000, 8), true, 2950, 11},
-      {"ring of 11800: 47.2 KB + static > 48 KiB", make_params(0.05f, 4.0f, 11800, 8), false,
-       11800 + 17, 13},
-      {"ring of 14000 beyond 48 KiB", make_params(0.05f, 4.0f, 14000, 8), false, 3 * 14000 + 5, 12},
+      {"the largest ring, full", make_params(0.05f, 4.0f, kMaxParzenHistory, 8), false,
+       3 * kMaxParzenHistory + 5, 12},
+      {"the largest ring filling up, ties", make_params(0.05f, 2.0f, kMaxParzenHistory, 8), true,
+       kMaxParzenHistory - 17, 13},
   };
   for (const DecideScenario& sc : scenarios)
     check_scenario(cuda(), sc);
 }
 
-TEST_F(CudaParzenTest, HistoryBeyondSharedMemoryIsAnError) {
-  const int h = 1 << 22;  // 16 MiB of shared memory
+TEST_F(CudaParzenTest, HistoryBeyondTheLimitIsAnError) {
+  const int h = kMaxParzenHistory + 1;
   DeviceArray<float> history(std::vector<float>(h, 0.0f), cuda());
   DeviceArray<std::int64_t> seen({0}, cuda()), counters({0, 0, 0, 0}, cuda());
   DeviceArray<double> stats({1.0, 1.0, 1.0, 0.0}, cuda());
