@@ -75,7 +75,7 @@ export PATH
 {
   echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
   echo "host: $(uname -srm)"
-  echo "commit: $(git -C "$repo" rev-parse HEAD 2>/dev/null || echo unknown)"
+  echo "commit: ${ASGD_GIT_COMMIT:-$(git -C "$repo" rev-parse HEAD 2>/dev/null || echo unknown)}"
   if command -v nvidia-smi >/dev/null; then
     nvidia-smi
     nvidia-smi --query-gpu=index,name,driver_version,memory.total,compute_cap --format=csv
