@@ -36,7 +36,9 @@ Backend parse_backend(std::string_view name) {
   ASGD_INPUT_ERROR("unknown backend '{}': expected 'host' or 'cuda'", name);
 }
 
-bool cuda_compiled() { return ASGD_HAVE_CUDA != 0; }
+bool cuda_compiled() {
+  return ASGD_HAVE_CUDA != 0;
+}
 
 int cuda_device_count() {
 #if ASGD_HAVE_CUDA
@@ -67,7 +69,8 @@ std::vector<DeviceInfo> list_devices() {
   out.push_back(host);
 #if ASGD_HAVE_CUDA
   if (cuda_device_count() > 0) {
-    for (auto& d : cuda_api::devices()) out.push_back(d);
+    for (auto& d : cuda_api::devices())
+      out.push_back(d);
   }
 #endif
   return out;
@@ -101,7 +104,9 @@ Stream Stream::create(Backend backend, int device, int threads) {
   return backend == Backend::kCuda ? cuda(device) : host(threads);
 }
 
-Stream::Stream(Stream&& other) noexcept { *this = std::move(other); }
+Stream::Stream(Stream&& other) noexcept {
+  *this = std::move(other);
+}
 
 Stream& Stream::operator=(Stream&& other) noexcept {
   if (this != &other) {
@@ -111,18 +116,24 @@ Stream& Stream::operator=(Stream&& other) noexcept {
     threads_ = other.threads_;
     native_ = std::exchange(other.native_, nullptr);
     blas_ = std::exchange(other.blas_, nullptr);
+    scratch_ = std::exchange(other.scratch_, nullptr);
   }
   return *this;
 }
 
-Stream::~Stream() { release(); }
+Stream::~Stream() {
+  release();
+}
 
 void Stream::release() noexcept {
 #if ASGD_HAVE_CUDA
   if (blas_) cuda_api::blas_destroy(device_, blas_);
+  // The stream's queued work may still use the scratch: the stream goes (waiting) first.
   if (native_) cuda_api::stream_destroy(device_, native_);
+  if (scratch_) cuda_api::free_device(device_, scratch_);
 #endif
   blas_ = nullptr;
+  scratch_ = nullptr;
   native_ = nullptr;
 }
 
@@ -137,6 +148,23 @@ void* Stream::blas_handle() const {
   if (backend_ == Backend::kCuda && !blas_) blas_ = cuda_api::blas_create(device_, native_);
 #endif
   return blas_;
+}
+
+void* Stream::reduction_scratch() const {
+#if ASGD_HAVE_CUDA
+  if (backend_ == Backend::kCuda && !scratch_) {
+    void* p = cuda_api::malloc_device(device_, kReductionScratchBytes);
+    try {
+      cuda_api::memset_async(p, kReductionScratchBytes, native_);
+      cuda_api::stream_synchronize(native_);
+    } catch (...) {
+      cuda_api::free_device(device_, p);
+      throw;
+    }
+    scratch_ = p;
+  }
+#endif
+  return scratch_;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -167,7 +195,9 @@ Event& Event::operator=(Event&& other) noexcept {
   return *this;
 }
 
-Event::~Event() { release(); }
+Event::~Event() {
+  release();
+}
 
 void Event::release() noexcept {
 #if ASGD_HAVE_CUDA

@@ -41,7 +41,7 @@ struct DeviceInfo {
   std::size_t memory_bytes = 0;
   int compute_major = 0;  // CUDA compute capability; 0 on the host
   int compute_minor = 0;
-  int processors = 0;     // CUDA multiprocessors, or host hardware threads
+  int processors = 0;  // CUDA multiprocessors, or host hardware threads
 };
 // The host CPU first, then every CUDA device.
 std::vector<DeviceInfo> list_devices();
@@ -73,6 +73,12 @@ class Stream {
   void* native() const { return native_; }
   // The cublasHandle_t bound to this stream, created on first use; nullptr on the host.
   void* blas_handle() const;
+  // Device memory of kReductionScratchBytes, zeroed, owned by this stream and allocated on
+  // first use, for the kernels' deterministic grid reductions (kernels/cuda/grid_sum.cuh):
+  // kernels queued on one stream run one after another, so they can share it. nullptr on the
+  // host. Like every Stream member, for the thread that owns the stream.
+  void* reduction_scratch() const;
+  static constexpr std::size_t kReductionScratchBytes = 4096 * 4 * sizeof(double) + 64;
 
  private:
   Stream(Backend backend, int device, int threads, void* native);
@@ -83,6 +89,7 @@ class Stream {
   int threads_ = 1;
   void* native_ = nullptr;
   mutable void* blas_ = nullptr;
+  mutable void* scratch_ = nullptr;
 };
 
 // A point in a stream's work. On the host an Event is a timestamp taken when record() runs,

@@ -13,8 +13,8 @@
 #include <algorithm>
 #include <cstdint>
 
-#include "kernels/detail/cuda_ops.h"
 #include "kernels/cuda/launch.cuh"
+#include "kernels/detail/cuda_ops.h"
 #include "runtime/detail/cuda_check.cuh"
 
 namespace asgd::cuda_ops {

@@ -5,8 +5,8 @@
 #include <cstdint>
 #include <limits>
 
-#include "kernels/detail/cuda_ops.h"
 #include "kernels/cuda/launch.cuh"
+#include "kernels/detail/cuda_ops.h"
 #include "runtime/detail/cuda_check.cuh"
 
 namespace asgd::cuda_ops {

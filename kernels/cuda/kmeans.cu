@@ -20,8 +20,9 @@
 #include <cub/block/block_reduce.cuh>
 #include <cub/block/block_scan.cuh>
 
-#include "kernels/detail/cuda_ops.h"
+#include "kernels/cuda/grid_sum.cuh"
 #include "kernels/cuda/launch.cuh"
+#include "kernels/detail/cuda_ops.h"
 #include "runtime/detail/cuda_check.cuh"
 
 namespace asgd::cuda_ops {
@@ -87,7 +88,7 @@ __global__ void __launch_bounds__(kThreads)
     kmeans_assign_kernel(std::int64_t rows, std::int64_t k, std::int64_t d,
                          const float* __restrict__ x, const float* __restrict__ dots,
                          const float* __restrict__ centre_norms, float loss_scale,
-                         std::int32_t* __restrict__ assign, double* loss_sum) {
+                         std::int32_t* __restrict__ assign, GridSum scratch, double* loss_sum) {
   const int lane = threadIdx.x % kWarp;
   const std::int64_t warps = static_cast<std::int64_t>(gridDim.x) * kRowsPerBlock;
   double loss = 0.0;
@@ -112,8 +113,8 @@ __global__ void __launch_bounds__(kThreads)
   if (loss_sum) {
     using LossReduce = cub::BlockReduce<double, kThreads>;
     __shared__ typename LossReduce::TempStorage temp;
-    const double block_loss = LossReduce(temp).Sum(loss);
-    if (threadIdx.x == 0) atomicAdd(loss_sum, block_loss);
+    const double values[1] = {LossReduce(temp).Sum(loss)};
+    grid_sum_add<1, kThreads>(scratch, values, loss_sum);  // the same bits every run
   }
 }
 
@@ -193,9 +194,10 @@ void kmeans_assign(const Stream& stream, std::int64_t rows, std::int64_t k, std:
                    std::int32_t* assign, double* loss_sum) {
   if (rows <= 0 || k <= 0 || (!assign && !loss_sum)) return;
   detail::prepare_launch(stream);
-  kmeans_assign_kernel<<<row_blocks(rows), kThreads, 0,
-                         static_cast<cudaStream_t>(stream.native())>>>(
-      rows, k, d, x, dots, centre_norms, loss_scale, assign, loss_sum);
+  const int blocks = row_blocks(rows);
+  const GridSum scratch = loss_sum ? grid_sum_scratch(stream, blocks) : GridSum{nullptr, nullptr};
+  kmeans_assign_kernel<<<blocks, kThreads, 0, static_cast<cudaStream_t>(stream.native())>>>(
+      rows, k, d, x, dots, centre_norms, loss_scale, assign, scratch, loss_sum);
   ASGD_CHECK_LAUNCH();
 }
 

@@ -1,8 +1,9 @@
 // Loss functions (kernels/loss.h) on CUDA: one warp per row, 8 rows per block at a time.
 // The lanes stride over the row's columns, so a row of any width works (for the usual 10
 // classes most lanes idle, but the whole batch is a few kB). Each thread keeps its share of
-// the loss (double) and of the correct count; a block reduces them with cub::BlockReduce and
-// adds them to the outputs with one atomicAdd each.
+// the loss (double) and of the correct count; a block reduces them with cub::BlockReduce, adds
+// its count with an integer atomicAdd and its loss through grid_sum.cuh (the last block adds
+// every block's loss in block order), so the loss is the same bits every run.
 //
 // Reads 4 bytes per logit (softmax reads the row three times, from cache after the first),
 // writes 4 bytes per gradient.
@@ -12,8 +13,9 @@
 
 #include <cub/block/block_reduce.cuh>
 
-#include "kernels/detail/cuda_ops.h"
+#include "kernels/cuda/grid_sum.cuh"
 #include "kernels/cuda/launch.cuh"
+#include "kernels/detail/cuda_ops.h"
 #include "runtime/detail/cuda_check.cuh"
 
 namespace asgd::cuda_ops {
@@ -53,26 +55,28 @@ __device__ float warp_sum(float v) {
 }
 
 // Adds the block's totals to the outputs; every thread of the block must call it.
-__device__ void block_accumulate(double loss, long long correct, double* loss_sum,
-                                 std::int64_t* correct_out) {
+__device__ void block_accumulate(double loss, long long correct, const GridSum& scratch,
+                                 double* loss_sum, std::int64_t* correct_out) {
   using LossReduce = cub::BlockReduce<double, kThreads>;
   using CountReduce = cub::BlockReduce<long long, kThreads>;
   __shared__ typename LossReduce::TempStorage loss_temp;
   __shared__ typename CountReduce::TempStorage count_temp;
   const double block_loss = LossReduce(loss_temp).Sum(loss);
   const long long block_correct = CountReduce(count_temp).Sum(correct);
-  if (threadIdx.x == 0) {
-    if (loss_sum) atomicAdd(loss_sum, block_loss);
-    if (correct_out)
-      atomicAdd(reinterpret_cast<unsigned long long*>(correct_out),
-                static_cast<unsigned long long>(block_correct));
+  if (threadIdx.x == 0 && correct_out)
+    atomicAdd(reinterpret_cast<unsigned long long*>(correct_out),
+              static_cast<unsigned long long>(block_correct));
+  if (loss_sum) {
+    const double values[1] = {block_loss};
+    grid_sum_add<1, kThreads>(scratch, values, loss_sum);
   }
 }
 
 __global__ void __launch_bounds__(kThreads)
     softmax_cross_entropy_kernel(std::int64_t rows, std::int64_t cols, const float* logits,
                                  const std::int32_t* __restrict__ labels, float grad_scale,
-                                 float* dlogits, double* loss_sum, std::int64_t* correct) {
+                                 float* dlogits, GridSum scratch, double* loss_sum,
+                                 std::int64_t* correct) {
   const int lane = threadIdx.x % kWarp;
   const std::int64_t warps = static_cast<std::int64_t>(gridDim.x) * kRowsPerBlock;
   double loss = 0.0;
@@ -111,7 +115,7 @@ __global__ void __launch_bounds__(kThreads)
       }
     }
   }
-  block_accumulate(loss, hits, loss_sum, correct);
+  block_accumulate(loss, hits, scratch, loss_sum, correct);
 }
 
 __device__ float sigmoid(float x) {
@@ -124,7 +128,8 @@ __device__ float sigmoid(float x) {
 __global__ void __launch_bounds__(kThreads)
     sigmoid_cross_entropy_kernel(std::int64_t rows, std::int64_t cols, const float* logits,
                                  const std::int32_t* __restrict__ labels, float grad_scale,
-                                 float* dlogits, double* loss_sum, std::int64_t* correct) {
+                                 float* dlogits, GridSum scratch, double* loss_sum,
+                                 std::int64_t* correct) {
   const int lane = threadIdx.x % kWarp;
   const std::int64_t warps = static_cast<std::int64_t>(gridDim.x) * kRowsPerBlock;
   double loss = 0.0;
@@ -150,7 +155,7 @@ __global__ void __launch_bounds__(kThreads)
       hits += ok ? 1 : 0;
     }
   }
-  block_accumulate(loss, hits, loss_sum, correct);
+  block_accumulate(loss, hits, scratch, loss_sum, correct);
 }
 
 int blocks_for(std::int64_t rows) {
@@ -164,9 +169,10 @@ void softmax_cross_entropy(const Stream& stream, std::int64_t rows, std::int64_t
                            float* dlogits, double* loss_sum, std::int64_t* correct) {
   if (rows <= 0 || cols <= 0 || (!dlogits && !loss_sum && !correct)) return;
   detail::prepare_launch(stream);
-  softmax_cross_entropy_kernel<<<blocks_for(rows), kThreads, 0,
-                                 static_cast<cudaStream_t>(stream.native())>>>(
-      rows, cols, logits, labels, grad_scale, dlogits, loss_sum, correct);
+  const int blocks = blocks_for(rows);
+  const GridSum scratch = loss_sum ? grid_sum_scratch(stream, blocks) : GridSum{nullptr, nullptr};
+  softmax_cross_entropy_kernel<<<blocks, kThreads, 0, static_cast<cudaStream_t>(stream.native())>>>(
+      rows, cols, logits, labels, grad_scale, dlogits, scratch, loss_sum, correct);
   ASGD_CHECK_LAUNCH();
 }
 
@@ -175,9 +181,10 @@ void sigmoid_cross_entropy(const Stream& stream, std::int64_t rows, std::int64_t
                            float* dlogits, double* loss_sum, std::int64_t* correct) {
   if (rows <= 0 || cols <= 0 || (!dlogits && !loss_sum && !correct)) return;
   detail::prepare_launch(stream);
-  sigmoid_cross_entropy_kernel<<<blocks_for(rows), kThreads, 0,
-                                 static_cast<cudaStream_t>(stream.native())>>>(
-      rows, cols, logits, labels, grad_scale, dlogits, loss_sum, correct);
+  const int blocks = blocks_for(rows);
+  const GridSum scratch = loss_sum ? grid_sum_scratch(stream, blocks) : GridSum{nullptr, nullptr};
+  sigmoid_cross_entropy_kernel<<<blocks, kThreads, 0, static_cast<cudaStream_t>(stream.native())>>>(
+      rows, cols, logits, labels, grad_scale, dlogits, scratch, loss_sum, correct);
   ASGD_CHECK_LAUNCH();
 }
 

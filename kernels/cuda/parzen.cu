@@ -2,8 +2,9 @@
 //
 // parzen_statistics: one grid-stride pass reads g, w and e once (12 bytes per element, nothing
 // written but 3 doubles) and accumulates dot(g, w - e), ||g||^2 and ||w - e||^2 per thread in
-// double; each block reduces its three partials with cub::BlockReduce and adds them to `out`
-// with one atomicAdd each, after a cudaMemsetAsync of out[0..2] (the scheme of reduce.cu).
+// double; each block reduces its three partials with cub::BlockReduce and the last block adds
+// all blocks' partials in block order to `out`, zeroed by a cudaMemsetAsync before (grid_sum.cuh,
+// the scheme of reduce.cu): the same bits every run, as deterministic mode needs.
 // g and w are offset pointers into the state, so alignment is checked at run time: when g and
 // w share their position within 16 bytes they are read as float4 after at most 3 leading
 // scalars, and e too when it shares that position, else e is read as 4 scalars. The grid is
@@ -52,8 +53,9 @@
 
 #include <cub/block/block_reduce.cuh>
 
-#include "kernels/detail/cuda_ops.h"
+#include "kernels/cuda/grid_sum.cuh"
 #include "kernels/cuda/launch.cuh"
+#include "kernels/detail/cuda_ops.h"
 #include "runtime/detail/cuda_check.cuh"
 
 namespace asgd::cuda_ops {
@@ -125,7 +127,8 @@ __device__ __forceinline__ void add_element(float g, float w, float e, Moments& 
 template <bool kVector, bool kVectorE>
 __global__ void __launch_bounds__(kThreads)
     statistics_kernel(std::int64_t n, std::int64_t head, const float* __restrict__ g,
-                      const float* __restrict__ w, const float* __restrict__ e, double* out) {
+                      const float* __restrict__ w, const float* __restrict__ e, GridSum scratch,
+                      double* out) {
   const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
   const std::int64_t start = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   Moments m{0.0, 0.0, 0.0};
@@ -162,11 +165,8 @@ __global__ void __launch_bounds__(kThreads)
   using BlockReduce = cub::BlockReduce<Moments, kThreads>;
   __shared__ typename BlockReduce::TempStorage temp;
   const Moments total = BlockReduce(temp).Reduce(m, AddMoments{});
-  if (threadIdx.x == 0) {
-    atomicAdd(out, total.dot);
-    atomicAdd(out + 1, total.gg);
-    atomicAdd(out + 2, total.dd);
-  }
+  const double values[3] = {total.dot, total.gg, total.dd};
+  grid_sum_add<3, kThreads>(scratch, values, out);
 }
 
 template <bool kVector, bool kVectorE>
@@ -176,7 +176,7 @@ void launch_statistics(const Stream& stream, std::int64_t n, std::int64_t head, 
   auto* kernel = statistics_kernel<kVector, kVectorE>;
   const std::int64_t per_block = kThreads * kElementsPerThread;
   const int blocks = resident_grid(stream, kernel, (n + per_block - 1) / per_block);
-  kernel<<<blocks, kThreads, 0, s>>>(n, head, g, w, e, out);
+  kernel<<<blocks, kThreads, 0, s>>>(n, head, g, w, e, grid_sum_scratch(stream, blocks), out);
   ASGD_CHECK_LAUNCH();
 }
 

@@ -1,17 +1,20 @@
 // Reductions to one device scalar (kernels/reduce.h) on CUDA.
 //
 // Scheme: zero the output with cudaMemsetAsync, then one kernel in which each thread
-// accumulates a grid-stride slice in double (int64 for counts), each block reduces with
-// cub::BlockReduce and adds its partial with one atomicAdd: no temporary storage, two
-// stream operations. The order of the (at most kMaxBlocks) double additions varies between
-// runs, so sums are reproducible to double rounding, not bitwise; counts are exact.
+// accumulates a grid-stride slice in double (int64 for counts) and each block reduces with
+// cub::BlockReduce; a count adds its block's partial with an integer atomicAdd (exact in any
+// order), a sum goes through grid_sum.cuh (the last block adds every block's partial in block
+// order), so sums are the same bits every run. Two stream operations, no temporary storage
+// beyond the stream's scratch.
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include <cub/block/block_reduce.cuh>
 
-#include "kernels/detail/cuda_ops.h"
+#include "kernels/cuda/grid_sum.cuh"
 #include "kernels/cuda/launch.cuh"
+#include "kernels/detail/cuda_ops.h"
 #include "runtime/detail/cuda_check.cuh"
 
 namespace asgd::cuda_ops {
@@ -27,9 +30,6 @@ bool aligned16(const void* p) {
   return reinterpret_cast<std::uintptr_t>(p) % 16 == 0;
 }
 
-__device__ void atomic_accumulate(double* out, double v) {
-  atomicAdd(out, v);
-}
 __device__ void atomic_accumulate(std::int64_t* out, long long v) {
   static_assert(sizeof(std::int64_t) == sizeof(unsigned long long), "int64 atomics");
   // Two's complement: adding the unsigned image adds the signed value.
@@ -38,7 +38,8 @@ __device__ void atomic_accumulate(std::int64_t* out, long long v) {
 
 // Op::scalar(i) is element i's contribution, Op::vector(j) that of elements [4j, 4j+4).
 template <typename Acc, bool kVector, typename Op, typename Out>
-__global__ void __launch_bounds__(kThreads) reduce_kernel(std::int64_t n, Op op, Out* out) {
+__global__ void __launch_bounds__(kThreads)
+    reduce_kernel(std::int64_t n, Op op, GridSum scratch, Out* out) {
   const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
   const std::int64_t start = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   Acc acc = 0;
@@ -55,7 +56,12 @@ __global__ void __launch_bounds__(kThreads) reduce_kernel(std::int64_t n, Op op,
   using BlockReduce = cub::BlockReduce<Acc, kThreads>;
   __shared__ typename BlockReduce::TempStorage temp;
   const Acc block_total = BlockReduce(temp).Sum(acc);
-  if (threadIdx.x == 0) atomic_accumulate(out, block_total);
+  if constexpr (std::is_floating_point_v<Acc>) {
+    const double values[1] = {block_total};
+    grid_sum_add<1, kThreads>(scratch, values, out);
+  } else {
+    if (threadIdx.x == 0) atomic_accumulate(out, block_total);
+  }
 }
 
 template <typename Acc, typename Op, typename Out>
@@ -67,10 +73,12 @@ void launch_reduce(const Stream& stream, std::int64_t n, bool vector, const Op& 
   const std::int64_t per_block = kThreads * kElementsPerThread;
   const int blocks =
       static_cast<int>(std::clamp<std::int64_t>((n + per_block - 1) / per_block, 1, kMaxBlocks));
+  const GridSum scratch =
+      std::is_floating_point_v<Acc> ? grid_sum_scratch(stream, blocks) : GridSum{nullptr, nullptr};
   if (vector) {
-    reduce_kernel<Acc, true><<<blocks, kThreads, 0, s>>>(n, op, out);
+    reduce_kernel<Acc, true><<<blocks, kThreads, 0, s>>>(n, op, scratch, out);
   } else {
-    reduce_kernel<Acc, false><<<blocks, kThreads, 0, s>>>(n, op, out);
+    reduce_kernel<Acc, false><<<blocks, kThreads, 0, s>>>(n, op, scratch, out);
   }
   ASGD_CHECK_LAUNCH();
 }

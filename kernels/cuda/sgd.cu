@@ -4,12 +4,11 @@
 #include <algorithm>
 #include <cstdint>
 
-#include "kernels/detail/cuda_ops.h"
 #include "kernels/cuda/launch.cuh"
+#include "kernels/detail/cuda_ops.h"
 #include "runtime/detail/cuda_check.cuh"
 
 namespace asgd::cuda_ops {
-
 
 namespace {
 constexpr int kThreads = 256;
@@ -86,8 +85,8 @@ struct Scale {
   __device__ void scalar(std::int64_t i) const { y[i] = alpha * x[i]; }
   __device__ void vector(std::int64_t j) const {
     const float4 xv = reinterpret_cast<const float4*>(x)[j];
-    reinterpret_cast<float4*>(y)[j] = make_float4(alpha * xv.x, alpha * xv.y, alpha * xv.z,
-                                                  alpha * xv.w);
+    reinterpret_cast<float4*>(y)[j] =
+        make_float4(alpha * xv.x, alpha * xv.y, alpha * xv.z, alpha * xv.w);
   }
 };
 

@@ -3,10 +3,10 @@
 // multiples of the warp or of the float4 width, and buffers offset from their alignment.
 // Every test skips itself when no CUDA device is usable (and in a build without CUDA).
 #include <cmath>
-#include <cstring>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <optional>
 #include <string>
@@ -513,6 +513,22 @@ TEST_F(CudaKernelTest, Reductions) {
         EXPECT_NEAR(got, expected, 1e-11 * magnitude + 1e-12);
         EXPECT_NEAR(got, twin, 1e-6 * magnitude + 1e-9);
       }
+    }
+  }
+}
+
+// Sums (and the losses built the same way) are the same bits every run, as deterministic mode
+// needs, whichever block finishes last.
+TEST_F(CudaKernelTest, ReductionsAreTheSameBitsEveryRun) {
+  const std::int64_t n = 3 * (std::int64_t{1} << 22) + 1;
+  const auto x = random_vector(n, 950), y = random_vector(n, 951);
+  DeviceArray<float> dx(x, cuda(), 1), dy(y, cuda(), 1);
+  for (const ReduceKind kind : {ReduceKind::kSum, ReduceKind::kDot, ReduceKind::kSquaredNorm}) {
+    const double first = run_reduce(kind, cuda(), n, dx.get(), dy.get());
+    for (int run = 1; run < 20; ++run) {
+      const double again = run_reduce(kind, cuda(), n, dx.get(), dy.get());
+      ASSERT_EQ(std::memcmp(&again, &first, sizeof(double)), 0)
+          << "kind " << static_cast<int>(kind) << ", run " << run;
     }
   }
 }

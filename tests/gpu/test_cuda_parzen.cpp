@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <optional>
 #include <random>
@@ -90,7 +91,6 @@ INSTANTIATE_TYPED_TEST_SUITE_P(Cuda, ParzenDecisionCases, CudaParzenDecisionTest
 
 // ---------------------------------------------------------------------------------------------
 // The hand-made merge of tests/unit/test_parzen.cpp: state of 6, A covers [0, 4), B [2, 6).
-
 
 class CudaMergeRuleTest : public ::testing::TestWithParam<MergeCase> {
  protected:
@@ -192,6 +192,25 @@ TEST_F(CudaParzenTest, StatisticsMatchFloat64AndHost) {
       EXPECT_NEAR(got[1], twin[1], 1e-6 * gg);
       EXPECT_NEAR(got[2], twin[2], 1e-6 * dd);
     }
+  }
+}
+
+// Deterministic mode needs the same bits every run: the blocks' partials are added in block
+// order (grid_sum.cuh), not in the order the blocks finish. Also for sums far larger than one
+// wave of blocks covers and across several streams, which have scratch of their own.
+TEST_F(CudaParzenTest, StatisticsAreTheSameBitsEveryRun) {
+  const std::int64_t n = (std::int64_t{1} << 24) + 5;
+  const auto g = random_vector(n, 901), w = random_vector(n, 902), e = random_vector(n, 903);
+  DeviceArray<float> dg(g, cuda(), 1), dw(w, cuda(), 1), de(e, cuda(), 2);
+  Stream other = Stream::cuda(0);
+  std::vector<double> first;
+  for (int run = 0; run < 20; ++run) {
+    const Stream& s = run % 2 ? other : cuda();
+    DeviceArray<double> out({0.0, 0.0, 0.0, 0.0}, s);
+    parzen_statistics(s, n, dg.get(), dw.get(), de.get(), out.get());
+    const auto got = out.download(s);
+    if (run == 0) first = got;
+    ASSERT_EQ(std::memcmp(got.data(), first.data(), 3 * sizeof(double)), 0) << "run " << run;
   }
 }
 

@@ -5,9 +5,9 @@
 // divergence guard restores a poisoned worker, and the CUDA run agrees with the host run.
 #include <algorithm>
 #include <cmath>
-#include <limits>
 #include <cstring>
 #include <fstream>
+#include <limits>
 #include <string>
 #include <utility>
 #include <vector>
@@ -53,7 +53,9 @@ TrainConfig cuda_config(Algorithm algorithm, int workers) {
   return c;
 }
 
-TrainResult run(const TrainConfig& c) { return train(c, testing::separable_train_test()); }
+TrainResult run(const TrainConfig& c) {
+  return train(c, testing::separable_train_test());
+}
 
 TEST_F(CudaTrainingTest, EveryAlgorithmLearns) {
   for (Algorithm algo : {Algorithm::kAsgd, Algorithm::kAsgdNoFilter, Algorithm::kSync,
@@ -86,7 +88,8 @@ std::vector<double> observe(const TrainResult& r) {
     push(static_cast<double>(p.messages_accepted));
     push(static_cast<double>(p.messages_rejected));
   }
-  for (const EvalPoint& p : r.worker_final) push(p.test_loss);
+  for (const EvalPoint& p : r.worker_final)
+    push(p.test_loss);
   push(static_cast<double>(r.messages_accepted));
   push(static_cast<double>(r.messages_rejected));
   return v;
@@ -104,13 +107,14 @@ TEST_F(CudaTrainingTest, DeterministicModeIsRepeatableBitForBit) {
   EXPECT_NE(observe(run(c)), observe(a));
 }
 
-// The same deterministic run on both backends: the kernels differ in summation order (cuBLAS
-// against OpenBLAS, block reductions), so the results agree closely but not bit for bit.
+// The same run on both backends, without messages (a GPU worker posts a message one step after
+// it is staged, so exchanges happen at other steps than on the host): the kernels differ only
+// in summation order (cuBLAS against OpenBLAS, block reductions), so the losses agree closely
+// but not bit for bit.
 TEST_F(CudaTrainingTest, AgreesWithTheHostBackend) {
-  TrainConfig c = cuda_config(Algorithm::kAsgd, 2);
+  TrainConfig c = cuda_config(Algorithm::kLocal, 2);
   c.deterministic = true;
   c.epochs = 2;
-  c.window = std::numeric_limits<float>::infinity();  // bare direction test: no median ties
   const TrainResult gpu = run(c);
   c.backend = Backend::kHost;
   const TrainResult host = run(c);
