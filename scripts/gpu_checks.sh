@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The gpu tier on a machine with a GPU: configures and builds asgd with the CUDA backend, runs
-# the tests labelled gpu, runs asgd_gpu_tests under compute-sanitizer and, with --bench, the
-# kernel benchmarks on the GPU beside their peers.
+# the tests labelled gpu, with --bench the kernel benchmarks on the GPU beside their peers, and
+# last (the slowest) asgd_gpu_tests under compute-sanitizer.
 #
 #   scripts/gpu_checks.sh [--deps DIR] [--build DIR] [--tools "memcheck racecheck ..."]
 #                         [--bench] [-- EXTRA_CMAKE_ARGS...]
@@ -133,6 +133,25 @@ note="$gpus GPU(s) visible, $skipped test(s) skipped"
 record "gpu tests" "$tests_rc" "$note"
 
 # ---------------------------------------------------------------------------------------------
+# Kernel benchmarks on GPU 0, each beside its peer in the same process or script.
+if ((bench == 0)); then
+  :
+elif ((gpus == 0)); then
+  record benchmarks skip "no GPU"
+else
+  {
+    "$build/bin/asgd_bench_parzen" --backend cuda --elements $((256 << 20)) --repeats 21 \
+      --json "$out/parzen_bandwidth_cuda.json"
+  } 2>&1 | tee "$out/gpu_checks_bench.log"
+  record "bench parzen (cuda)" "${PIPESTATUS[0]}"
+  {
+    PYTHONUNBUFFERED=1 python3 "$repo/bench/mlp_step.py" --device cuda --build "$build" \
+      --rounds 3 --out "$out/mlp_step_cuda.json"
+  } 2>&1 | tee -a "$out/gpu_checks_bench.log"
+  record "bench mlp_step (cuda, vs PyTorch)" "${PIPESTATUS[0]}"
+fi
+
+# ---------------------------------------------------------------------------------------------
 # compute-sanitizer over the whole gpu test binary. CudaFaultTest faults a kernel on purpose
 # (in a child process) and OutOfRangeOrdinalThrows makes CUDA calls fail on purpose, which the
 # sanitizer would rightly report, so they are left out here. racecheck and synccheck look at
@@ -161,25 +180,6 @@ else
     tail -n 3 "$out/gpu_checks_sanitizer.log"
     record "compute-sanitizer $tool" "$rc"
   done
-fi
-
-# ---------------------------------------------------------------------------------------------
-# Kernel benchmarks on GPU 0, each beside its peer in the same process or script.
-if ((bench == 0)); then
-  :
-elif ((gpus == 0)); then
-  record benchmarks skip "no GPU"
-else
-  {
-    "$build/bin/asgd_bench_parzen" --backend cuda --elements $((256 << 20)) --repeats 21 \
-      --json "$out/parzen_bandwidth_cuda.json"
-  } 2>&1 | tee "$out/gpu_checks_bench.log"
-  record "bench parzen (cuda)" "${PIPESTATUS[0]}"
-  {
-    PYTHONUNBUFFERED=1 python3 "$repo/bench/mlp_step.py" --device cuda --build "$build" \
-      --rounds 3 --out "$out/mlp_step_cuda.json"
-  } 2>&1 | tee -a "$out/gpu_checks_bench.log"
-  record "bench mlp_step (cuda, vs PyTorch)" "${PIPESTATUS[0]}"
 fi
 
 echo "gpu_checks: results in $out"
