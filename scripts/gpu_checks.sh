@@ -4,7 +4,7 @@
 # last (the slowest) asgd_gpu_tests under compute-sanitizer.
 #
 #   scripts/gpu_checks.sh [--deps DIR] [--build DIR] [--tools "memcheck racecheck ..."]
-#                         [--bench] [-- EXTRA_CMAKE_ARGS...]
+#                         [--bench] [--data DIR] [-- EXTRA_CMAKE_ARGS...]
 #
 #   --deps DIR   headers and libraries packed by scripts/pack_gpu_deps.sh, for a machine that
 #                has a compiler, nvcc, cmake and ninja but not our Debian -dev packages
@@ -14,6 +14,9 @@
 #                device-to-device copy (parzen_bandwidth_cuda.json) and one MLP training step
 #                against PyTorch on the same GPU (mlp_step_cuda.json; needs python3 with a
 #                CUDA build of torch)
+#   --data DIR   Fashion-MNIST's IDX files (default /usr/share/datasets/fashion-mnist where it
+#                exists): with --bench also time to 85% against PyTorch on the same GPU
+#                (gpu_train.json)
 #
 # Writes to $OUT, or to bench/results/ when OUT is unset:
 #   gpu_checks_env.txt        nvidia-smi, driver, toolkit and compiler versions
@@ -31,6 +34,8 @@ build="$repo/build-gpu"
 tools="memcheck racecheck synccheck"
 cmake_extra=()
 bench=0
+data=""
+[[ -d /usr/share/datasets/fashion-mnist ]] && data=/usr/share/datasets/fashion-mnist
 
 die() {
   echo "gpu_checks: $*" >&2
@@ -43,6 +48,7 @@ while (($#)); do
     --build) build="${2:?--build needs a folder}"; shift 2 ;;
     --tools) tools="${2?--tools needs a list}"; shift 2 ;;
     --bench) bench=1; shift ;;
+    --data) data="${2:?--data needs a folder}"; shift 2 ;;
     --) shift; cmake_extra=("$@"); break ;;
     -h | --help) sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument '$1' (see --help)" ;;
@@ -149,6 +155,15 @@ else
       --rounds 3 --out "$out/mlp_step_cuda.json"
   } 2>&1 | tee -a "$out/gpu_checks_bench.log"
   record "bench mlp_step (cuda, vs PyTorch)" "${PIPESTATUS[0]}"
+  if [[ -n "$data" ]]; then
+    {
+      PYTHONUNBUFFERED=1 python3 "$repo/bench/gpu_train.py" --build "$build" --data "$data" \
+        --out "$out/gpu_train.json"
+    } 2>&1 | tee -a "$out/gpu_checks_bench.log"
+    record "bench gpu_train (time to 85%, vs PyTorch)" "${PIPESTATUS[0]}"
+  else
+    record "bench gpu_train" skip "no Fashion-MNIST (--data)"
+  fi
 fi
 
 # ---------------------------------------------------------------------------------------------
