@@ -23,20 +23,15 @@ constexpr double kIdleSleep_s = 400e-6;
 constexpr int kMaxInFlight = 2;  // messages per peer handed to MPI at once
 
 // kForgeLength: a length other than the true one that stays within bounds, so that nothing but
-// the length is wrong, and that the receiver finds wrong at the chunk where the claim and the
-// payload part. Shorter, but not ending on a chunk boundary: a claim ending there would make
-// the chunks before it a whole message (failing its checksum) and the rest strays, each
-// counted. A single element claims two instead (the one chunk that comes is too short), moved
-// back where needed to stay within the state; the constructor made sure that max_message >= 2.
-void forge_length(WireHeader& h, std::int64_t parameters, std::int64_t chunk_bytes) {
+// the length is wrong: one element fewer, or two instead of a single one (moved back where
+// needed to stay within the state; the constructor made sure that max_message >= 2).
+void forge_length(WireHeader& h, std::int64_t parameters) {
   if (h.length == 1) {
     h.length = 2;
     h.offset = std::min(h.offset, parameters - 2);
     return;
   }
   h.length -= 1;
-  // Still >= 1: a multiple of chunk_bytes / 4 (>= 1024) here means h.length was far above 2.
-  if (h.length * static_cast<std::int64_t>(sizeof(float)) % chunk_bytes == 0) h.length -= 1;
 }
 
 }  // namespace
@@ -49,7 +44,6 @@ WireFaultKind parse_wire_fault(std::string_view name) {
       "replay",
       name);
 }
-
 
 struct MpiTransport::Peer {
   Peer(std::int64_t capacity, bool remote)
@@ -91,7 +85,7 @@ struct MpiTransport::Peer {
   std::optional<MessageSlot::Writer> writer;  // held while a message is being received
   WireHeader incoming;
   bool receiving = false;   // a valid header arrived; its chunks are coming
-  bool discarding = false;  // a rejected header arrived; drop chunks until the next header
+  bool discarding = false;  // drop chunks until that payload's last chunk or the next header
   std::int64_t expected_bytes = 0;
   std::int64_t posted_bytes = 0;
   std::int64_t header_trace_ns = 0;  // when the header arrived
@@ -329,7 +323,8 @@ void MpiTransport::start_send(int peer, const Outgoing& m, std::vector<MPI_Reque
   const std::int64_t total = m.header.payload_bytes();
   for (std::int64_t at = 0; at < total; at += options_.chunk_bytes) {
     const int n = static_cast<int>(std::min(options_.chunk_bytes, total - at));
-    ASGD_CHECK_MPI(MPI_Isend(bytes + at, n, MPI_BYTE, peer, kChunkTag, comm_, &r));
+    const int tag = at + n == total ? kLastChunkTag : kChunkTag;
+    ASGD_CHECK_MPI(MPI_Isend(bytes + at, n, MPI_BYTE, peer, tag, comm_, &r));
     requests.push_back(r);
   }
 }
@@ -366,7 +361,7 @@ MpiTransport::Outgoing* MpiTransport::damage(Peer& p, Outgoing& m) {
       forged.offset = options_.model.parameters - forged.length + 1;  // one element past the end
       break;
     case WireFaultKind::kForgeLength:
-      forge_length(forged, options_.model.parameters, options_.chunk_bytes);
+      forge_length(forged, options_.model.parameters);
       break;
     case WireFaultKind::kForgeFingerprint:
       forged.model.layout_hash = ~forged.model.layout_hash;
@@ -456,7 +451,8 @@ bool MpiTransport::pump_sends(double t) {
         std::lock_guard<std::mutex> lock(p.mutex);
         if (finishing_) {
           // Nothing more is worth sending: the run is over here.
-          for (Outgoing* m : p.queue) p.pool.push_back(m);
+          for (Outgoing* m : p.queue)
+            p.pool.push_back(m);
           p.send_stats.superseded += static_cast<std::int64_t>(p.queue.size());
           p.queue.clear();
         } else if (!p.queue.empty()) {
@@ -541,10 +537,14 @@ bool MpiTransport::pump_receives() {
     const int source = status.MPI_SOURCE;
     Peer& p = *peers_[static_cast<std::size_t>(source)];
 
-    if (status.MPI_TAG == kChunkTag) {
+    if (status.MPI_TAG == kChunkTag || status.MPI_TAG == kLastChunkTag) {
+      const bool last = status.MPI_TAG == kLastChunkTag;
       const std::int64_t want =
           p.receiving ? std::min(options_.chunk_bytes, p.expected_bytes - p.posted_bytes) : 0;
-      if (p.receiving && want > 0 && count == want) {
+      // The chunk fits the claim only if it has the size the claim expects next and ends the
+      // payload exactly where the claim does.
+      if (p.receiving && want > 0 && count == want &&
+          last == (p.posted_bytes + count == p.expected_bytes)) {
         auto* base = reinterpret_cast<char*>(p.writer->message().payload.data());
         Peer::Chunk c{MPI_REQUEST_NULL, p.posted_bytes, count};
         ASGD_CHECK_MPI(MPI_Imrecv(base + p.posted_bytes, count, MPI_BYTE, &message, &c.request));
@@ -552,13 +552,18 @@ bool MpiTransport::pump_receives() {
         p.posted_bytes += count;
       } else {
         drain(&message, count);
-        // A chunk of the wrong size loses the message it belongs to; one that no header
-        // announced is counted alone. (Chunks after a rejected header were counted with it.)
-        if (p.receiving && want > 0)
+        // The message this chunk belongs to is lost and counted once: the one being received
+        // (its claim and its payload part here), or a run of chunks that no header announced;
+        // the rest of its payload is then dropped uncounted, as are the chunks after a
+        // rejected header.
+        if (p.receiving) {
           abandon_incoming(source, WireError::kLengthMismatch);
-        else if (!p.discarding)
+        } else if (!p.discarding) {
           rejected_[static_cast<std::size_t>(WireError::kLengthMismatch)].fetch_add(
               1, std::memory_order_relaxed);
+          p.discarding = true;
+        }
+        if (last) p.discarding = false;  // that payload is over
       }
       continue;
     }

@@ -12,7 +12,10 @@
 //
 // Frames from one sender arrive in the order they were sent (MPI's non-overtaking rule holds
 // because every probe matches any tag), so a chunk always belongs to the last header from its
-// sender; chunks after a rejected header are drained and dropped.
+// sender; chunks after a rejected header are drained and dropped. The last chunk of a payload
+// goes with its own tag, so where a payload ends is known from the frames themselves, not from
+// the length its header claims: a claim longer or shorter than the payload is found at the
+// chunk where they part, rejected once, and the rest of that payload dropped uncounted.
 //
 // Ending a run (finish()): each rank sends a "done" frame to every peer after its last
 // message, and keeps receiving until every peer's done frame has arrived and its own sends
@@ -65,9 +68,8 @@ namespace asgd {
 //                      flipped on the wire                                  -> kChecksumMismatch
 //   kForgeOffset       a valid header (its own checksum recomputed) whose offset + length
 //                      runs past the parameter count                        -> kRangeOutOfBounds
-//   kForgeLength       a valid header claiming a length the payload does not have, chosen so
-//                      that the receiver sees it at the chunk where the claim and the payload
-//                      part (it never waits for bytes that do not come)     -> kLengthMismatch
+//   kForgeLength       a valid header claiming one element fewer than the payload has (two
+//                      for a single element)                               -> kLengthMismatch
 //   kForgeFingerprint  a valid header of another model (layout hash)        -> kWrongFingerprint
 //   kReplay            instead of the message, the last undamaged message sent to that peer,
 //                      verbatim: the receiver has taken it already          -> kStale
@@ -143,7 +145,8 @@ class MpiTransport final : public Transport {
   // as if from a peer: tests inject forged and corrupted frames this way.
   MPI_Comm communicator() const { return comm_; }
   static constexpr int kHeaderTag = 0x5A5;
-  static constexpr int kChunkTag = 0x5A6;
+  static constexpr int kChunkTag = 0x5A6;      // a payload chunk but the last
+  static constexpr int kLastChunkTag = 0x5A7;  // the last (or only) chunk of a payload
 
  private:
   struct Outgoing {
@@ -184,8 +187,8 @@ class MpiTransport final : public Transport {
   std::atomic<bool> finishing_{false};
   std::atomic<bool> stop_everyone_{false};
   std::atomic<bool> stop_requested_{false};
-  std::atomic<bool> quit_{false};   // destructor without finish(): leave at once
-  double previous_pass_s_ = 0;  // communication thread: when its previous pass began
+  std::atomic<bool> quit_{false};  // destructor without finish(): leave at once
+  double previous_pass_s_ = 0;     // communication thread: when its previous pass began
   std::mutex transfers_mutex_;
   std::deque<TransferRecord> transfers_;
   std::vector<std::byte> scratch_;  // frames that are drained and dropped

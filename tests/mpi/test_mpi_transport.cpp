@@ -57,12 +57,14 @@ struct Forger {
   void header(const EncodedHeader& b, int bytes = static_cast<int>(kWireHeaderBytes)) const {
     ASGD_CHECK_MPI(MPI_Send(b.data(), bytes, MPI_BYTE, 0, MpiTransport::kHeaderTag, comm));
   }
+  // The first total_bytes of `data` as a payload: chunks, the last with the last-chunk tag.
   void chunks(const std::vector<float>& data, std::int64_t chunk_bytes,
               std::int64_t total_bytes) const {
     const auto* bytes = reinterpret_cast<const char*>(data.data());
     for (std::int64_t at = 0; at < total_bytes; at += chunk_bytes) {
       const int n = static_cast<int>(std::min(chunk_bytes, total_bytes - at));
-      ASGD_CHECK_MPI(MPI_Send(bytes + at, n, MPI_BYTE, 0, MpiTransport::kChunkTag, comm));
+      const int tag = at + n == total_bytes ? MpiTransport::kLastChunkTag : MpiTransport::kChunkTag;
+      ASGD_CHECK_MPI(MPI_Send(bytes + at, n, MPI_BYTE, 0, tag, comm));
     }
   }
   void message(WireHeader h, const std::vector<float>& data, std::int64_t chunk_bytes) const {
@@ -120,6 +122,19 @@ TEST(MpiTransport, EveryMalformedFrameIsRejectedAndCountedAndNothingReachesTheSl
     // A valid header whose payload is one float short: the last chunk has the wrong size.
     f.header(encode_header(h));
     f.chunks(good, chunk, good_bytes - 4);
+    // Claims that end on a chunk boundary, each with the checksum of the payload it claims:
+    // two chunks' worth of a three-chunk payload (found at the second chunk, which is not the
+    // last; the third is dropped uncounted), and four chunks' worth of a three-chunk payload
+    // (found at the third, which is the last). Each is one rejection, at once.
+    WireHeader claim = valid_header(5, 100, 2 * chunk / 4);
+    claim.payload_checksum = payload_checksum(good.data(), static_cast<std::size_t>(2 * chunk));
+    f.header(encode_header(claim));
+    f.chunks(good, chunk, 3 * chunk);
+    std::vector<float> longer = payload(1, 5, 4 * chunk / 4);
+    claim = valid_header(5, 100, 4 * chunk / 4);
+    claim.payload_checksum = payload_checksum(longer.data(), static_cast<std::size_t>(4 * chunk));
+    f.header(encode_header(claim));
+    f.chunks(longer, chunk, 3 * chunk);
     // A valid header with a corrupted payload.
     std::vector<float> flipped = good;
     reinterpret_cast<unsigned char*>(flipped.data())[5000] ^= 0x10;
@@ -161,7 +176,8 @@ TEST(MpiTransport, EveryMalformedFrameIsRejectedAndCountedAndNothingReachesTheSl
     EXPECT_EQ(count(WireError::kWrongFingerprint), 1);
     EXPECT_EQ(count(WireError::kBadSender), 1);
     EXPECT_EQ(count(WireError::kRangeOutOfBounds), 1);
-    EXPECT_EQ(count(WireError::kLengthMismatch), 2);  // the short payload, the stray chunk
+    // The short payload, the two claims on chunk boundaries, the stray chunk.
+    EXPECT_EQ(count(WireError::kLengthMismatch), 4);
     EXPECT_EQ(count(WireError::kChecksumMismatch), 1);
     EXPECT_EQ(count(WireError::kTruncated), 1);
     EXPECT_EQ(count(WireError::kStale), 1);
