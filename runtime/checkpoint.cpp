@@ -437,14 +437,16 @@ void CheckpointWriter::loop() {
     next_.reset();
     busy_ = true;
     lock.unlock();
+    bool ok = true;
     try {
       write_checkpoint(job.first, job.second);
     } catch (...) {
-      error_.capture(std::current_exception());
+      ok = false;
+      error_.capture(std::current_exception());  // the first error is kept and handed back
     }
     lock.lock();
     busy_ = false;
-    if (!error_.has_error()) ++written_;
+    if (ok) ++written_;  // this write, whatever an earlier one did
     idle_.notify_all();
     // No return on stop_ here: a checkpoint submitted while this one was being written is
     // still waiting, and the destructor promises to write it; the wait above returns at once.
