@@ -4,7 +4,7 @@
 # last (the slowest) asgd_gpu_tests under compute-sanitizer.
 #
 #   scripts/gpu_checks.sh [--deps DIR] [--build DIR] [--tools "memcheck racecheck ..."]
-#                         [--bench] [--data DIR] [-- EXTRA_CMAKE_ARGS...]
+#                         [--bench] [--data DIR] [--mpi] [-- EXTRA_CMAKE_ARGS...]
 #
 #   --deps DIR   headers and libraries packed by scripts/pack_gpu_deps.sh, for a machine that
 #                has a compiler, nvcc, cmake and ninja but not our Debian -dev packages
@@ -14,6 +14,10 @@
 #                device-to-device copy (parzen_bandwidth_cuda.json) and one MLP training step
 #                against PyTorch on the same GPU (mlp_step_cuda.json; needs python3 with a
 #                CUDA build of torch)
+#   --mpi        build the MPI transport too and run the mpi tier, then `mpirun -np 2` and
+#                `-np 4 asgd train --backend cuda` (ranks sharing the GPUs) to 85% given --data,
+#                and with --bench the MPI transport's bandwidth; Open MPI from the packed
+#                dependencies (pack_gpu_deps.sh --mpi) or the machine's own mpirun
 #   --data DIR   Fashion-MNIST's IDX files (default /usr/share/datasets/fashion-mnist where it
 #                exists): with --bench also time to 85% against PyTorch on the same GPU
 #                (gpu_train.json)
@@ -34,6 +38,7 @@ build="$repo/build-gpu"
 tools="memcheck racecheck synccheck"
 cmake_extra=()
 bench=0
+mpi=0
 data=""
 [[ -d /usr/share/datasets/fashion-mnist ]] && data=/usr/share/datasets/fashion-mnist
 
@@ -49,6 +54,7 @@ while (($#)); do
     --tools) tools="${2?--tools needs a list}"; shift 2 ;;
     --bench) bench=1; shift ;;
     --data) data="${2:?--data needs a folder}"; shift 2 ;;
+    --mpi) mpi=1; shift ;;
     --) shift; cmake_extra=("$@"); break ;;
     -h | --help) sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument '$1' (see --help)" ;;
@@ -113,11 +119,29 @@ if [[ -n "$deps" ]]; then
   echo "gpu_checks: dependencies from $deps"
 fi
 
+# Open MPI from the pack: relocated with OPAL_PREFIX; the names CMake and the tests look for
+# (mpirun, mpicxx, ...) are links to Debian's *.openmpi programs.
+if ((mpi)) && [[ -n "$deps" && -d "$deps/openmpi/usr/bin" ]]; then
+  ompi="$deps/openmpi/usr"
+  export OPAL_PREFIX="$ompi"
+  mkdir -p "$build/mpi-bin"
+  for tool in mpirun mpiexec mpicc mpicxx mpic++; do
+    ln -sf "$ompi/bin/$tool.openmpi" "$build/mpi-bin/$tool"
+  done
+  export PATH="$build/mpi-bin:$PATH"
+  export LD_LIBRARY_PATH="$ompi/lib/x86_64-linux-gnu:$ompi/lib/x86_64-linux-gnu/openmpi/lib:$LD_LIBRARY_PATH"
+  echo "gpu_checks: Open MPI from $ompi"
+fi
+if ((mpi)); then
+  command -v mpirun >/dev/null || die "--mpi: no mpirun (pack_gpu_deps.sh --mpi, or install it)"
+  export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+fi
+
 # ---------------------------------------------------------------------------------------------
 # Configure and build everything (the build runs the test binaries to list their tests).
 {
   cmake -S "$repo" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DASGD_CUDA=ON \
-    -DASGD_MPI=OFF -DASGD_NCCL=OFF -DASGD_BUILD_TESTS=ON -DASGD_BUILD_BENCH="$bench" \
+    -DASGD_MPI="$( ((mpi)) && echo ON || echo OFF)" -DASGD_NCCL=OFF -DASGD_BUILD_TESTS=ON -DASGD_BUILD_BENCH="$bench" \
     "${cmake_args[@]}" "${cmake_extra[@]}" &&
     cmake --build "$build" --parallel "$(nproc)"
 } 2>&1 | tee "$out/gpu_checks_build.log"
@@ -137,6 +161,31 @@ skipped="$(grep -c '\*\*\*Skipped' "$out/gpu_checks_tests.log" || true)"
 note="$gpus GPU(s) visible, $skipped test(s) skipped"
 ((gpus == 0)) && note="$note: no GPU, so nothing ran on one"
 record "gpu tests" "$tests_rc" "$note"
+
+# ---------------------------------------------------------------------------------------------
+# The mpi tier, and mpirun with the CUDA backend: every rank takes GPU local_rank % GPUs.
+if ((mpi)); then
+  ctest --test-dir "$build" -L mpi --output-on-failure 2>&1 | tee "$out/gpu_checks_mpi.log"
+  record "mpi tests" "${PIPESTATUS[0]}"
+  if ((gpus == 0)); then
+    record "mpirun --backend cuda" skip "no GPU"
+  elif [[ -z "$data" ]]; then
+    record "mpirun --backend cuda" skip "no Fashion-MNIST (--data)"
+  else
+    for np in 2 4; do
+      {
+        timeout 300 mpirun --oversubscribe --bind-to none -np "$np" "$build/bin/asgd" train \
+          --backend cuda --dataset "idx:$data" --model mlp --hidden 256,256 --batch 64 --lr 0.1 \
+          --target-accuracy 0.85 --epochs 20 --summary "$out/mpi_cuda_np$np.json"
+      } 2>&1 | tee -a "$out/gpu_checks_mpi.log"
+      rc=${PIPESTATUS[0]}
+      if ((rc == 0)) && ! grep -q '"time_to_target_s": *[0-9]' "$out/mpi_cuda_np$np.json"; then
+        rc=1  # ran, but did not reach the target
+      fi
+      record "mpirun -np $np asgd train --backend cuda (to 85%)" "$rc"
+    done
+  fi
+fi
 
 # ---------------------------------------------------------------------------------------------
 # Kernel benchmarks on GPU 0, each beside its peer in the same process or script.
@@ -163,6 +212,13 @@ else
     record "bench gpu_train (time to 85%, vs PyTorch)" "${PIPESTATUS[0]}"
   else
     record "bench gpu_train" skip "no Fashion-MNIST (--data)"
+  fi
+  if ((mpi)); then
+    {
+      mpirun --oversubscribe --bind-to none -np 2 "$build/bin/asgd_bench_mpi_transport" \
+        --json "$out/mpi_transport_gpu_machine.json"
+    } 2>&1 | tee -a "$out/gpu_checks_bench.log"
+    record "bench mpi_transport (vs raw MPI)" "${PIPESTATUS[0]}"
   fi
 fi
 

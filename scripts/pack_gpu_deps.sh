@@ -4,7 +4,15 @@
 # one folder, for a machine that has a compiler, nvcc, cmake and ninja but none of those
 # packages (the GPU machine). scripts/gpu_checks.sh --deps DIR builds against the folder.
 #
-#   scripts/pack_gpu_deps.sh [DIR]     (default: build-deps, which .gitignore's /build*/ covers)
+#   scripts/pack_gpu_deps.sh [--mpi] [--tar FILE] [DIR]
+#                                      (DIR default: build-deps, which .gitignore's /build*/ covers)
+#
+#   --mpi        also Open MPI (Debian 12's 4.1 and the libraries it loads), fetched with
+#                `apt-get download` and unpacked under DIR/openmpi: relocatable through
+#                OPAL_PREFIX, so gpu_checks.sh --mpi can build the MPI transport and run the mpi
+#                tier and mpirun with the CUDA backend there
+#   --tar FILE   also write DIR as one gzip'd tar (what travels to the GPU machine is limited
+#                in size; the tar is about a third of the folder)
 #
 # The folder mirrors /usr (include/, lib/x86_64-linux-gnu/, share/cmake/) so that the packages'
 # own CMake config files, which locate everything relative to themselves, work unchanged. It
@@ -20,6 +28,15 @@
 set -euo pipefail
 
 repo="$(cd "$(dirname "$0")/.." && pwd)"
+with_mpi=0
+tarball=""
+while (($#)); do
+  case "$1" in
+    --mpi) with_mpi=1; shift ;;
+    --tar) tarball="${2:?--tar needs a file}"; shift 2 ;;
+    *) break ;;
+  esac
+done
 dest="${1:-$repo/build-deps}"
 arch=x86_64-linux-gnu
 usr=/usr
@@ -129,7 +146,30 @@ EOF
     awk -F_ '{ v[$1] = $0 } END { for (k in v) print "  " v[k] }'
 } >"$dest/README.txt"
 
-if [[ -n "$(find "$dest" -type l)" ]]; then die "symbolic links left in $dest"; fi
+# Open MPI as Debian ships it, unpacked as a root of its own: with OPAL_PREFIX=DIR/openmpi/usr
+# its programs, wrappers, plugins and help files are found there (/usr/share/doc and the
+# manuals left out).
+if ((with_mpi)); then
+  debs="$(mktemp -d)"
+  (cd "$debs" && apt-get download openmpi-bin openmpi-common libopenmpi3 libopenmpi-dev \
+    libhwloc15 libevent-core-2.1-7 libevent-pthreads-2.1-7 libpmix2 libfabric1 libucx0 \
+    libibverbs1 librdmacm1 libnl-3-200 libnl-route-3-200 libpsm2-2 libpsm-infinipath1 \
+    libnuma1 libmunge2 libltdl7 libpciaccess0 >/dev/null 2>&1) ||
+    die "apt-get download of Open MPI failed (Debian's package lists are needed: apt-get update)"
+  for f in "$debs"/*.deb; do dpkg -x "$f" "$dest/openmpi"; done
+  rm -rf "$debs" "$dest/openmpi/usr/share/doc" "$dest/openmpi/usr/share/man" \
+    "$dest/openmpi/usr/share/lintian"
+  [[ -x "$dest/openmpi/usr/bin/mpirun.openmpi" ]] || die "Open MPI did not unpack"
+fi
+
+if [[ -n "$(find "$dest" -path "$dest/openmpi" -prune -o -type l -print)" ]]; then
+  die "symbolic links left in $dest"
+fi
 size_kib="$(du -sk "$dest" | cut -f1)"
 echo "pack_gpu_deps: $dest: $((size_kib / 1024)) MiB, $(find "$dest" -type f | wc -l) files"
-((size_kib < limit_mib * 1024)) || die "$dest is $((size_kib / 1024)) MiB, over ${limit_mib} MiB"
+if [[ -n "$tarball" ]]; then
+  tar czf "$tarball" -C "$dest" .
+  size_kib="$(du -sk "$tarball" | cut -f1)"
+  echo "pack_gpu_deps: $tarball: $((size_kib / 1024)) MiB"
+fi
+((size_kib < limit_mib * 1024)) || die "the pack is $((size_kib / 1024)) MiB, over ${limit_mib} MiB"
