@@ -135,6 +135,13 @@ fi
 if ((mpi)); then
   command -v mpirun >/dev/null || die "--mpi: no mpirun (pack_gpu_deps.sh --mpi, or install it)"
   export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+  # A machine's own PMIx plugins (another version) must not be loaded or complained about.
+  export PMIX_MCA_mca_base_component_show_load_errors=0 PMIX_MCA_pcompress_base_silence_warning=1
+fi
+# The mpi tier's training cases read Fashion-MNIST where asgd looks for it.
+if [[ -n "$data" ]]; then
+  data="$(cd "$data" 2>/dev/null && pwd)" || die "--data folder not found"
+  export ASGD_FASHION_MNIST_DIR="$data"
 fi
 
 # ---------------------------------------------------------------------------------------------
