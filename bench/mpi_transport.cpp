@@ -43,7 +43,10 @@ std::int64_t parse_size(const std::string& text) {
   std::size_t end = 0;
   const double v = std::stod(text, &end);
   const std::string unit = text.substr(end);
-  const double scale = unit == "K" ? 1024.0 : unit == "M" ? 1048576.0 : unit == "G" ? 1073741824.0 : 1.0;
+  const double scale = unit == "K"   ? 1024.0
+                       : unit == "M" ? 1048576.0
+                       : unit == "G" ? 1073741824.0
+                                     : 1.0;
   return static_cast<std::int64_t>(v * scale);
 }
 
@@ -67,7 +70,8 @@ double raw_run(const MpiSession& s, std::vector<float>& buffer, int messages, in
       MPI_Irecv(buffer.data(), bytes, MPI_BYTE, 0, 7, s.comm(), &r);
     }
     MPI_Wait(&r, MPI_STATUS_IGNORE);
-    if (s.rank() == 1 && (buffer.front() != static_cast<float>(m) || buffer.back() != static_cast<float>(-m)))
+    if (s.rank() == 1 &&
+        (buffer.front() != static_cast<float>(m) || buffer.back() != static_cast<float>(-m)))
       ++wrong;
   }
   const double t = s.rank() == 1 ? seconds_since(t0) : 0.0;
@@ -150,8 +154,8 @@ int main(int argc, char** argv) {
   for (std::int64_t size : sizes) {
     std::vector<float> buffer(static_cast<std::size_t>(size / 4), 1.0f);
     // Messages per run: about `seconds_per_run` at ~5 GB/s, at least 5.
-    const int messages = static_cast<int>(
-        std::max<double>(5, seconds_per_run * 5e9 / static_cast<double>(size)));
+    const int messages =
+        static_cast<int>(std::max<double>(5, seconds_per_run * 5e9 / static_cast<double>(size)));
     int wrong = 0;
     std::vector<double> raw, transport;
     raw_run(s, buffer, 2, wrong);  // warm-up: pages, connections
@@ -184,13 +188,14 @@ int main(int argc, char** argv) {
   if (s.rank() == 0 && !json_path.empty()) {
     char host[256] = {};
     gethostname(host, sizeof(host) - 1);
-    nlohmann::json out = {{"benchmark", "mpi_transport"},
-                          {"commit", asgd::git_commit()},
-                          {"machine", {{"host", host}, {"cores", std::thread::hardware_concurrency()}}},
-                          {"peer", "raw MPI_Isend/MPI_Irecv loop, same run"},
-                          {"chunk_bytes", chunk_bytes},
-                          {"repeats", repeats},
-                          {"rows", rows}};
+    nlohmann::json out = {
+        {"benchmark", "mpi_transport"},
+        {"commit", asgd::git_commit()},
+        {"machine", {{"host", host}, {"cores", std::thread::hardware_concurrency()}}},
+        {"peer", "raw MPI_Isend/MPI_Irecv loop, same run"},
+        {"chunk_bytes", chunk_bytes},
+        {"repeats", repeats},
+        {"rows", rows}};
     std::ofstream(json_path) << out.dump(2) << '\n';
   }
   MpiSession::finalize();

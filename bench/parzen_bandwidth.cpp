@@ -17,8 +17,8 @@
 
 #include <unistd.h>
 
-#include <CLI/CLI.hpp>
 #include <omp.h>
+#include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
 #include "kernels/parzen.h"
@@ -62,7 +62,8 @@ int main(int argc, char** argv) {
   std::vector<float> init(static_cast<std::size_t>(n));
   auto make = [&](float v) {
     asgd::DeviceBuffer<float> b(backend, 0, static_cast<std::size_t>(n));
-    for (std::int64_t i = 0; i < n; ++i) init[i] = v + 1e-3f * static_cast<float>(i % 977);
+    for (std::int64_t i = 0; i < n; ++i)
+      init[i] = v + 1e-3f * static_cast<float>(i % 977);
     b.upload(init.data(), init.size(), s);
     s.synchronize();
     return b;
@@ -93,8 +94,9 @@ int main(int argc, char** argv) {
       std::memcpy(dst.data() + lo, w.data() + lo, (hi - lo) * sizeof(float));
     }
   });
-  const double t_stats = median_seconds(
-      s, repeats, [&] { asgd::parzen_statistics(s, n, g.data(), w.data(), e.data(), stats.data()); });
+  const double t_stats = median_seconds(s, repeats, [&] {
+    asgd::parzen_statistics(s, n, g.data(), w.data(), e.data(), stats.data());
+  });
   // Merging the same message repeatedly moves w towards e; the cost does not depend on values.
   const double t_merge = median_seconds(s, repeats, [&] {
     asgd::parzen_merge(s, asgd::MergeRule::kSeed, 1e-6f, 0.5f, n, g.data(), w.data(), range, 1,
