@@ -76,6 +76,14 @@ int run_train(CLI::App& cmd, TrainOptions& o) {
                c.data.spec.c_str(), static_cast<long long>(data.train.rows),
                static_cast<long long>(data.test.rows), static_cast<long long>(data.train.cols),
                static_cast<int>(data.train.classes));
+  // Workers in one process that outnumber the GPUs share them (worker i takes GPU
+  // (--device + i) % GPUs): correct, but they split each GPU's time, so say it.
+  if (speaks && c.backend == Backend::kCuda && launcher_ranks() <= 1 &&
+      c.workers > cuda_device_count())
+    std::fprintf(stderr,
+                 "asgd: note: %d workers share %d CUDA device(s); workers on one GPU split its "
+                 "time (one worker per GPU is the fast layout)\n",
+                 c.workers, cuda_device_count());
   const TrainResult r = train(c, data);
   if (r.rank != 0) return 0;
   const std::string quality =
