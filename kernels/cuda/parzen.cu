@@ -11,7 +11,7 @@
 // one resident wave (more blocks would only form a partial second wave of the grid-stride
 // loop), which keeps enough loads in flight to be bandwidth-bound; the double arithmetic
 // (3 conversions and 4 operations per element) stays far below the FP64 rate of datacenter
-// GPUs. Sums are reproducible to double rounding, not bitwise (atomics). Non-finite values:
+// GPUs. Sums are the same bits every run (grid_sum.cuh). Non-finite values:
 // a NaN or Inf input propagates; a square that would overflow float, which makes the host's
 // float arithmetic infinite, sets ||w - e||^2 to +Inf. Unlike the host, a sum that exceeds the
 // float range only through accumulation stays finite (the host adds up to 1024 terms in
