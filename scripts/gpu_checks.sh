@@ -27,6 +27,8 @@
 #   gpu_checks_build.log      configure and build
 #   gpu_checks_tests.log      ctest -L gpu;  gpu_checks_tests.xml: its JUnit report
 #   gpu_checks_sanitizer.log  every compute-sanitizer run
+#   gpu_checks_bench.log      with --bench: the benchmarks' tables (and their JSON files)
+#   gpu_checks_mpi.log        with --mpi: ctest -L mpi and the mpirun runs (mpi_cuda_np*.json)
 #   gpu_checks_summary.txt    one line per step
 # Exits 0 only when every step passed. Without a visible GPU every gpu test skips itself and
 # the summary says so.

@@ -34,6 +34,8 @@ while (($#)); do
   case "$1" in
     --mpi) with_mpi=1; shift ;;
     --tar) tarball="${2:?--tar needs a file}"; shift 2 ;;
+    -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    -*) echo "pack_gpu_deps: unknown option '$1' (see --help)" >&2; exit 2 ;;
     *) break ;;
   esac
 done
