@@ -37,34 +37,14 @@ import sys
 import tempfile
 import time
 
-import numpy as np
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "lib"))
 import runs  # noqa: E402
+from fashion_mnist import fashion_mnist_dir, load_fashion_mnist  # noqa: E402
 
 BATCH, HIDDEN, TARGET = 64, (256, 256), 0.85
-
-
-def load_fashion_mnist(folder):
-    """(x_train, y_train, x_test, y_test): float32 [rows, 784] scaled as asgd's `--normalize
-    auto` does for IDX files, int64 labels."""
-    import gzip
-
-    def read(part, kind):
-        stem = os.path.join(folder, f"{part}-{kind}-idx{3 if kind == 'images' else 1}-ubyte")
-        path = stem if os.path.exists(stem) else stem + ".gz"
-        with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
-            raw = f.read()
-        dims = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(raw[3])]
-        return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * raw[3]).reshape(dims)
-
-    xtr = read("train", "images").reshape(60000, -1).astype(np.float32)
-    xte = read("t10k", "images").reshape(10000, -1).astype(np.float32)
-    largest = np.float32(np.abs(xtr).max())
-    return (xtr / largest, read("train", "labels").astype(np.int64), xte / largest,
-            read("t10k", "labels").astype(np.int64))
 
 
 def torch_run(data, lr, seed, args):
@@ -120,8 +100,7 @@ def asgd_run(binary, lr, seed, workers, args):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--build", default=os.path.join(os.path.dirname(HERE), "build"))
-    ap.add_argument("--data", default=os.environ.get("ASGD_FASHION_MNIST_DIR",
-                                                     "/usr/share/datasets/fashion-mnist"))
+    ap.add_argument("--data", default=fashion_mnist_dir())
     ap.add_argument("--lrs", default="0.05,0.1,0.2,0.4")
     ap.add_argument("--workers", default="1,2")
     ap.add_argument("--repeats", type=int, default=3)
@@ -136,7 +115,7 @@ def main():
     binary = runs.asgd_binary(args.build)
     lrs = [float(x) for x in args.lrs.split(",")]
     workers = [int(x) for x in args.workers.split(",")]
-    data = tuple(torch.from_numpy(a).cuda() for a in load_fashion_mnist(args.data))
+    data = tuple(torch.from_numpy(a).cuda() for a in load_fashion_mnist(args.data)[:4])
 
     configs = [("pytorch", None)] + [(f"asgd {w} worker{'s' if w > 1 else ''}", w)
                                      for w in workers]

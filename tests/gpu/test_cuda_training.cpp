@@ -5,11 +5,8 @@
 // divergence guard restores a poisoned worker, and the CUDA run agrees with the host run.
 #include <algorithm>
 #include <cmath>
-#include <cstring>
-#include <fstream>
 #include <limits>
 #include <string>
-#include <utility>
 #include <vector>
 
 #include <gmock/gmock.h>
@@ -20,6 +17,7 @@
 #include "runtime/device.h"
 #include "runtime/error.h"
 #include "runtime/trainer.h"
+#include "tests/common/run_checks.h"
 #include "tests/common/separable.h"
 #include "tests/common/temp_dir.h"
 
@@ -78,23 +76,6 @@ TEST_F(CudaTrainingTest, EveryAlgorithmLearns) {
   }
 }
 
-// Everything observable about a deterministic run, for exact comparison.
-std::vector<double> observe(const TrainResult& r) {
-  std::vector<double> v;
-  auto push = [&v](double x) { v.push_back(std::isnan(x) ? -1.0 : x); };
-  for (const EvalPoint& p : r.history) {
-    push(p.train_loss);
-    push(p.test_loss);
-    push(static_cast<double>(p.messages_accepted));
-    push(static_cast<double>(p.messages_rejected));
-  }
-  for (const EvalPoint& p : r.worker_final)
-    push(p.test_loss);
-  push(static_cast<double>(r.messages_accepted));
-  push(static_cast<double>(r.messages_rejected));
-  return v;
-}
-
 TEST_F(CudaTrainingTest, DeterministicModeIsRepeatableBitForBit) {
   TrainConfig c = cuda_config(Algorithm::kAsgd, 4);
   c.deterministic = true;
@@ -102,9 +83,9 @@ TEST_F(CudaTrainingTest, DeterministicModeIsRepeatableBitForBit) {
   const TrainResult a = run(c);
   EXPECT_GT(a.messages_accepted, 0);
   EXPECT_GT(a.messages_rejected, 0);  // the filter is active on the device too
-  EXPECT_EQ(observe(run(c)), observe(a));
+  EXPECT_EQ(testing::observe(run(c)), testing::observe(a));
   c.seed = 7;
-  EXPECT_NE(observe(run(c)), observe(a));
+  EXPECT_NE(testing::observe(run(c)), testing::observe(a));
 }
 
 // The same run on both backends, without messages (a GPU worker posts a message one step after
@@ -147,17 +128,8 @@ TEST_F(CudaTrainingTest, DeterministicResumeEndsBitIdentical) {
   EXPECT_GE(resumed.resumed_step, 20);
   EXPECT_LE(resumed.resumed_step, 97);
   EXPECT_EQ(resumed.final_test_loss, whole.final_test_loss);
-  const Checkpoint a = read_checkpoint(checkpoint_file(dir.file("whole"), 0, false));
-  const Checkpoint b = read_checkpoint(checkpoint_file(dir.file("parts"), 0, false));
-  ASSERT_EQ(a.workers.size(), b.workers.size());
-  for (std::size_t i = 0; i < a.workers.size(); ++i) {
-    SCOPED_TRACE("worker " + std::to_string(i));
-    EXPECT_EQ(a.workers[i].steps, b.workers[i].steps);
-    ASSERT_EQ(a.workers[i].params.size(), b.workers[i].params.size());
-    EXPECT_EQ(std::memcmp(a.workers[i].params.data(), b.workers[i].params.data(),
-                          a.workers[i].params.size() * sizeof(float)),
-              0);
-  }
+  testing::expect_same_states(read_checkpoint(checkpoint_file(dir.file("whole"), 0, false)),
+                              read_checkpoint(checkpoint_file(dir.file("parts"), 0, false)));
 }
 
 TEST_F(CudaTrainingTest, DivergenceRestoreOnTheDevice) {
@@ -171,10 +143,7 @@ TEST_F(CudaTrainingTest, DivergenceRestoreOnTheDevice) {
   const TrainResult r = run(c);
   EXPECT_EQ(r.divergence_restores, 1);
   EXPECT_GE(r.final_test_accuracy, 0.9);
-  std::ifstream in(c.metrics_path);
-  std::string line, event;
-  while (std::getline(in, line))
-    if (line.find("\"divergence\"") != std::string::npos) event = line;
+  const std::string event = testing::last_event(c.metrics_path, "divergence");
   EXPECT_THAT(event, HasSubstr("\"worker\":1"));
   EXPECT_THAT(event, HasSubstr("\"step\":60"));
   EXPECT_THAT(event, HasSubstr("\"restored_step\":40"));

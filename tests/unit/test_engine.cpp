@@ -17,6 +17,7 @@
 #include "kernels/models/model.h"
 #include "runtime/error.h"
 #include "runtime/trainer.h"
+#include "tests/common/run_checks.h"
 #include "tests/common/separable.h"
 
 namespace asgd {
@@ -74,20 +75,8 @@ INSTANTIATE_TEST_SUITE_P(Engine, AlgorithmTest,
                          });
 
 // Runs a deterministic configuration and returns everything observable about it.
-// NaN (a training loss over no steps) is recorded as -1 so that vectors compare equal.
 std::vector<double> observe(const TrainConfig& c) {
-  const TrainResult r = train(c, testing::separable_train_test());
-  std::vector<double> v;
-  auto push = [&v](double x) { v.push_back(std::isnan(x) ? -1.0 : x); };
-  for (const EvalPoint& p : r.history) {
-    push(p.train_loss);
-    push(p.test_loss);
-    push(static_cast<double>(p.messages_accepted));
-  }
-  for (const EvalPoint& p : r.worker_final) push(p.test_loss);
-  push(static_cast<double>(r.messages_accepted));
-  push(static_cast<double>(r.messages_rejected));
-  return v;
+  return testing::observe(train(c, testing::separable_train_test()));
 }
 
 TEST(DeterministicTest, AsgdIsRepeatableBitForBit) {
@@ -104,8 +93,8 @@ TEST(DeterministicTest, AsgdIsRepeatableBitForBit) {
 }
 
 TEST(DeterministicTest, EveryAlgorithmIsRepeatable) {
-  for (Algorithm algo : {Algorithm::kAsgdNoFilter, Algorithm::kSync, Algorithm::kSimu,
-                         Algorithm::kLocal}) {
+  for (Algorithm algo :
+       {Algorithm::kAsgdNoFilter, Algorithm::kSync, Algorithm::kSimu, Algorithm::kLocal}) {
     SCOPED_TRACE(std::string(to_string(algo)));
     TrainConfig c = engine_config(algo, 2);
     c.deterministic = true;
@@ -126,10 +115,9 @@ TEST(DeterministicTest, MetricsHaveEveryWorkerAndItsMessageCounters) {
   std::string line;
   int lines[2] = {0, 0};
   while (std::getline(in, line)) {
-    for (const char* key : {"\"messages_sent\"", "\"messages_received\"",
-                            "\"messages_accepted\"", "\"messages_rejected\"",
-                            "\"messages_nonfinite\"", "\"bytes_sent\"", "\"mean_staleness_s\"",
-                            "\"mean_step_gap\"", "\"test_accuracy\""})
+    for (const char* key : {"\"messages_sent\"", "\"messages_received\"", "\"messages_accepted\"",
+                            "\"messages_rejected\"", "\"messages_nonfinite\"", "\"bytes_sent\"",
+                            "\"mean_staleness_s\"", "\"mean_step_gap\"", "\"test_accuracy\""})
       EXPECT_THAT(line, HasSubstr(key));
     ++lines[line.find("\"worker\":1") != std::string::npos ? 1 : 0];
   }
@@ -166,8 +154,8 @@ class TinySoftmax final : public Model {
     ++calls;
     if (fail_at > 0 && calls == fail_at) ASGD_THROW("injected failure at call {}", calls);
     gemm(s, Trans::kNo, Trans::kYes, b.rows, k_, d_, 1, b.x, d_, w, d_, 0, logits_.data(), k_);
-    softmax_cross_entropy(s, b.rows, k_, logits_.data(), b.y, 1.0f / b.rows, logits_.data(),
-                          loss, nullptr);
+    softmax_cross_entropy(s, b.rows, k_, logits_.data(), b.y, 1.0f / b.rows, logits_.data(), loss,
+                          nullptr);
     gemm(s, Trans::kYes, Trans::kNo, k_, d_, b.rows, 1, logits_.data(), k_, b.x, d_, 0, g, d_);
   }
   void evaluate(const float* w, const Batch& data, double* loss, std::int64_t* correct,
@@ -224,11 +212,10 @@ TEST_P(WorkerFailureTest, FirstErrorOfAWorkerIsRethrownAndNothingHangs) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Engine, WorkerFailureTest,
-    ::testing::Values(std::make_pair(Algorithm::kAsgd, false),
-                      std::make_pair(Algorithm::kSync, false),
-                      std::make_pair(Algorithm::kAsgd, true)));
+INSTANTIATE_TEST_SUITE_P(Engine, WorkerFailureTest,
+                         ::testing::Values(std::make_pair(Algorithm::kAsgd, false),
+                                           std::make_pair(Algorithm::kSync, false),
+                                           std::make_pair(Algorithm::kAsgd, true)));
 
 TEST(EngineConfigTest, RejectsImpossibleSettings) {
   TrainConfig c = engine_config(Algorithm::kAsgd, 2);

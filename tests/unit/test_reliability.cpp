@@ -2,7 +2,6 @@
 // mode), the divergence policies, injected faults and the errors they must produce.
 #include <cmath>
 #include <cstdio>
-#include <cstring>
 #include <fstream>
 #include <random>
 #include <string>
@@ -17,11 +16,13 @@
 #include "runtime/error.h"
 #include "runtime/trainer.h"
 #include "tests/common/input_error.h"
+#include "tests/common/run_checks.h"
 #include "tests/common/separable.h"
 #include "tests/common/temp_dir.h"
 
 namespace asgd {
 namespace {
+using testing::expect_same_states;
 using testing::expect_throw;
 using ::testing::HasSubstr;
 using testing::TempDir;
@@ -52,19 +53,6 @@ std::int64_t random_step(std::int64_t lo, std::int64_t hi) {
   std::mt19937_64 rng(
       static_cast<std::uint64_t>(::testing::UnitTest::GetInstance()->random_seed()));
   return std::uniform_int_distribution<std::int64_t>(lo, hi)(rng);
-}
-
-void expect_same_states(const Checkpoint& a, const Checkpoint& b) {
-  ASSERT_EQ(a.workers.size(), b.workers.size());
-  for (std::size_t i = 0; i < a.workers.size(); ++i) {
-    SCOPED_TRACE("worker " + std::to_string(i));
-    EXPECT_EQ(a.workers[i].steps, b.workers[i].steps);
-    ASSERT_EQ(a.workers[i].params.size(), b.workers[i].params.size());
-    EXPECT_EQ(std::memcmp(a.workers[i].params.data(), b.workers[i].params.data(),
-                          a.workers[i].params.size() * sizeof(float)),
-              0)
-        << "the states differ";
-  }
 }
 
 // Interrupted at a random step (a worker fails there; the process is SIGKILLed in
@@ -217,10 +205,7 @@ TEST(DivergenceTest, RestorePolicyRecoversAndLowersTheStepSize) {
   EXPECT_EQ(r.divergence_restores, 1);
   EXPECT_GE(r.final_test_accuracy, 0.9);
   EXPECT_EQ(r.steps, 150);
-  std::ifstream in(c.metrics_path);
-  std::string line, event;
-  while (std::getline(in, line))
-    if (line.find("\"divergence\"") != std::string::npos) event = line;
+  const std::string event = testing::last_event(c.metrics_path, "divergence");
   // Found at the first check after the fault (every eval-every = 20 steps), put back to the
   // state of the check before it, at half the step size.
   EXPECT_THAT(event, HasSubstr("\"worker\":1"));
