@@ -54,8 +54,13 @@ std::int64_t smallest_message(const BalanceLimits& l) {
   return std::min(l.min_message, l.max_message);
 }
 
+// The largest message the limits allow now.
+std::int64_t largest_message(const BalanceLimits& l) {
+  return l.cost_pending ? smallest_message(l) : l.max_message;
+}
+
 bool within_limits(const PeerSetting& s, const BalanceLimits& l) {
-  return s.message >= smallest_message(l) && s.message <= l.max_message &&
+  return s.message >= smallest_message(l) && s.message <= largest_message(l) &&
          s.interval >= l.min_interval && s.interval <= l.max_interval;
 }
 
@@ -66,7 +71,7 @@ double relative_change(std::int64_t from, std::int64_t to) {
 PeerSetting decide(const PeerState& peer, const PeerSetting& previous, double step_s,
                    const BalanceLimits& l) {
   if (!peer.link_known) {
-    if (previous.message == 0) return {l.max_message, l.min_interval};
+    if (previous.message == 0) return {largest_message(l), l.min_interval};
     return previous;
   }
   PeerSetting target = ideal_setting(peer.link, step_s, l);
@@ -84,10 +89,9 @@ PeerSetting decide(const PeerState& peer, const PeerSetting& previous, double st
   if (busy_fraction(peer.link, previous, step_s) > l.rho * (1 + l.hysteresis)) return target;
   // Likewise when its messages cost the worker more compute than its share (the cost per
   // element was measured higher, or the steps got shorter).
-  if (l.seconds_per_element > 0 &&
-      static_cast<double>(previous.message) * l.seconds_per_element /
-              (static_cast<double>(previous.interval) * step_s) >
-          l.compute_share * (1 + l.hysteresis))
+  if (l.seconds_per_element > 0 && static_cast<double>(previous.message) * l.seconds_per_element /
+                                           (static_cast<double>(previous.interval) * step_s) >
+                                       l.compute_share * (1 + l.hysteresis))
     return target;
   if (congested && target.interval > previous.interval) return target;
   const double dk = relative_change(previous.interval, target.interval);
@@ -236,7 +240,8 @@ PeerSetting ideal_setting(const LinkModel& link, double step_s, const BalanceLim
   double needed = link.transfer_seconds(kBytesPerElement * static_cast<double>(smallest)) /
                   (limits.rho * step_s);
   if (cost > 0)
-    needed = std::max(needed, static_cast<double>(smallest) * cost / (limits.compute_share * step_s));
+    needed =
+        std::max(needed, static_cast<double>(smallest) * cost / (limits.compute_share * step_s));
   if (!(needed <= static_cast<double>(limits.max_interval))) return {smallest, limits.max_interval};
   const std::int64_t interval =
       std::max(limits.min_interval, static_cast<std::int64_t>(std::ceil(needed)));
@@ -247,8 +252,9 @@ PeerSetting ideal_setting(const LinkModel& link, double step_s, const BalanceLim
            kBytesPerElement;
   if (cost > 0)
     fits = std::min(fits, limits.compute_share * static_cast<double>(interval) * step_s / cost);
-  std::int64_t message = limits.max_message;
-  if (fits < static_cast<double>(limits.max_message)) {
+  const std::int64_t largest = largest_message(limits);
+  std::int64_t message = largest;
+  if (fits < static_cast<double>(largest)) {
     const auto whole = static_cast<std::int64_t>(std::floor(fits / kMessageGranularity));
     message = std::max(smallest, whole * kMessageGranularity);
   }

@@ -79,13 +79,18 @@ struct BalanceLimits {
   // also keep m * seconds_per_element / (k T) <= compute_share. 0: links only.
   double seconds_per_element = 0;
   double compute_share = 0.05;
+  // The compute share applies but the cost per element is not measured yet: messages stay at
+  // the smallest useful size until it is (a slow start). Sending the whole state before the
+  // cost is known took a fifth of the workers' compute on a fast link for the first
+  // measurements.
+  bool cost_pending = false;
 };
 
 // The controller's view of one peer.
 struct PeerState {
-  LinkModel link;             // the current estimate
-  bool link_known = false;    // false: no estimate yet (the peer keeps its previous setting)
-  std::int64_t backlog = 0;   // messages posted to it and not completed
+  LinkModel link;            // the current estimate
+  bool link_known = false;   // false: no estimate yet (the peer keeps its previous setting)
+  std::int64_t backlog = 0;  // messages posted to it and not completed
 };
 
 struct PeerSetting {
@@ -103,8 +108,9 @@ struct PeerSetting {
 // even for that gets (min_message, max_interval), and an ideal link (max_message,
 // min_interval). Messages below max_message are rounded down to a multiple of 1024 elements
 // (4 KiB), not below min_message, so that an estimate that moves a little leaves them as they
-// were. A max_message below min_message lowers min_message to it. `step_s` is the worker's
-// step time T (> 0); invalid limits throw asgd::Error.
+// were. A max_message below min_message lowers min_message to it; cost_pending caps the
+// message at min_message. `step_s` is the worker's step time T (> 0); invalid limits throw
+// asgd::Error.
 PeerSetting ideal_setting(const LinkModel& link, double step_s, const BalanceLimits& limits);
 
 // One decision for every peer: the ideal setting, thinned out when the backlog exceeds the
@@ -113,12 +119,12 @@ PeerSetting ideal_setting(const LinkModel& link, double step_s, const BalanceLim
 // more than the hysteresis (relative), or more per message by more than the hysteresis at no
 // larger interval. A worse setting is taken at once when the previous one would break the busy
 // bound or the compute share by more than the hysteresis (a slowing link, a dearer element)
-// or the backlog exceeds its bound and asks for a longer interval; otherwise the previous one is kept, so an estimate that wanders
-// across the boundary between two intervals does not flip k back and forth. A previous
-// setting outside the limits is replaced. An entry with link_known false keeps its previous
-// setting, or gets (max_message, min_interval) when it has none yet (message 0); the caller
-// passes the worker's own entry so and ignores what comes back for it.
-// previous.size() == peers.size().
+// or the backlog exceeds its bound and asks for a longer interval; otherwise the previous one is
+// kept, so an estimate that wanders across the boundary between two intervals does not flip k back
+// and forth. A previous setting outside the limits is replaced. An entry with link_known false
+// keeps its previous setting, or gets (max_message, min_interval) when it has none yet (message 0;
+// min_message while cost_pending); the caller passes the worker's own entry so and ignores what
+// comes back for it. previous.size() == peers.size().
 std::vector<PeerSetting> balance(const std::vector<PeerState>& peers,
                                  const std::vector<PeerSetting>& previous, double step_s,
                                  const BalanceLimits& limits);

@@ -36,14 +36,16 @@ PeerBoard::PeerBoard(int workers)
 }
 
 PeerSetting PeerBoard::get(int from, int to) const {
-  return unpack(settings_[static_cast<std::size_t>(from * workers_ + to)].load(std::memory_order_relaxed));
+  return unpack(
+      settings_[static_cast<std::size_t>(from * workers_ + to)].load(std::memory_order_relaxed));
 }
 
 void PeerBoard::set(int from, int to, const PeerSetting& s) {
   ASGD_CHECK(s.message >= 0 && s.message < (std::int64_t{1} << 40) && s.interval >= 1 &&
                  s.interval <= static_cast<std::int64_t>(kIntervalMask),
              "setting ({}, {}) out of the board's range", s.message, s.interval);
-  settings_[static_cast<std::size_t>(from * workers_ + to)].store(pack(s), std::memory_order_relaxed);
+  settings_[static_cast<std::size_t>(from * workers_ + to)].store(pack(s),
+                                                                  std::memory_order_relaxed);
 }
 
 double PeerBoard::bandwidth(int from, int to) const {
@@ -51,7 +53,8 @@ double PeerBoard::bandwidth(int from, int to) const {
 }
 
 void PeerBoard::set_bandwidth(int from, int to, double bytes_per_s) {
-  bandwidth_[static_cast<std::size_t>(from * workers_ + to)].store(bytes_per_s, std::memory_order_relaxed);
+  bandwidth_[static_cast<std::size_t>(from * workers_ + to)].store(bytes_per_s,
+                                                                   std::memory_order_relaxed);
 }
 
 LoadBalancer::LoadBalancer(Transport& transport, std::vector<int> local_workers, PeerBoard& board,
@@ -76,7 +79,8 @@ LoadBalancer::LoadBalancer(Transport& transport, std::vector<int> local_workers,
       if (to == from) continue;
       const auto i = static_cast<std::size_t>(from * workers_ + to);
       if (!probe.empty()) {
-        estimators_[i].start_from(probe[static_cast<std::size_t>(from)][static_cast<std::size_t>(to)]);
+        estimators_[i].start_from(
+            probe[static_cast<std::size_t>(from)][static_cast<std::size_t>(to)]);
         board_.set_bandwidth(from, to, estimators_[i].estimate().bandwidth_bytes_per_s);
       }
       settings_[i] = board_.get(from, to);
@@ -97,7 +101,8 @@ LoadBalancer::~LoadBalancer() {
 void LoadBalancer::step(bool force_log) {
   const double t = std::chrono::duration<double>(std::chrono::steady_clock::now() - epoch_).count();
   for (const TransferRecord& r : transport_.take_transfers()) {
-    if (r.from < 0 || r.from >= workers_ || r.to < 0 || r.to >= workers_ || r.from == r.to) continue;
+    if (r.from < 0 || r.from >= workers_ || r.to < 0 || r.to >= workers_ || r.from == r.to)
+      continue;
     LinkEstimator& e = estimators_[static_cast<std::size_t>(r.from * workers_ + r.to)];
     e.add({r.bytes, r.seconds});
     board_.set_bandwidth(r.from, r.to, e.estimate().bandwidth_bytes_per_s);
@@ -121,6 +126,7 @@ void LoadBalancer::step(bool force_log) {
     if (options_.seconds_per_element) {
       limits.seconds_per_element = std::max(0.0, options_.seconds_per_element(from));
       limits.compute_share = options_.limits.compute_share / std::max(1, workers_ - 1);
+      limits.cost_pending = limits.seconds_per_element == 0;
     }
     const std::vector<PeerSetting> next =
         options_.adjust_settings ? balance(peers, previous, step_s, limits) : previous;
@@ -169,18 +175,18 @@ std::vector<std::vector<LinkModel>> probe_links(Transport& transport, int worker
                                                 const std::vector<std::int64_t>& sizes_bytes,
                                                 int repeats) {
   using Clock = std::chrono::steady_clock;
-  std::vector<std::vector<LinkModel>> out(static_cast<std::size_t>(workers),
-                                          std::vector<LinkModel>(static_cast<std::size_t>(workers)));
-  std::vector<float> payload(static_cast<std::size_t>(
-                                 *std::max_element(sizes_bytes.begin(), sizes_bytes.end()) / 4),
-                             1.0f);
+  std::vector<std::vector<LinkModel>> out(
+      static_cast<std::size_t>(workers), std::vector<LinkModel>(static_cast<std::size_t>(workers)));
+  std::vector<float> payload(
+      static_cast<std::size_t>(*std::max_element(sizes_bytes.begin(), sizes_bytes.end()) / 4),
+      1.0f);
   for (int from = 0; from < workers; ++from)
     for (int to = 0; to < workers; ++to) {
       if (from == to) continue;
       std::vector<TransferSample> points;
       for (std::int64_t bytes : sizes_bytes) {
-        const std::int64_t length = std::min<std::int64_t>(std::max<std::int64_t>(1, bytes / 4),
-                                                           transport.max_message());
+        const std::int64_t length =
+            std::min<std::int64_t>(std::max<std::int64_t>(1, bytes / 4), transport.max_message());
         // Scheduling delays only ever add time: the fastest of the repeats is the link's.
         double fastest = std::numeric_limits<double>::infinity();
         for (int repeat = 0; repeat < repeats; ++repeat) {
@@ -192,7 +198,8 @@ std::vector<std::vector<LinkModel>> probe_links(Transport& transport, int worker
           transport.post(to, h, payload.data());
           const Message* got[1];
           // The probe owns the receiver's slots before training: nothing else collects.
-          while (transport.collect(to, got, 1) == 0) std::this_thread::yield();
+          while (transport.collect(to, got, 1) == 0)
+            std::this_thread::yield();
           double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
           // The transport's own timing of the transfer, where it has one, leaves out the
           // probe's thread wake-ups (tens of microseconds, which would swamp fast links).

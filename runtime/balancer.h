@@ -53,7 +53,7 @@ struct BalanceDecision {
   std::int64_t backlog = 0;
   double step_s = 0;
   PeerSetting setting;
-  double busy = 0;  // the busy fraction the setting implies
+  double busy = 0;                 // the busy fraction the setting implies
   double seconds_per_element = 0;  // the compute cost the decision assumed
 };
 
@@ -64,7 +64,8 @@ struct BalancerOptions {
   bool adjust_settings = true;  // false: estimates only (for bandwidth-weighted peer choice)
   // Worker w's recent compute per element sent and merged (seconds; 0 while unknown). The
   // controller keeps each worker's messages within limits.compute_share of its steps, split
-  // evenly among its peers. Empty: links only.
+  // evenly among its peers; while the cost is unknown they stay at the smallest useful size
+  // (BalanceLimits::cost_pending). Empty: links only.
   std::function<double(int)> seconds_per_element;
 };
 
@@ -97,9 +98,9 @@ class LoadBalancer {
   const BalancerOptions options_;
   const int workers_;
   const std::chrono::steady_clock::time_point epoch_;
-  std::vector<LinkEstimator> estimators_;     // [from][to]
-  std::vector<PeerSetting> settings_;         // [from][to], as published
-  std::vector<double> last_logged_s_;         // [from][to]
+  std::vector<LinkEstimator> estimators_;  // [from][to]
+  std::vector<PeerSetting> settings_;      // [from][to], as published
+  std::vector<double> last_logged_s_;      // [from][to]
   std::mutex mutex_;
   std::condition_variable wake_;
   bool stop_ = false;

@@ -59,8 +59,9 @@ TEST(LoadBalancerThread, FirstDecisionFollowsTheProbeAndIsLogged) {
   o.period_s = 3600;  // only the constructor's decision happens within the test
   std::vector<BalanceDecision> logged;
   {
-    LoadBalancer balancer(transport, {0, 1, 2}, board, probe, [](int) { return 2e-3; },
-                          [&](const BalanceDecision& d) { logged.push_back(d); }, o);
+    LoadBalancer balancer(
+        transport, {0, 1, 2}, board, probe, [](int) { return 2e-3; },
+        [&](const BalanceDecision& d) { logged.push_back(d); }, o);
   }
   const PeerSetting to_fast = board.get(0, 1), to_slow = board.get(0, 2);
   EXPECT_EQ(to_fast, ideal_setting(fast, 2e-3, o.limits));
@@ -72,6 +73,40 @@ TEST(LoadBalancerThread, FirstDecisionFollowsTheProbeAndIsLogged) {
     EXPECT_LE(d.busy, o.limits.rho * (1 + 1e-9));
   }
   EXPECT_EQ(board.bandwidth(0, 2), 1e7);
+}
+
+// With a compute share and no cost measured yet, the first decision sends the smallest useful
+// message even on a fast link, and the decision says which cost it assumed (none).
+TEST(LoadBalancerThread, FirstDecisionWithAComputeShareStartsSmall) {
+  QuietTransport transport(2);
+  LinkModel fast;
+  fast.bandwidth_bytes_per_s = 1e10;
+  std::vector<std::vector<LinkModel>> probe(2, std::vector<LinkModel>(2, fast));
+  PeerBoard board(2);
+  BalancerOptions o;
+  o.limits.max_message = 269322;
+  o.limits.min_interval = 1;
+  o.limits.compute_share = 0.1;
+  o.seconds_per_element = [](int) { return 0.0; };  // not measured yet
+  o.period_s = 3600;
+  std::vector<BalanceDecision> logged;
+  {
+    LoadBalancer balancer(
+        transport, {0, 1}, board, probe, [](int) { return 1e-3; },
+        [&](const BalanceDecision& d) { logged.push_back(d); }, o);
+  }
+  EXPECT_EQ(board.get(0, 1), (PeerSetting{o.limits.min_message, 1}));
+  EXPECT_EQ(board.get(1, 0), (PeerSetting{o.limits.min_message, 1}));
+  ASSERT_EQ(logged.size(), 2u);
+  EXPECT_EQ(logged[0].seconds_per_element, 0.0);
+  // Links only (no compute share): the fast link gets the whole state at once.
+  o.seconds_per_element = nullptr;
+  PeerBoard links_only(2);
+  {
+    LoadBalancer balancer(
+        transport, {0, 1}, links_only, probe, [](int) { return 1e-3; }, nullptr, o);
+  }
+  EXPECT_EQ(links_only.get(0, 1), (PeerSetting{o.limits.max_message, 1}));
 }
 
 TEST(LoadBalancerThread, EstimatesOnlyLeavesTheSettingsAlone) {

@@ -450,6 +450,36 @@ TEST(Balance, FollowsTheComputeShareAtOnce) {
   EXPECT_EQ(decide(ideal, 0, cheap, step_s, limits), (PeerSetting{99328, 1}));
 }
 
+// Before the compute cost per element has been measured, every link (fast, slow, unknown)
+// sends the smallest useful message; once it is known, the next decision grows a fast link's
+// messages to what the share allows, and a slow link keeps what its bandwidth allows.
+TEST(Balance, SlowStartUntilTheComputeCostIsMeasured) {
+  BalanceLimits limits = test_limits();
+  limits.compute_share = 0.05;
+  limits.cost_pending = true;
+  const double step_s = 1e-3;
+  const LinkModel ideal, slow = make_link(1e7, 1e-3);
+  EXPECT_EQ(ideal_setting(ideal, step_s, limits), (PeerSetting{limits.min_message, 1}));
+  EXPECT_EQ(ideal_setting(make_link(1e9, 1e-5), step_s, limits),
+            (PeerSetting{limits.min_message, 1}));
+  // The slow link's own bound is tighter than the slow start: unchanged by it.
+  BalanceLimits measured = limits;
+  measured.cost_pending = false;
+  measured.seconds_per_element = 1e-9;
+  EXPECT_EQ(ideal_setting(slow, step_s, limits), ideal_setting(slow, step_s, measured));
+  std::vector<PeerState> peers(3);
+  peers[1].link = ideal;
+  peers[1].link_known = true;  // peers[2]: no estimate yet
+  const std::vector<PeerSetting> start = balance(peers, {{0, 1}, {0, 1}, {0, 1}}, step_s, limits);
+  EXPECT_EQ(start[1], (PeerSetting{limits.min_message, 1}));
+  EXPECT_EQ(start[2], (PeerSetting{limits.min_message, 1}));
+  // Measured: 1 ns/element, share 5% of 1 ms -> 50,000 elements, rounded down to 1024s.
+  EXPECT_EQ(decide(ideal, 0, start[1], step_s, measured), (PeerSetting{49152, 1}));
+  // A larger previous setting is outside the slow start's limits and is replaced at once.
+  EXPECT_EQ(decide(ideal, 0, PeerSetting{limits.max_message, 1}, step_s, limits),
+            (PeerSetting{limits.min_message, 1}));
+}
+
 TEST(Balance, KeepsSmallChangesAndFollowsLargeOnes) {
   const BalanceLimits limits = test_limits();
   const double step_s = 1e-2;
