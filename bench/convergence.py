@@ -12,7 +12,9 @@ asks for, asgd (2 workers, best lr) / 1 worker (best lr), and whether asgd's bes
 accepted and rejected messages.
 
 Options this driver does not know (e.g. --merge average, --message-size 20000) are passed to
-the multi-worker asgd and asgd-nofilter runs only; --common passes options to every run.
+the multi-worker asgd and asgd-nofilter runs only; --common passes options to every run. Those
+runs communicate as `asgd train` does by default (--balance auto) unless given --balance (e.g.
+--balance off: the whole state every step).
 
     bench/convergence.py [--build build] [--lrs 0.05,0.1,0.2,0.4] [--algos asgd,...]
                          [--max-seconds 40] [--rounds 1] [--out bench/results/convergence.json]
@@ -38,6 +40,8 @@ def main():
     ap.add_argument("--epochs", type=float, default=1000, help="epoch cap (large: time decides)")
     ap.add_argument("--eval-every", type=int, default=100, help="steps between evaluations")
     args, extra = study.parse(ap)
+    if "--balance" not in extra:  # runs.train() would fix the communication (--balance off)
+        extra = ["--balance", "auto", *extra]
     lrs, algos = study.floats(args.lrs), study.algos(args.algos)
     binary = runs.asgd_binary(args.build)
 

@@ -7,7 +7,8 @@ asgd: `mpirun --oversubscribe --bind-to none -np 2 BUILD/bin/asgd train --model 
 --hidden 256,256 --batch 64 --lr LR --target-accuracy 0.85 --eval-every E ...`; its time is
 the summary's `time_to_target_s` (wall time on rank 0 from the start of training, after
 loading the data and building the model, to worker 0's first evaluation at or above the
-target, evaluations included).
+target, evaluations included). asgd communicates as it does by default (the load balancer);
+--asgd-options='--balance off' sends the whole state every step instead.
 
 PyTorch: Debian's python3-torch (OpenBLAS), 2 processes started by torch.multiprocessing.spawn,
 process group over gloo on 127.0.0.1 (GLOO_SOCKET_IFNAME=lo unless set: TCP over loopback,
@@ -274,7 +275,7 @@ def pick_binary(build, explicit):
 def asgd_args(lr, seed, args):
     return [*study.MLP, "--lr", lr, "--target-accuracy", args.target,
             "--eval-every", args.eval_every, "--epochs", args.epochs,
-            "--max-seconds", args.max_seconds, "--balance", "off", *args.asgd_options,
+            "--max-seconds", args.max_seconds, *args.asgd_options,
             "--seed", seed]
 
 
