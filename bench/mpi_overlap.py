@@ -49,7 +49,7 @@ def main():
         "asgd (message 33666, every step)": ["--algo", "asgd", "--message-size", "33666",
                                              "--balance", "off"],
         # What `asgd train` does without communication settings: the load balancer sizes the
-        # messages from the probed link and the measured compute share (0.03).
+        # messages from the probed link and the measured compute share (0.02).
         "asgd (defaults: --balance auto)": ["--algo", "asgd"],
     }
     samples = {name: [] for name in settings}
