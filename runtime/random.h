@@ -17,8 +17,14 @@ namespace asgd {
 inline std::uint64_t uniform_below(std::mt19937_64& rng, std::uint64_t bound) {
   const std::uint64_t limit = UINT64_MAX - UINT64_MAX % bound;
   std::uint64_t x = rng();
-  while (x >= limit) x = rng();
+  while (x >= limit)
+    x = rng();
   return x % bound;
+}
+
+// A uniform double in [0, 1) from the top 53 of 64 random bits.
+inline double uniform01(std::mt19937_64& rng) {
+  return static_cast<double>(rng() >> 11) * 0x1.0p-53;
 }
 
 // Fisher-Yates shuffle of [first, first + n) driven by uniform_below.

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <numeric>
 #include <random>
 #include <unordered_map>
@@ -22,6 +23,19 @@ constexpr std::int64_t kCandidateValues = std::int64_t{1} << 22;
 // At least this many candidates per centre, whatever the dimension, so that different seeds
 // still give different starts.
 constexpr std::int64_t kCandidatesPerCentre = 4;
+// k-means++ seeds from at most this many values of the candidates, but from at least this many
+// rows per centre where there are as many.
+constexpr std::int64_t kSeedingValues = std::int64_t{1} << 18;
+constexpr std::int64_t kSeedingRowsPerCentre = 16;
+
+double squared_distance(const float* a, const float* b, std::int64_t dim) {
+  double s = 0;
+  for (std::int64_t c = 0; c < dim; ++c) {
+    const double d = static_cast<double>(a[c]) - static_cast<double>(b[c]);
+    s += d * d;
+  }
+  return s;
+}
 
 }  // namespace
 
@@ -79,17 +93,51 @@ std::string KMeans::describe() const {
   return fmt::format("kmeans K={} D={}", clusters_, dim_);
 }
 
+std::int64_t KMeans::seeding_rows() const {
+  return std::min(candidate_rows_,
+                  std::max(kSeedingValues / dim_, kSeedingRowsPerCentre * clusters_));
+}
+
 void KMeans::init(float* params, std::uint64_t seed, const Stream& stream) const {
+  const std::int64_t n = seeding_rows();
+  auto row = [&](std::int64_t i) { return candidates_.data() + (i * candidate_rows_ / n) * dim_; };
   std::vector<float> host(static_cast<std::size_t>(clusters_ * dim_));
-  std::vector<std::int64_t> order(static_cast<std::size_t>(candidate_rows_));
-  std::iota(order.begin(), order.end(), std::int64_t{0});
   std::mt19937_64 rng(seed);
-  // The first K steps of a Fisher-Yates shuffle: K distinct candidates, uniformly.
-  for (std::int64_t i = 0; i < clusters_; ++i) {
-    const auto pick = i + static_cast<std::int64_t>(
-                              uniform_below(rng, static_cast<std::uint64_t>(candidate_rows_ - i)));
-    std::swap(order[i], order[pick]);
-    std::copy_n(candidates_.begin() + order[i] * dim_, dim_, host.begin() + i * dim_);
+  auto take = [&](std::int64_t k, std::int64_t i) { std::copy_n(row(i), dim_, &host[k * dim_]); };
+  take(0, static_cast<std::int64_t>(uniform_below(rng, static_cast<std::uint64_t>(n))));
+  // nearest[i]: squared distance of seeding row i to its nearest centre so far. The rows are
+  // distinct, so it is 0 exactly for the rows taken, which are never drawn again.
+  std::vector<double> nearest(static_cast<std::size_t>(n)), cumulative(nearest.size()),
+      best(nearest.size()), trial(nearest.size());
+  for (std::int64_t i = 0; i < n; ++i)
+    nearest[i] = squared_distance(row(i), host.data(), dim_);
+  const int trials = 2 + static_cast<int>(std::log(static_cast<double>(clusters_)));
+  for (std::int64_t k = 1; k < clusters_; ++k) {
+    std::partial_sum(nearest.begin(), nearest.end(), cumulative.begin());
+    const double total = cumulative.back();
+    double best_potential = std::numeric_limits<double>::infinity();
+    std::int64_t best_row = -1;
+    for (int t = 0; t < trials; ++t) {
+      const double u = uniform01(rng) * total;
+      // The first row whose cumulative weight exceeds u; never one of weight 0 (a row taken).
+      auto at = std::upper_bound(cumulative.begin(), cumulative.end(), u) - cumulative.begin();
+      while (at > 0 && (at >= n || nearest[at] == 0))
+        --at;
+      while (nearest[at] == 0)
+        ++at;  // total > 0: K <= n distinct rows
+      double potential = 0;
+      for (std::int64_t i = 0; i < n; ++i) {
+        trial[i] = std::min(nearest[i], squared_distance(row(i), row(at), dim_));
+        potential += trial[i];
+      }
+      if (potential < best_potential) {
+        best_potential = potential;
+        best_row = at;
+        best.swap(trial);
+      }
+    }
+    take(k, best_row);
+    nearest.swap(best);
   }
   copy_async(params, host.data(), host.size() * sizeof(float), stream);
   stream.synchronize();  // `host` dies here

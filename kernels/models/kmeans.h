@@ -9,11 +9,18 @@
 // data drawn as centre + N(0, I_D) noise the objective at the true centres is about D / 2.
 // Labels are ignored; evaluate() never touches `correct`.
 //
-// Initialisation (Forgy): init(seed) takes K distinct rows of the training set, chosen
-// uniformly by a std::mt19937_64(seed), as the centres. The model keeps its own host copy of
-// the candidates it chooses from: the distinct rows of an evenly strided sample of the
-// training set (every row when it is small, at most about 16 MiB of them otherwise), so it
-// never refers to the Dataset after construction and init() needs no data at hand.
+// Initialisation (greedy k-means++, as scikit-learn's default): init(seed) takes K distinct
+// rows of the training set as the centres. The first is uniform; each next one is the best,
+// by the sum of squared distances to the nearest centre chosen so far, of 2 + floor(ln K)
+// rows drawn with probability proportional to that squared distance; all draws from a
+// std::mt19937_64(seed). Uniform picks (Forgy) leave about a third of K well-separated blobs
+// without a centre (K (1 - 1/K)^K), a local minimum that SGD does not leave; D^2 sampling
+// spreads the centres over the data. The model keeps its own host copy of the candidates it
+// chooses from: the distinct rows of an evenly strided sample of the training set (every row
+// when it is small, at most about 16 MiB of them otherwise), so it never refers to the Dataset
+// after construction and init() needs no data at hand. The seeding runs on an evenly strided
+// subset of them (at most 1 MiB of values, at least 16 rows per centre where there are that
+// many), so that it costs milliseconds: K x trials x rows x D multiply-adds.
 #pragma once
 
 #include <cstdint>
@@ -47,8 +54,9 @@ class KMeans final : public Model {
   void evaluate(const float* params, const Batch& data, double* loss_sum, std::int64_t* correct,
                 const Stream& stream) override;
 
-  // Number of candidate rows init() chooses from.
+  // Number of candidate rows kept, and how many of them init() chooses from.
   std::int64_t candidate_rows() const { return candidate_rows_; }
+  std::int64_t seeding_rows() const;
 
  private:
   std::int64_t clusters_;

@@ -32,10 +32,8 @@ std::uint64_t stream_seed(std::uint64_t seed, std::uint64_t stream) {
 }
 
 // The distributions are written out because the standard library's are not specified exactly:
-// the data for a seed would differ between libstdc++ and libc++.
-double uniform01(std::mt19937_64& rng) {
-  return static_cast<double>(rng() >> 11) * 0x1.0p-53;
-}
+// the data for a seed would differ between libstdc++ and libc++ (uniform01 is in
+// runtime/random.h).
 
 // Standard normal deviates by Box-Muller, two per draw of two uniforms.
 class Normal {

@@ -5,10 +5,13 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <functional>
 #include <initializer_list>
 #include <limits>
 #include <map>
+#include <numeric>
+#include <random>
 #include <set>
 #include <string>
 #include <tuple>
@@ -23,6 +26,7 @@
 #include "runtime/data/dataset.h"
 #include "runtime/data/synthetic.h"
 #include "runtime/error.h"
+#include "runtime/random.h"
 #include "tests/common/input_error.h"
 #include "tests/common/reference.h"
 
@@ -467,6 +471,80 @@ TEST(KMeansModel, InitPicksDistinctTrainingRowsBySeed) {
   EXPECT_EQ(picked, training_set);
 }
 
+// k-means++ draws each next centre with probability proportional to the squared distance to
+// the nearest centre so far: one far row among many close ones is always among two centres.
+TEST(KMeansModel, InitDrawsFarRowsFirst) {
+  const Stream s = Stream::host();
+  const std::int64_t d = 2, n = 101;
+  std::vector<float> features;
+  for (std::int64_t i = 0; i < n - 1; ++i) {  // distinct rows within 0.1 of the origin
+    features.push_back(1e-3f * static_cast<float>(i));
+    features.push_back(-1e-3f * static_cast<float>(i % 7));
+  }
+  features.push_back(1000.0f);
+  features.push_back(1000.0f);
+  const Dataset data = dataset_from(features, d);
+  auto model = make_model(ModelSpec{"kmeans", {}, 2}, d, 2, 8, s, &data);
+  std::vector<float> params(2 * d);
+  for (std::uint64_t seed = 0; seed < 50; ++seed) {
+    model->init(params.data(), seed, s);
+    const bool far = (params[0] == 1000.0f && params[1] == 1000.0f) ||
+                     (params[2] == 1000.0f && params[3] == 1000.0f);
+    EXPECT_TRUE(far) << "seed " << seed << ": " << params[0] << "," << params[1] << " " << params[2]
+                     << "," << params[3];
+  }
+}
+
+// On well-separated blobs D^2 sampling puts the centres one in each blob for most seeds, and
+// its starting objective is far below that of uniform picks (Forgy), which almost never cover
+// every blob (16 picks cover 16 blobs with probability 16!/16^16, about 1e-6).
+TEST(KMeansModel, InitSpreadsTheCentresOverWellSeparatedBlobs) {
+  const Stream s = Stream::host();
+  const std::int64_t n = 3200, d = 8;
+  const std::int32_t k = 16;
+  const Dataset data = make_blobs(n, d, k, 3);
+  auto model = make_model(ModelSpec{"kmeans", {}, 0}, d, k, 8, s, &data);
+  std::map<std::vector<float>, std::int32_t> blob_of;
+  const auto rows = rows_of(data.features, d);
+  for (std::int64_t r = 0; r < n; ++r)
+    blob_of[rows[r]] = data.labels[r];
+  auto covers_every_blob = [&](const std::vector<float>& centres) {
+    std::set<std::int32_t> blobs;
+    for (const auto& centre : rows_of(centres, d))
+      blobs.insert(blob_of.at(centre));
+    return blobs.size() == static_cast<std::size_t>(k);
+  };
+  auto objective_of = [&](const std::vector<float>& centres) {
+    return ref_kmeans_loss(n, k, d, data.features,
+                           std::vector<double>(centres.begin(), centres.end())) /
+           static_cast<double>(n);
+  };
+  std::vector<float> params(static_cast<std::size_t>(k * d)), uniform(params.size());
+  int covering = 0, uniform_covering = 0;
+  double objective = 0, uniform_objective = 0;
+  constexpr int kSeeds = 20;
+  for (std::uint64_t seed = 0; seed < kSeeds; ++seed) {
+    model->init(params.data(), seed, s);
+    covering += covers_every_blob(params);
+    objective += objective_of(params) / kSeeds;
+    std::vector<std::int64_t> order(static_cast<std::size_t>(n));
+    std::iota(order.begin(), order.end(), std::int64_t{0});
+    std::mt19937_64 rng(seed);
+    portable_shuffle(order.data(), n, rng);
+    for (std::int64_t c = 0; c < k; ++c)
+      std::copy_n(rows[static_cast<std::size_t>(order[static_cast<std::size_t>(c)])].begin(), d,
+                  uniform.begin() + c * d);
+    uniform_covering += covers_every_blob(uniform);
+    uniform_objective += objective_of(uniform) / kSeeds;
+  }
+  std::printf(
+      "k-means++: %d of %d seeds cover every blob, mean objective %.2f; uniform: %d, %.2f\n",
+      covering, kSeeds, objective, uniform_covering, uniform_objective);
+  EXPECT_GE(covering, 14);
+  EXPECT_LE(uniform_covering, 1);
+  EXPECT_LT(objective, 0.5 * uniform_objective);
+}
+
 TEST(KMeansModel, InitSkipsDuplicateAndNonFiniteRows) {
   const Stream s = Stream::host();
   const float nan = std::numeric_limits<float>::quiet_NaN();
@@ -656,7 +734,7 @@ TEST(KMeansTraining, SgdReachesTheNoiseFloorOfBlobs) {
   auto model = make_model(ModelSpec{"kmeans", {}, 0}, d, k, batch, s, &data);
   std::vector<float> params(model->parameter_count()), grad(params.size());
 
-  // Forgy initialisation can start two centres in one blob, a local minimum that SGD does not
+  // An initialisation can start two centres in one blob, a local minimum that SGD does not
   // leave; this is about SGD, so take the first seed whose centres come from four blobs.
   std::map<std::vector<float>, std::int32_t> blob_of;
   const auto rows = rows_of(data.features, d);
