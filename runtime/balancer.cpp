@@ -57,22 +57,6 @@ void PeerBoard::set_bandwidth(int from, int to, double bytes_per_s) {
                                                                    std::memory_order_relaxed);
 }
 
-double CommCostMeter::update(double comm_s, std::int64_t elements, double busy_s, double wall_s) {
-  if (elements - elements_ < window_) return cost_;
-  const double per_element = (comm_s - comm_s_) / static_cast<double>(elements - elements_);
-  // A clock that does not advance (or a wall clock read as busy time) counts as computing
-  // all the time; a thread shown on a core less than 5% of the time is taken as 5%.
-  const double wall = wall_s - wall_s_;
-  const double computing = wall > 0 ? std::clamp((busy_s - busy_s_) / wall, 0.05, 1.0) : 1.0;
-  const double cost = std::max(0.0, per_element) / computing;
-  cost_ = cost_ > 0 ? 0.7 * cost_ + 0.3 * cost : cost;
-  comm_s_ = comm_s;
-  busy_s_ = busy_s;
-  wall_s_ = wall_s;
-  elements_ = elements;
-  return cost_;
-}
-
 LoadBalancer::LoadBalancer(Transport& transport, std::vector<int> local_workers, PeerBoard& board,
                            const std::vector<std::vector<LinkModel>>& probe,
                            std::function<double(int)> step_time,

@@ -57,32 +57,6 @@ struct BalanceDecision {
   double seconds_per_element = 0;  // the compute cost the decision assumed
 };
 
-// What a worker's messages cost it per element, in the units the controller compares with the
-// worker's (wall-clock) step time T: the compute spent copying, testing and merging them per
-// element, divided by the fraction of wall time the worker was computing. On a machine with
-// more busy threads than cores (4 workers on 2) a worker gets a core half the time, so each
-// second of its compute costs it two seconds of wall time; without the division its messages
-// could take twice the compute share of its steps.
-//
-// Fed cumulative readings of one worker (from the balancer's thread): `comm_s`, compute spent
-// on messages; `elements`, the elements it sent and merged; `busy_s`, its compute in all; and
-// `wall_s`, wall time. The clocks of comm_s and busy_s must agree (Worker::cost_clock()). A
-// new estimate is made once `window` more elements have been handled, averaged with the
-// previous one (weight 0.3 for the new); cost() is 0 until the first. Not thread-safe.
-class CommCostMeter {
- public:
-  explicit CommCostMeter(std::int64_t window = 100000) : window_(window) {}
-  // Returns cost().
-  double update(double comm_s, std::int64_t elements, double busy_s, double wall_s);
-  double cost() const { return cost_; }
-
- private:
-  std::int64_t window_;
-  double comm_s_ = 0, busy_s_ = 0, wall_s_ = 0;
-  std::int64_t elements_ = 0;
-  double cost_ = 0;
-};
-
 struct BalancerOptions {
   BalanceLimits limits;
   double period_s = 0.05;       // between controller steps

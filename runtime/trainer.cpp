@@ -117,15 +117,14 @@ Placement place(const TrainConfig& c) {
   if (t == TransportKind::kAuto) t = launched > 1 ? TransportKind::kMpi : TransportKind::kLocal;
   if (t == TransportKind::kLocal) {
     if (launched > 1)
-      ASGD_INPUT_ERROR(
-          "--transport local, but mpirun started {} ranks that would each train "
-          "alone; use --transport mpi (or auto), or run without mpirun",
-          launched);
+      ASGD_INPUT_ERROR("--transport local, but mpirun started {} ranks that would each train "
+                       "alone; use --transport mpi (or auto), or run without mpirun",
+                       launched);
     return {};
   }
 #if ASGD_HAVE_MPI
   if (t == TransportKind::kNccl) {
-    const char* why = !ASGD_HAVE_NCCL               ? "this build has no NCCL"
+    const char* why = !ASGD_HAVE_NCCL             ? "this build has no NCCL"
                       : c.backend != Backend::kCuda ? "the workers run on the host backend"
                                                     : "this version has no NCCL transport yet";
     std::fprintf(stderr, "asgd: --transport nccl: %s; using the MPI transport\n", why);
@@ -137,10 +136,9 @@ Placement place(const TrainConfig& c) {
   p.local_rank = session.local_rank();
   return p;
 #else
-  ASGD_INPUT_ERROR(
-      "--transport {}{}: this asgd was built without MPI; install libopenmpi-dev "
-      "and rebuild (-DASGD_MPI=ON)",
-      to_string(t), launched > 1 ? fmt::format(" under mpirun ({} ranks)", launched) : "");
+  ASGD_INPUT_ERROR("--transport {}{}: this asgd was built without MPI; install libopenmpi-dev "
+                   "and rebuild (-DASGD_MPI=ON)",
+                   to_string(t), launched > 1 ? fmt::format(" under mpirun ({} ranks)", launched) : "");
 #endif
 }
 
@@ -149,14 +147,12 @@ Placement place(const TrainConfig& c) {
 TrainConfig for_placement(TrainConfig c, const Placement& p) {
   if (!p.multiprocess()) return c;
   if (c.workers != 1 && c.workers != p.ranks)
-    ASGD_INPUT_ERROR(
-        "--workers {} under mpirun with {} ranks: each rank is one worker; leave "
-        "--workers out (or set it to {})",
-        c.workers, p.ranks, p.ranks);
+    ASGD_INPUT_ERROR("--workers {} under mpirun with {} ranks: each rank is one worker; leave "
+                     "--workers out (or set it to {})",
+                     c.workers, p.ranks, p.ranks);
   if (c.deterministic)
-    ASGD_INPUT_ERROR(
-        "--deterministic needs one process (it steps every worker from one "
-        "thread); run without mpirun");
+    ASGD_INPUT_ERROR("--deterministic needs one process (it steps every worker from one "
+                     "thread); run without mpirun");
   c.workers = p.ranks;
   validate(c);
   c.progress = c.progress && p.rank == 0;
@@ -172,13 +168,13 @@ TrainConfig for_placement(TrainConfig c, const Placement& p) {
 
 // The settings every rank must share, as text and hash (for the start-up check).
 std::string shared_settings(const TrainConfig& c) {
-  return fmt::format(
-      "algo {} lr {} batch {} message-size {} send-interval {} merge {} window {} "
-      "seed {} dataset {} epochs {} on-divergence {} checkpoint-dir '{}' every {} "
-      "scope {} resume '{}'",
-      to_string(c.algorithm), c.lr, c.batch, c.message_size, c.send_interval, to_string(c.merge),
-      c.window, c.seed, c.data.spec, c.epochs, to_string(c.on_divergence), c.checkpoint_dir,
-      c.checkpoint_every, to_string(c.checkpoint_scope), c.resume_dir);
+  return fmt::format("algo {} lr {} batch {} message-size {} send-interval {} merge {} window {} "
+                     "seed {} dataset {} epochs {} on-divergence {} checkpoint-dir '{}' every {} "
+                     "scope {} resume '{}'",
+                     to_string(c.algorithm), c.lr, c.batch, c.message_size, c.send_interval,
+                     to_string(c.merge), c.window, c.seed, c.data.spec, c.epochs,
+                     to_string(c.on_divergence), c.checkpoint_dir, c.checkpoint_every,
+                     to_string(c.checkpoint_scope), c.resume_dir);
 }
 
 class Run {
@@ -193,17 +189,16 @@ class Run {
     const TrainConfig& c = c_;
     if (c.algorithm == Algorithm::kSync && c.backend == Backend::kCuda && c.workers > 1 &&
         !place_.multiprocess() && cuda_device_count() > 1)
-      ASGD_INPUT_ERROR(
-          "--algo sync with several GPUs in one process is not supported; use one "
-          "GPU or the MPI transport");
+      ASGD_INPUT_ERROR("--algo sync with several GPUs in one process is not supported; use one "
+                       "GPU or the MPI transport");
     const int devices = c.backend == Backend::kCuda ? std::max(1, cuda_device_count()) : 1;
     const int first = place_.multiprocess() ? place_.rank : 0;
     const int count = place_.multiprocess() ? 1 : c.workers;
     for (int i = first; i < first + count; ++i) {
       shards_.push_back(c.workers == 1 ? data.train : shard(data.train, i, c.workers, c.seed));
       const int device = (c.device + (place_.multiprocess() ? place_.local_rank : i)) % devices;
-      workers_.push_back(
-          std::make_unique<Worker>(i, device, c, data.train, shards_.back(), data.test, factory));
+      workers_.push_back(std::make_unique<Worker>(i, device, c, data.train, shards_.back(),
+                                                  data.test, factory));
     }
     first_id_ = first;
     for (auto& w : workers_) {
@@ -223,10 +218,9 @@ class Run {
     for (auto& w : workers_) {
       if (w->parameter_count() != w0.parameter_count() ||
           w->model().fingerprint() != w0.model().fingerprint())
-        ASGD_INPUT_ERROR(
-            "worker {} built model '{}' but worker 0 built '{}': every worker must "
-            "hold the same model",
-            w->id(), w->model().describe(), w0.model().describe());
+        ASGD_INPUT_ERROR("worker {} built model '{}' but worker 0 built '{}': every worker must "
+                         "hold the same model",
+                         w->id(), w->model().describe(), w0.model().describe());
     }
     if (place_.multiprocess()) {
       connect_ranks(w0);
@@ -239,19 +233,17 @@ class Run {
       for (int i = 0; i < c.workers; ++i)
         for (int j = 0; j < c.workers; ++j)
           if (i != j) transport_->set_link(i, j, link_between(c.links, i, j));
-      for (auto& w : workers_)
-        w->attach(transport_.get());
+      for (auto& w : workers_) w->attach(transport_.get());
     }
     for (const Fault& f : c.faults)
       if (f.on_wire() && !place_.multiprocess())
-        ASGD_INPUT_ERROR(
-            "--fault {}:{}:{} damages messages on the wire, which only the MPI "
-            "transport has; run under mpirun (e.g. mpirun -np 4 asgd train ...)",
-            f.kind, f.worker, f.at);
+        ASGD_INPUT_ERROR("--fault {}:{}:{} damages messages on the wire, which only the MPI "
+                         "transport has; run under mpirun (e.g. mpirun -np 4 asgd train ...)",
+                         f.kind, f.worker, f.at);
     check_interval_ = std::min<std::int64_t>(c.eval_every, kDivergenceCheckInterval);
     order_rng_.seed(c.seed ^ 0xD1B54A32D192ED03ull);
-    if (!c.checkpoint_dir.empty() && (!place_.multiprocess() || place_.rank == 0 ||
-                                      c.checkpoint_scope == CheckpointScope::kAll)) {
+    if (!c.checkpoint_dir.empty() &&
+        (!place_.multiprocess() || place_.rank == 0 || c.checkpoint_scope == CheckpointScope::kAll)) {
       std::error_code ec;
       std::filesystem::create_directories(c.checkpoint_dir, ec);
       if (ec)
@@ -263,30 +255,24 @@ class Run {
     }
     next_checkpoint_step_ = c.checkpoint_every;
     if (!c.resume_dir.empty()) resume();
-    for (auto& w : workers_)
-      start_steps_.push_back(w->steps());
+    for (auto& w : workers_) start_steps_.push_back(w->steps());
     checked_at_.assign(workers_.size(), -1);
     published_steps_.reset(new std::atomic<std::int64_t>[workers_.size()]);
     published_eval_s_.reset(new std::atomic<double>[workers_.size()]);
     published_comm_s_.reset(new std::atomic<double>[workers_.size()]);
     published_comm_elements_.reset(new std::atomic<std::int64_t>[workers_.size()]);
-    published_busy_s_.reset(new std::atomic<double>[workers_.size()]);
-    published_busy_at_s_.reset(new std::atomic<double>[workers_.size()]);
     for (std::size_t i = 0; i < workers_.size(); ++i) {
       published_steps_[i].store(workers_[i]->steps());
       published_eval_s_[i].store(0.0);
       published_comm_s_[i].store(0.0);
       published_comm_elements_[i].store(0);
-      published_busy_s_[i].store(0.0);
-      published_busy_at_s_[i].store(0.0);
     }
-    cost_meters_.assign(static_cast<std::size_t>(c_.workers), CommCostMeter{});
+    cost_seen_.assign(static_cast<std::size_t>(c_.workers), CostClock{});
     start_balancer(w0);
     sync_comm_s_ = emulated_allreduce_seconds(
         c.links, c.workers, static_cast<double>(w0.parameter_count()) * sizeof(float));
     last_eval_.assign(workers_.size(), {0.0, 0});
-    for (auto& w : workers_)
-      last_eval_[local(*w)].second = w->steps();  // resumed: not 0
+    for (auto& w : workers_) last_eval_[local(*w)].second = w->steps();  // resumed: not 0
     eval_seconds_.assign(workers_.size(), 0.0);
   }
 
@@ -324,8 +310,7 @@ class Run {
             barrier_.break_all();
           }
         });
-      for (auto& t : threads)
-        t.join();
+      for (auto& t : threads) t.join();
       errors_.rethrow_if_set();
     }
     write_final_checkpoint();
@@ -430,17 +415,15 @@ class Run {
     }
     const std::int64_t step = w.steps();
     if (c_.on_divergence == DivergencePolicy::kStop)
-      ASGD_THROW(
-          "training diverged: worker {} has NaN or Inf in its state or training loss at "
-          "step {}; lower the step size (--lr {}), check the data for extreme values, or "
-          "let workers recover with --on-divergence restore",
-          w.id(), step, c_.lr);
+      ASGD_THROW("training diverged: worker {} has NaN or Inf in its state or training loss at "
+                 "step {}; lower the step size (--lr {}), check the data for extreme values, or "
+                 "let workers recover with --on-divergence restore",
+                 w.id(), step, c_.lr);
     if (w.restores() >= c_.max_restores)
-      ASGD_THROW(
-          "training diverged: worker {} at step {}, after {} restores (--max-restores) "
-          "with its step size down to {}; check the data and the model, or start with a "
-          "smaller --lr",
-          w.id(), step, w.restores(), w.lr());
+      ASGD_THROW("training diverged: worker {} at step {}, after {} restores (--max-restores) "
+                 "with its step size down to {}; check the data and the model, or start with a "
+                 "smaller --lr",
+                 w.id(), step, w.restores(), w.lr());
     const std::int64_t back_to = w.restore_last_good(c_.divergence_lr_factor);
     checked = w.steps();
     RunEvent e;
@@ -521,8 +504,7 @@ class Run {
           u.payload.assign(m.payload.data(), m.payload.data() + m.header.length);
           ck.unread.push_back(std::move(u));
         });
-        for (const int s : transport_->collect_starts())
-          ck.collect_starts.push_back(s);
+        for (const int s : transport_->collect_starts()) ck.collect_starts.push_back(s);
       }
     }
     ck.settings = shared_settings(c_);
@@ -568,8 +550,7 @@ class Run {
     checkpoint_states_[i] = std::move(state);
     if (checkpoint_have_ < workers_.size()) return;
     std::vector<WorkerState> states;
-    for (auto& s : checkpoint_states_)
-      states.push_back(std::move(*s));
+    for (auto& s : checkpoint_states_) states.push_back(std::move(*s));
     checkpoint_states_.assign(workers_.size(), std::nullopt);
     checkpoint_have_ = 0;
     ++checkpoint_round_;
@@ -617,8 +598,8 @@ class Run {
       Worker& w = *workers_[i];
       const WorkerState& s = shared ? ck.workers.front() : ck.workers[i];
       if (!shared && s.id != w.id())
-        ASGD_INPUT_ERROR("--resume: '{}' holds worker {} where this run has worker {}", path, s.id,
-                         w.id());
+        ASGD_INPUT_ERROR("--resume: '{}' holds worker {} where this run has worker {}", path,
+                         s.id, w.id());
       w.load_state(s, !shared || place_.rank == 0);
     }
     if (c_.deterministic) {
@@ -711,17 +692,14 @@ class Run {
     // probe_ranks().
     if (transport_) {
       const std::int64_t top = std::min<std::int64_t>(n * 4, 1 << 20);
-      probe_ = probe_links(*transport_, c_.workers,
-                           {std::min<std::int64_t>(4096, top), top / 4, top}, 3);
+      probe_ = probe_links(*transport_, c_.workers, {std::min<std::int64_t>(4096, top), top / 4, top}, 3);
     }
     steps_seen_.assign(static_cast<std::size_t>(c_.workers), StepClock{});
-    for (auto& w : workers_)
-      steps_seen_[static_cast<std::size_t>(w->id())].steps = w->steps();
+    for (auto& w : workers_) steps_seen_[static_cast<std::size_t>(w->id())].steps = w->steps();
     last_step_time_.assign(static_cast<std::size_t>(c_.workers), 0.0);
     board_ = std::make_unique<PeerBoard>(c_.workers);
     std::vector<int> local_ids;
-    for (auto& w : workers_)
-      local_ids.push_back(w->id());
+    for (auto& w : workers_) local_ids.push_back(w->id());
     balancer_ = std::make_unique<LoadBalancer>(
         *t, local_ids, *board_, probe_, [this](int id) { return step_time(id); },
         [this](const BalanceDecision& d) {
@@ -730,8 +708,7 @@ class Run {
           ++decisions_;
         },
         o);
-    for (auto& w : workers_)
-      w->set_peer_board(board_.get(), mode == BalanceMode::kAuto);
+    for (auto& w : workers_) w->set_peer_board(board_.get(), mode == BalanceMode::kAuto);
   }
 
   // Worker `id`'s step time since the balancer last asked, evaluations left out (called from
@@ -753,16 +730,19 @@ class Run {
     return last;
   }
 
-  // Worker `id`'s recent cost per element sent and merged, in its wall time (CommCostMeter;
-  // balancer thread only).
+  // Worker `id`'s recent compute per element sent and merged (balancer thread only).
   double comm_cost(int id) {
     const std::size_t i = static_cast<std::size_t>(id - first_id_);
     if (i >= workers_.size()) return 0.0;
-    return cost_meters_[static_cast<std::size_t>(id)].update(
-        published_comm_s_[i].load(std::memory_order_relaxed),
-        published_comm_elements_[i].load(std::memory_order_relaxed),
-        published_busy_s_[i].load(std::memory_order_relaxed),
-        published_busy_at_s_[i].load(std::memory_order_relaxed));
+    const double seconds = published_comm_s_[i].load(std::memory_order_relaxed);
+    const std::int64_t elements = published_comm_elements_[i].load(std::memory_order_relaxed);
+    CostClock& seen = cost_seen_[static_cast<std::size_t>(id)];
+    if (elements - seen.elements < 100000) return seen.cost;
+    const double cost = (seconds - seen.seconds) / static_cast<double>(elements - seen.elements);
+    seen.cost = seen.cost > 0 ? 0.7 * seen.cost + 0.3 * cost : cost;
+    seen.seconds = seconds;
+    seen.elements = elements;
+    return seen.cost;
   }
 
   // --link-change: at the given time every link of this process's workers changes.
@@ -792,8 +772,6 @@ class Run {
       published_steps_[local(w)].store(w.steps(), std::memory_order_relaxed);
       published_comm_s_[local(w)].store(w.comm_seconds(), std::memory_order_relaxed);
       published_comm_elements_[local(w)].store(w.comm_elements(), std::memory_order_relaxed);
-      published_busy_s_[local(w)].store(w.busy_seconds(), std::memory_order_relaxed);
-      published_busy_at_s_[local(w)].store(seconds_since(start_), std::memory_order_relaxed);
       maybe_change_links(w);
       if (balancer_ && w.steps() % 64 == 0) balancer_->check();
       straggle(w, t0);
@@ -814,8 +792,7 @@ class Run {
 
   void run_sync(Worker& w) {
     std::vector<Worker*> all;
-    for (auto& x : workers_)
-      all.push_back(x.get());
+    for (auto& x : workers_) all.push_back(x.get());
     while (true) {
       const auto t0 = Clock::now();
       w.compute_gradient();
@@ -851,17 +828,13 @@ class Run {
   void run_deterministic() {
     std::mt19937_64& rng = order_rng_;
     std::vector<Worker*> order;
-    for (auto& w : workers_)
-      order.push_back(w.get());
+    for (auto& w : workers_) order.push_back(w.get());
     std::uniform_real_distribution<double> u(0.0, 1.0);
     while (!stop_) {
       if (c_.algorithm == Algorithm::kSync) {
-        for (Worker* w : order)
-          w->compute_gradient();
-        for (Worker* w : order)
-          w->apply_mean_gradient(order);
-        for (Worker* w : order)
-          inject_faults(*w);
+        for (Worker* w : order) w->compute_gradient();
+        for (Worker* w : order) w->apply_mean_gradient(order);
+        for (Worker* w : order) inject_faults(*w);
         Worker& w0 = *workers_.front();
         guard_divergence_if_due(w0);
         if (eval_due(w0)) evaluate(w0, 0);
@@ -872,8 +845,7 @@ class Run {
       }
       // Each round's order is a function of the generator alone (not of the previous round's),
       // so a checkpoint of the generator is enough to continue the same sequence.
-      std::sort(order.begin(), order.end(),
-                [](const Worker* a, const Worker* b) { return a->id() < b->id(); });
+      std::sort(order.begin(), order.end(), [](const Worker* a, const Worker* b) { return a->id() < b->id(); });
       std::shuffle(order.begin(), order.end(), rng);
       bool any = false;
       for (Worker* w : order) {
@@ -906,8 +878,7 @@ class Run {
     std::vector<double> sum(static_cast<std::size_t>(workers_.front()->parameter_count()), 0.0);
     for (auto& w : workers_) {
       const std::vector<float> s = w->download_state();
-      for (std::size_t i = 0; i < sum.size(); ++i)
-        sum[i] += s[i];
+      for (std::size_t i = 0; i < sum.size(); ++i) sum[i] += s[i];
     }
     std::vector<float> mean(sum.size());
     for (std::size_t i = 0; i < sum.size(); ++i)
@@ -921,8 +892,7 @@ class Run {
     progress_.finish();
     TrainResult& r = result_;
     r.train_seconds = seconds_since(start_);
-    r.stop_reason =
-        stop_reason_.empty() ? (peer_asked_to_stop() ? "peer" : "epochs") : stop_reason_;
+    r.stop_reason = stop_reason_.empty() ? (peer_asked_to_stop() ? "peer" : "epochs") : stop_reason_;
     Worker& w0 = *workers_.front();
     r.steps = w0.steps();
     r.samples = w0.steps() * c_.batch;
@@ -941,8 +911,7 @@ class Run {
       for (int i = 0; i < c_.workers; ++i)
         for (int j = 0; j < c_.workers; ++j)
           if (i != j) r.messages_superseded += transport_->stats(i, j).superseded;
-    for (auto& w : workers_)
-      r.divergence_restores += w->restores();
+    for (auto& w : workers_) r.divergence_restores += w->restores();
     r.checkpoints_written = writer_ ? writer_->written() : 0;
     if (place_.multiprocess()) gather_ranks(finals, total_steps, fresh_steps);
     r.total_samples = total_steps * c_.batch;
@@ -980,8 +949,8 @@ class Run {
     if (!trace_.enabled()) return;
 #if ASGD_HAVE_MPI
     if (place_.multiprocess()) {
-      std::vector<std::string> chunks = distributed::gather_strings(
-          MpiSession::get(), place_.rank == 0 ? std::string() : trace_.events_json());
+      std::vector<std::string> chunks =
+          distributed::gather_strings(MpiSession::get(), place_.rank == 0 ? std::string() : trace_.events_json());
       if (place_.rank == 0) trace_.write(c_.trace_path, chunks);
       return;
     }
@@ -1006,8 +975,10 @@ class Run {
                                   w.model().describe());
     const std::string settings = shared_settings(c_);
     distributed::check_same_settings(session, std::hash<std::string>{}(settings), settings);
-    const std::string device = w.stream().is_host() ? fmt::format("host, {} thread(s)", c_.threads)
-                                                    : fmt::format("cuda:{}", w.stream().device());
+    const std::string device =
+        w.stream().is_host()
+            ? fmt::format("host, {} thread(s)", c_.threads)
+            : fmt::format("cuda:{}", w.stream().device());
     distributed::report_topology(session, device, c_.progress || place_.rank == 0);
     if (communicates(c_.algorithm) && resolved_balance(c_) == BalanceMode::kAuto)
       probe_ranks(device);
@@ -1046,8 +1017,7 @@ class Run {
       const LinkModel e = link_between(c_.links, pair.from, pair.to);
       if (!e.ideal()) {
         l.latency_s += e.latency_s;
-        l.bandwidth_bytes_per_s =
-            1.0 / (1.0 / l.bandwidth_bytes_per_s + 1.0 / e.bandwidth_bytes_per_s);
+        l.bandwidth_bytes_per_s = 1.0 / (1.0 / l.bandwidth_bytes_per_s + 1.0 / e.bandwidth_bytes_per_s);
       }
       probe_[static_cast<std::size_t>(pair.from)][static_cast<std::size_t>(pair.to)] = l;
     }
@@ -1109,8 +1079,7 @@ class Run {
     std::vector<float> state = w.download_state();
     distributed::allreduce_sum(MpiSession::get(), state.data(),
                                static_cast<std::int64_t>(state.size()));
-    for (float& x : state)
-      x /= static_cast<float>(place_.ranks);
+    for (float& x : state) x /= static_cast<float>(place_.ranks);
     if (place_.rank != 0) return;
     w.upload_state(state);
     evaluate(w, -1);
@@ -1137,8 +1106,7 @@ class Run {
       if (peer != place_.rank) mine.superseded += mpi_->stats(place_.rank, peer).superseded;
     mine.restores = result_.divergence_restores;
     const WireRejections rejected = mpi_->rejections();
-    for (int k = 0; k < kWireErrorCount; ++k)
-      mine.rejected[k] = rejected[static_cast<std::size_t>(k)];
+    for (int k = 0; k < kWireErrorCount; ++k) mine.rejected[k] = rejected[static_cast<std::size_t>(k)];
     const std::vector<RankFinal> all = distributed::gather_to_root(MpiSession::get(), mine);
     if (place_.rank != 0) return;
     finals.clear();
@@ -1153,8 +1121,7 @@ class Run {
       fresh_steps += f.fresh_steps;
       result_.messages_superseded += f.superseded;
       result_.divergence_restores += f.restores;
-      for (int k = 0; k < kWireErrorCount; ++k)
-        rejected_sum[k] += f.rejected[k];
+      for (int k = 0; k < kWireErrorCount; ++k) rejected_sum[k] += f.rejected[k];
     }
     for (int k = 1; k < kWireErrorCount; ++k)
       result_.wire_rejections.emplace_back(std::string(to_string(static_cast<WireError>(k))),
@@ -1182,15 +1149,18 @@ class Run {
     double eval_s = 0;
     std::int64_t steps = 0;
   };
-  std::vector<StepClock> steps_seen_;                             // balancer thread only
-  std::vector<double> last_step_time_;                            // balancer thread only
+  std::vector<StepClock> steps_seen_;                        // balancer thread only
+  std::vector<double> last_step_time_;                       // balancer thread only
   std::unique_ptr<std::atomic<std::int64_t>[]> published_steps_;  // per local worker
-  std::unique_ptr<std::atomic<double>[]> published_eval_s_;       // its evaluation seconds
-  std::unique_ptr<std::atomic<double>[]> published_comm_s_;       // Worker::comm_seconds()
+  std::unique_ptr<std::atomic<double>[]> published_eval_s_;      // its evaluation seconds
+  std::unique_ptr<std::atomic<double>[]> published_comm_s_;      // Worker::comm_seconds()
   std::unique_ptr<std::atomic<std::int64_t>[]> published_comm_elements_;
-  std::unique_ptr<std::atomic<double>[]> published_busy_s_;     // Worker::busy_seconds()
-  std::unique_ptr<std::atomic<double>[]> published_busy_at_s_;  // when, since start_
-  std::vector<CommCostMeter> cost_meters_;                      // balancer thread only
+  struct CostClock {
+    double seconds = 0;
+    std::int64_t elements = 0;
+    double cost = 0;
+  };
+  std::vector<CostClock> cost_seen_;  // balancer thread only
   std::atomic<bool> links_changed_{false};
   std::atomic<bool> started_{false};
   std::int64_t decisions_ = 0;  // under mutex_
@@ -1225,7 +1195,7 @@ class Run {
   std::int64_t checkpoint_round_ = 0;
   std::vector<std::optional<WorkerState>> checkpoint_states_;
   std::size_t checkpoint_have_ = 0;
-  std::int64_t next_checkpoint_step_ = 0;  // deterministic mode
+  std::int64_t next_checkpoint_step_ = 0;     // deterministic mode
   // Declared after everything a checkpoint reads; its destructor writes what waits.
   std::unique_ptr<CheckpointWriter> writer_;
   // Last: its thread writes metrics_ under mutex_ and reads the transports, so it stops first.
@@ -1272,15 +1242,14 @@ void write_summary(const std::string& path, const TrainConfig& c, const TrainRes
                        {"mean_staleness_s", p.mean_staleness_s},
                        {"mean_step_gap", p.mean_step_gap}});
   nlohmann::json rejections = nlohmann::json::object();
-  for (const auto& [reason, count] : r.wire_rejections)
-    rejections[reason] = count;
+  for (const auto& [reason, count] : r.wire_rejections) rejections[reason] = count;
   auto number_or_null = [](bool ok, double v) { return ok ? nlohmann::json(v) : nlohmann::json(); };
   nlohmann::json j = {
       {"final_test_accuracy", number_or_null(r.classifier, r.final_test_accuracy)},
       {"final_test_loss", r.final_test_loss},
       {"final_objective", r.final_test_loss},
-      {"time_to_target_s",
-       number_or_null(r.time_to_target_s.has_value(), r.time_to_target_s.value_or(0.0))},
+      {"time_to_target_s", number_or_null(r.time_to_target_s.has_value(),
+                                          r.time_to_target_s.value_or(0.0))},
       {"target_accuracy", number_or_null(c.target_accuracy > 0, c.target_accuracy)},
       {"train_seconds", r.train_seconds},
       {"eval_seconds", r.eval_seconds},

@@ -15,11 +15,11 @@
 #include "comm/transport.h"
 #include "kernels/models/model.h"
 #include "kernels/parzen.h"
-#include "runtime/balancer.h"
 #include "runtime/buffer.h"
 #include "runtime/checkpoint.h"
 #include "runtime/config.h"
 #include "runtime/data/device_dataset.h"
+#include "runtime/balancer.h"
 #include "runtime/trace.h"
 
 namespace asgd {
@@ -43,16 +43,16 @@ struct WorkerCounters {
   std::int64_t rejected_direction = 0;
   std::int64_t rejected_window = 0;
   std::int64_t nonfinite = 0;
-  std::int64_t malformed = 0;  // ranges outside the state: dropped before any test
-  double staleness_sum_s = 0;  // sum over received messages of (use time - send time)
-  double step_gap_sum = 0;     // sum over received messages of (own step - sender step)
+  std::int64_t malformed = 0;      // ranges outside the state: dropped before any test
+  double staleness_sum_s = 0;      // sum over received messages of (use time - send time)
+  double step_gap_sum = 0;         // sum over received messages of (own step - sender step)
 };
 
 // An evaluation of the worker's current state on the test set.
 struct WorkerEval {
-  double loss = 0;               // mean test loss (the objective for non-classifiers)
-  double accuracy = 0;           // classifiers only
-  double train_loss = 0;         // mean training loss since the previous evaluation (NaN if none)
+  double loss = 0;      // mean test loss (the objective for non-classifiers)
+  double accuracy = 0;  // classifiers only
+  double train_loss = 0;  // mean training loss since the previous evaluation (NaN if none)
   std::int64_t train_steps = 0;  // steps since the previous evaluation
 };
 
@@ -95,9 +95,6 @@ class Worker {
   // to zero on a GPU, whose launches return at once), and the elements that cost it.
   double comm_seconds() const { return comm_seconds_; }
   std::int64_t comm_elements() const { return comm_elements_; }
-  // The clock comm_seconds() is measured on, now (this thread's CPU time on the host with one
-  // thread; wall time otherwise). Call from the worker's thread.
-  double busy_seconds() const { return cost_clock(); }
 
   int id() const { return id_; }
   std::int64_t steps() const { return steps_; }
@@ -190,7 +187,7 @@ class Worker {
   std::vector<std::int64_t> peer_cursor_;  // per-peer schedules: where each peer's range is
   WorkerCounters counters_;
   ParzenParams parzen_;
-  DeviceBuffer<double> stats_;  // 4 per message
+  DeviceBuffer<double> stats_;              // 4 per message
   DeviceBuffer<std::int32_t> accept_;
   DeviceBuffer<float> history_;
   DeviceBuffer<std::int64_t> history_seen_;

@@ -126,23 +126,5 @@ TEST(LoadBalancerThread, EstimatesOnlyLeavesTheSettingsAlone) {
   EXPECT_EQ(board.bandwidth(0, 1), 3e8);
 }
 
-// The cost per element in wall-time units: exact on hand-made readings.
-TEST(CommCostMeter, CostPerElementOverTheShareOfTimeOnACore) {
-  CommCostMeter meter(100000);
-  // Fewer elements than the window: no estimate yet.
-  EXPECT_EQ(meter.update(0.05, 99999, 0.5, 0.5), 0.0);
-  // 0.1 s over 200,000 elements while computing the whole second: 0.5 us per element.
-  EXPECT_DOUBLE_EQ(meter.update(0.1, 200000, 1.0, 1.0), 5e-7);
-  // The next window at the same compute per element, but on a core half the time: each
-  // element costs twice the wall time; averaged with the previous estimate (weight 0.3).
-  EXPECT_DOUBLE_EQ(meter.update(0.2, 400000, 1.5, 2.0), 0.7 * 5e-7 + 0.3 * 1e-6);
-  // Less than 5% of the time on a core counts as 5%; a busy clock ahead of the wall clock
-  // (a wall clock with another origin) as all the time.
-  CommCostMeter starved(1000), wall(1000);
-  EXPECT_DOUBLE_EQ(starved.update(1e-3, 1000, 0.001, 1.0), 1e-6 / 0.05);
-  EXPECT_DOUBLE_EQ(wall.update(1e-3, 1000, 1e9, 1.0), 1e-6);
-  EXPECT_DOUBLE_EQ(wall.update(2e-3, 2000, 1e9 + 1.0, 1.0), 1e-6);  // no wall time passed
-}
-
 }  // namespace
 }  // namespace asgd
