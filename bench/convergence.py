@@ -71,7 +71,9 @@ def main():
         rows.append({"name": c["name"], "algo": c["algo"], "workers": c["workers"], "lr": c["lr"],
                      **study.target_row(results[c["name"]], args.target,
                                         ("final_test_accuracy", "steps", "samples_per_s",
-                                         "messages_accepted", "messages_rejected"))})
+                                         "messages_accepted", "messages_rejected",
+                                         "messages_rejected_direction",
+                                         "messages_rejected_window"))})
 
     print(f"# convergence: Fashion-MNIST, mlp 784-256-256-10, batch 64, target "
           f"{args.target:g}, cap {args.max_seconds:g} s, eval every {args.eval_every} steps, "
@@ -82,11 +84,12 @@ def main():
         [("algo", 14, ""), ("workers", 7, ""), ("lr", 6, "g"), ("reached", 7, ""),
          ("time_to_target_s", 16, ".2f"), ("samples_to_target", 17, ".0f"),
          ("final_acc", 9, ".4f"), ("steps", 7, ".0f"), ("samples/s", 10, ".0f"),
-         ("accepted", 9, ".0f"), ("rejected", 9, ".0f")],
+         ("accepted", 9, ".0f"), ("rej_dir", 8, ".0f"), ("rej_window", 10, ".0f")],
         [[r["algo"], r["workers"], r["lr"],
           f"{r['reached']}/{r['rounds']}" + ("!" if r["failed"] else ""),
           r["time_to_target_s"], r["samples_to_target"], r["final_test_accuracy"],
-          r["steps"], r["samples_per_s"], r["messages_accepted"], r["messages_rejected"]]
+          r["steps"], r["samples_per_s"], r["messages_accepted"],
+          r["messages_rejected_direction"], r["messages_rejected_window"]]
          for r in rows])
     if any(r["failed"] for r in rows):
         print("# !: some rounds failed (see 'error' in the JSON), e.g. diverged")

@@ -34,6 +34,8 @@ void MetricsLog::write(const EvalPoint& p, int worker) {
                          {"messages_received", p.messages_received},
                          {"messages_accepted", p.messages_accepted},
                          {"messages_rejected", p.messages_rejected},
+                         {"messages_rejected_direction", p.messages_rejected_direction},
+                         {"messages_rejected_window", p.messages_rejected_window},
                          {"messages_nonfinite", p.messages_nonfinite},
                          {"bytes_sent", p.bytes_sent},
                          {"mean_staleness_s", p.mean_staleness_s},

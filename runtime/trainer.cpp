@@ -350,6 +350,8 @@ class Run {
     p.messages_received = k.received;
     p.messages_accepted = k.accepted;
     p.messages_rejected = k.rejected_direction + k.rejected_window;
+    p.messages_rejected_direction = k.rejected_direction;
+    p.messages_rejected_window = k.rejected_window;
     p.messages_nonfinite = k.nonfinite;
     p.bytes_sent = k.bytes_sent;
     const double used = static_cast<double>(k.received - k.malformed);
@@ -924,6 +926,8 @@ class Run {
         r.messages_received += p.messages_received;
         r.messages_accepted += p.messages_accepted;
         r.messages_rejected += p.messages_rejected;
+        r.messages_rejected_direction += p.messages_rejected_direction;
+        r.messages_rejected_window += p.messages_rejected_window;
         r.messages_nonfinite += p.messages_nonfinite;
         r.bytes_sent += p.bytes_sent;
       }
@@ -1238,6 +1242,8 @@ void write_summary(const std::string& path, const TrainConfig& c, const TrainRes
                        {"messages_received", p.messages_received},
                        {"messages_accepted", p.messages_accepted},
                        {"messages_rejected", p.messages_rejected},
+                       {"messages_rejected_direction", p.messages_rejected_direction},
+                       {"messages_rejected_window", p.messages_rejected_window},
                        {"messages_nonfinite", p.messages_nonfinite},
                        {"mean_staleness_s", p.mean_staleness_s},
                        {"mean_step_gap", p.mean_step_gap}});
@@ -1275,6 +1281,8 @@ void write_summary(const std::string& path, const TrainConfig& c, const TrainRes
       {"messages_received", r.messages_received},
       {"messages_accepted", r.messages_accepted},
       {"messages_rejected", r.messages_rejected},
+      {"messages_rejected_direction", r.messages_rejected_direction},
+      {"messages_rejected_window", r.messages_rejected_window},
       {"messages_nonfinite", r.messages_nonfinite},
       {"messages_superseded", r.messages_superseded},
       {"bytes_sent", r.bytes_sent},

@@ -35,7 +35,9 @@ struct EvalPoint {
   std::int64_t messages_sent = 0;
   std::int64_t messages_received = 0;
   std::int64_t messages_accepted = 0;
-  std::int64_t messages_rejected = 0;  // by direction or window
+  std::int64_t messages_rejected = 0;  // by direction or window: the sum of the next two
+  std::int64_t messages_rejected_direction = 0;
+  std::int64_t messages_rejected_window = 0;
   std::int64_t messages_nonfinite = 0;
   std::int64_t bytes_sent = 0;
   double mean_staleness_s = 0;  // seconds between a message's sending and its use
@@ -63,6 +65,8 @@ struct TrainResult {
   std::int64_t messages_received = 0;
   std::int64_t messages_accepted = 0;
   std::int64_t messages_rejected = 0;
+  std::int64_t messages_rejected_direction = 0;
+  std::int64_t messages_rejected_window = 0;
   std::int64_t messages_nonfinite = 0;
   std::int64_t messages_superseded = 0;  // dropped unsent from full send queues
   std::int64_t bytes_sent = 0;

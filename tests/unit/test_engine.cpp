@@ -52,6 +52,7 @@ TEST_P(AlgorithmTest, ThreeWorkersLearn) {
     // checks exact counts.
     EXPECT_LE(r.messages_received, r.messages_sent);
     EXPECT_LE(r.messages_accepted + r.messages_rejected, r.messages_received);
+    EXPECT_EQ(r.messages_rejected, r.messages_rejected_direction + r.messages_rejected_window);
     EXPECT_EQ(r.bytes_sent, r.messages_sent * r.parameters * 4);  // whole-state messages
     if (GetParam() == Algorithm::kAsgdNoFilter) {
       EXPECT_EQ(r.messages_rejected, 0);
@@ -116,7 +117,8 @@ TEST(DeterministicTest, MetricsHaveEveryWorkerAndItsMessageCounters) {
   int lines[2] = {0, 0};
   while (std::getline(in, line)) {
     for (const char* key : {"\"messages_sent\"", "\"messages_received\"", "\"messages_accepted\"",
-                            "\"messages_rejected\"", "\"messages_nonfinite\"", "\"bytes_sent\"",
+                            "\"messages_rejected\"", "\"messages_rejected_direction\"",
+                            "\"messages_rejected_window\"", "\"messages_nonfinite\"", "\"bytes_sent\"",
                             "\"mean_staleness_s\"", "\"mean_step_gap\"", "\"test_accuracy\""})
       EXPECT_THAT(line, HasSubstr(key));
     ++lines[line.find("\"worker\":1") != std::string::npos ? 1 : 0];
@@ -134,6 +136,11 @@ TEST(DeterministicTest, FilterIsActive) {
   EXPECT_GT(r.messages_accepted, 0);
   EXPECT_GT(r.messages_rejected, 0);
   EXPECT_EQ(r.messages_nonfinite, 0);
+  // Both parts of the filter are reported; every message is counted once.
+  EXPECT_EQ(r.messages_rejected, r.messages_rejected_direction + r.messages_rejected_window);
+  std::int64_t direction = 0;
+  for (const EvalPoint& p : r.worker_final) direction += p.messages_rejected_direction;
+  EXPECT_EQ(direction, r.messages_rejected_direction);
 }
 
 // A model written outside the library: multinomial logistic regression through the public
