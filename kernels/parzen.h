@@ -17,6 +17,7 @@
 // device and are read by the host only at logging intervals.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 
 #include "runtime/device.h"
@@ -29,7 +30,7 @@ inline constexpr int kMaxMergeMessages = 64;
 inline constexpr int kMaxParzenHistory = 8192;
 
 enum class MergeRule {
-  kSeed,     // w <- w - eps/(c+1) * (g + sum_e (w - e))
+  kSeed,     // w <- w - eps/(c+1) * g - min(eps, 1)/(c+1) * sum_e (w - e)
   kAverage,  // w <- ((w - eps*g) + sum_e e) / (c+1)
   kElastic,  // w' = w - eps*g;  w <- w' - alpha * (w' - mean_e e)
 };
@@ -85,8 +86,13 @@ inline MergeCoefficients merge_coefficients(MergeRule rule, float eps, float alp
   if (c == 0) return {1.0f, eps, 0.0f};  // the plain SGD step
   const float k = static_cast<float>(c);
   switch (rule) {
-    case MergeRule::kSeed:
-      return {1.0f - eps * k / (k + 1.0f), eps / (k + 1.0f), eps / (k + 1.0f)};
+    case MergeRule::kSeed: {
+      // The pull's strength is capped at 1/(c+1), where w lands on the mean of itself and the
+      // c states: beyond that it would overshoot them, and a step size of 1 or more (normal for
+      // K-Means) made a pair of workers diverge within 100 steps.
+      const float pull = std::min(eps, 1.0f);
+      return {1.0f - pull * k / (k + 1.0f), eps / (k + 1.0f), pull / (k + 1.0f)};
+    }
     case MergeRule::kAverage:
       return {1.0f / (k + 1.0f), eps / (k + 1.0f), 1.0f / (k + 1.0f)};
     case MergeRule::kElastic:

@@ -454,7 +454,8 @@ std::vector<double> reference_merge(MergeRule rule, double eps, double alpha,
     if (c[i] == 0) {
       out[i] = local;
     } else if (rule == MergeRule::kSeed) {
-      out[i] = wi - eps / (c[i] + 1) * (gi + c[i] * wi - sum[i]);
+      out[i] = wi - eps / (c[i] + 1) * gi -
+               std::min(1.0, static_cast<double>(eps)) / (c[i] + 1) * (c[i] * wi - sum[i]);
     } else if (rule == MergeRule::kAverage) {
       out[i] = (local + sum[i]) / (c[i] + 1);
     } else {

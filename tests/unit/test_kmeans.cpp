@@ -27,6 +27,7 @@
 #include "runtime/data/synthetic.h"
 #include "runtime/error.h"
 #include "runtime/random.h"
+#include "runtime/trainer.h"
 #include "tests/common/input_error.h"
 #include "tests/common/reference.h"
 
@@ -764,6 +765,33 @@ TEST(KMeansTraining, SgdReachesTheNoiseFloorOfBlobs) {
   const double end = objective(*model, params, data, s);
   EXPECT_LT(end, threshold) << "started at " << start;
   EXPECT_GT(end, 0.8 * 0.5 * static_cast<double>(d));  // below the floor would be overfitting
+}
+
+// K-Means trains at step sizes of 1 and more. Two workers merging with the default rule at
+// lr 5 used to diverge (NaN within 100 steps without the filter) because the seed rule's pull
+// overshot the peer's state; now they end where one worker does.
+TEST(KMeansTraining, TwoWorkersMergingAtLargeStepSizesStayStable) {
+  TrainConfig c;
+  c.data.spec = "blobs:8000,8,4";
+  c.model = ModelSpec{"kmeans", {}, 4};
+  c.batch = 64;
+  c.lr = 5.0f;
+  c.epochs = 4;
+  c.eval_every = 100;
+  c.progress = false;
+  c.deterministic = true;
+  c.algorithm = Algorithm::kLocal;
+  const TrainResult one = train(c);
+  ASSERT_TRUE(std::isfinite(one.final_test_loss));
+  for (Algorithm algo : {Algorithm::kAsgd, Algorithm::kAsgdNoFilter}) {
+    SCOPED_TRACE(std::string(to_string(algo)));
+    c.algorithm = algo;
+    c.workers = 2;
+    const TrainResult two = train(c);
+    EXPECT_GT(two.messages_accepted, 0);
+    for (const EvalPoint& p : two.history) ASSERT_TRUE(std::isfinite(p.test_loss)) << p.step;
+    EXPECT_LT(two.final_test_loss, 1.1 * one.final_test_loss);
+  }
 }
 
 }  // namespace

@@ -77,6 +77,45 @@ INSTANTIATE_TEST_SUITE_P(Rules, MergeTest,
                                            MergeCase{MergeRule::kElastic, {1, 0}}),
                          merge_case_name);
 
+// K-Means runs at step sizes of 1 and more: the seed rule's pull stops at the mean of w and
+// the accepted states instead of overshooting them.
+TEST(MergeSeed, PullIsCappedForStepSizesAboveOne) {
+  const float eps = 5.0f;
+  const auto g = testing::random_vector(6, 21);
+  auto w = testing::random_vector(6, 22);
+  const auto a = testing::random_vector(4, 23), b = testing::random_vector(4, 24);
+  const MergeRange ranges[2] = {{a.data(), 0, 4}, {b.data(), 2, 4}};
+  const MergeCase mc{MergeRule::kSeed, {1, 1}};
+  const std::vector<double> expected = expected_merge(mc, eps, 0, g, w, a, b);
+  const auto w0 = w;
+  parzen_merge(Stream::host(), mc.rule, eps, 0, 6, g.data(), w.data(), ranges, 2,
+               mc.accept.data());
+  EXPECT_TRUE(testing::all_close(w, expected, 1e-5, 1e-5));
+  // Element 0 is covered by a alone: the mean of w and a, then half the gradient step.
+  EXPECT_NEAR(w[0], 0.5 * (w0[0] + a[0]) - 0.5 * eps * g[0], 1e-5);
+}
+
+TEST(MergeSeed, RepeatedMergesWithLargeStepSizesContract) {
+  // Two states merging with each other, no gradient: the gap shrinks at every step size.
+  for (float eps : {0.1f, 1.0f, 5.0f, 50.0f}) {
+    std::vector<float> x = {1.0f, -2.0f}, y = {-1.0f, 3.0f};
+    const std::vector<float> zero(2, 0.0f);
+    const std::int32_t accept[1] = {1};
+    const double gap0 = std::hypot(x[0] - y[0], x[1] - y[1]);
+    for (int i = 0; i < 20; ++i) {
+      const std::vector<float> x_sent = x, y_sent = y;
+      const MergeRange from_y[1] = {{y_sent.data(), 0, 2}}, from_x[1] = {{x_sent.data(), 0, 2}};
+      parzen_merge(Stream::host(), MergeRule::kSeed, eps, 0, 2, zero.data(), x.data(), from_y, 1,
+                   accept);
+      parzen_merge(Stream::host(), MergeRule::kSeed, eps, 0, 2, zero.data(), y.data(), from_x, 1,
+                   accept);
+    }
+    const double gap = std::hypot(x[0] - y[0], x[1] - y[1]);
+    EXPECT_LT(gap, 0.9 * gap0) << "eps " << eps;
+    EXPECT_TRUE(std::isfinite(x[0]) && std::isfinite(y[1])) << "eps " << eps;
+  }
+}
+
 TEST(ParzenKernels, StatisticsMatchFloat64OnLargeRandomInputs) {
   for (int threads : {1, 2}) {
     const std::int64_t n = 300001;
