@@ -49,7 +49,8 @@ inline std::vector<double> expected_merge(const MergeCase& mc, float eps, float 
     if (e.empty())
       x = local;
     else if (mc.rule == MergeRule::kSeed)
-      x = wi - eps / (c + 1) * gi - std::min(1.0, static_cast<double>(eps)) / (c + 1) * (c * wi - sum);
+      x = wi - eps / (c + 1) * gi -
+          std::min(1.0, static_cast<double>(eps)) / (c + 1) * (c * wi - sum);
     else if (mc.rule == MergeRule::kAverage)
       x = (local + sum) / (c + 1);
     else

@@ -789,7 +789,8 @@ TEST(KMeansTraining, TwoWorkersMergingAtLargeStepSizesStayStable) {
     c.workers = 2;
     const TrainResult two = train(c);
     EXPECT_GT(two.messages_accepted, 0);
-    for (const EvalPoint& p : two.history) ASSERT_TRUE(std::isfinite(p.test_loss)) << p.step;
+    for (const EvalPoint& p : two.history)
+      ASSERT_TRUE(std::isfinite(p.test_loss)) << p.step;
     EXPECT_LT(two.final_test_loss, 1.1 * one.final_test_loss);
   }
 }

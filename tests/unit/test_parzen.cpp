@@ -88,8 +88,7 @@ TEST(MergeSeed, PullIsCappedForStepSizesAboveOne) {
   const MergeCase mc{MergeRule::kSeed, {1, 1}};
   const std::vector<double> expected = expected_merge(mc, eps, 0, g, w, a, b);
   const auto w0 = w;
-  parzen_merge(Stream::host(), mc.rule, eps, 0, 6, g.data(), w.data(), ranges, 2,
-               mc.accept.data());
+  parzen_merge(Stream::host(), mc.rule, eps, 0, 6, g.data(), w.data(), ranges, 2, mc.accept.data());
   EXPECT_TRUE(testing::all_close(w, expected, 1e-5, 1e-5));
   // Element 0 is covered by a alone: the mean of w and a, then half the gradient step.
   EXPECT_NEAR(w[0], 0.5 * (w0[0] + a[0]) - 0.5 * eps * g[0], 1e-5);
