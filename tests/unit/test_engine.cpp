@@ -116,10 +116,11 @@ TEST(DeterministicTest, MetricsHaveEveryWorkerAndItsMessageCounters) {
   std::string line;
   int lines[2] = {0, 0};
   while (std::getline(in, line)) {
-    for (const char* key : {"\"messages_sent\"", "\"messages_received\"", "\"messages_accepted\"",
-                            "\"messages_rejected\"", "\"messages_rejected_direction\"",
-                            "\"messages_rejected_window\"", "\"messages_nonfinite\"", "\"bytes_sent\"",
-                            "\"mean_staleness_s\"", "\"mean_step_gap\"", "\"test_accuracy\""})
+    for (const char* key :
+         {"\"messages_sent\"", "\"messages_received\"", "\"messages_accepted\"",
+          "\"messages_rejected\"", "\"messages_rejected_direction\"",
+          "\"messages_rejected_window\"", "\"messages_nonfinite\"", "\"bytes_sent\"",
+          "\"mean_staleness_s\"", "\"mean_step_gap\"", "\"test_accuracy\""})
       EXPECT_THAT(line, HasSubstr(key));
     ++lines[line.find("\"worker\":1") != std::string::npos ? 1 : 0];
   }
@@ -139,7 +140,8 @@ TEST(DeterministicTest, FilterIsActive) {
   // Both parts of the filter are reported; every message is counted once.
   EXPECT_EQ(r.messages_rejected, r.messages_rejected_direction + r.messages_rejected_window);
   std::int64_t direction = 0;
-  for (const EvalPoint& p : r.worker_final) direction += p.messages_rejected_direction;
+  for (const EvalPoint& p : r.worker_final)
+    direction += p.messages_rejected_direction;
   EXPECT_EQ(direction, r.messages_rejected_direction);
 }
 
