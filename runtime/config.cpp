@@ -208,6 +208,9 @@ const std::map<std::string, Setter>& setters() {
       {"deterministic", custom([](auto& p, auto& k, auto& n, TrainConfig& c) {
          c.deterministic = get_as<bool>(p, k, n, "true or false");
        })},
+      {"step-order", custom([](auto& p, auto& k, auto& n, TrainConfig& c) {
+         c.step_order = parse_step_order(get_as<std::string>(p, k, n, "a string"));
+       })},
       {"transport", custom([](auto& p, auto& k, auto& n, TrainConfig& c) {
          c.transport = parse_transport(get_as<std::string>(p, k, n, "a string"));
        })},
@@ -285,6 +288,16 @@ std::string_view to_string(Algorithm a) {
     case Algorithm::kLocal: return "local";
   }
   return "?";
+}
+
+StepOrder parse_step_order(std::string_view name) {
+  if (name == "shuffled") return StepOrder::kShuffled;
+  if (name == "lockstep") return StepOrder::kLockstep;
+  ASGD_INPUT_ERROR("unknown step order '{}': expected shuffled or lockstep", name);
+}
+
+std::string_view to_string(StepOrder order) {
+  return order == StepOrder::kLockstep ? "lockstep" : "shuffled";
 }
 
 TransportKind parse_transport(std::string_view name) {
@@ -539,6 +552,10 @@ void validate(const TrainConfig& c) {
   if (c.balance == BalanceMode::kAuto && c.deterministic)
     ASGD_INPUT_ERROR("--balance auto follows measured times and cannot be deterministic; use "
                      "--balance off (fixed --message-size and --send-interval) with --deterministic");
+  if (c.step_order != StepOrder::kShuffled && !c.deterministic)
+    ASGD_INPUT_ERROR("--step-order {} orders the steps of --deterministic runs; add "
+                     "--deterministic (threads step as they please)",
+                     to_string(c.step_order));
   if (c.peer_choice == PeerChoice::kBandwidth && c.deterministic)
     ASGD_INPUT_ERROR("--peers bandwidth follows measured links and cannot be deterministic");
   if (!(c.rho > 0.0 && c.rho <= 1.0)) ASGD_INPUT_ERROR("--rho must lie in (0, 1], got {}", c.rho);

@@ -43,6 +43,15 @@ int launcher_rank();  // this process's rank by the same sources; 0 without a la
 enum class BalanceMode { kDefault, kAuto, kOff };
 BalanceMode parse_balance(std::string_view name);  // "auto", "off"
 std::string_view to_string(BalanceMode mode);
+// Deterministic mode: how one round steps the workers.
+//   shuffled  one after another in a seeded random order; each delivers its message as soon
+//             as it has stepped, so a worker later in the round already sees the state an
+//             earlier one reached in this round (messages fresher than concurrent workers get)
+//   lockstep  every worker steps on the messages of the previous round, then every worker
+//             sends: what concurrent workers of equal speed see (each message one round old)
+enum class StepOrder { kShuffled, kLockstep };
+StepOrder parse_step_order(std::string_view name);  // "shuffled", "lockstep"
+std::string_view to_string(StepOrder order);
 // How a worker with a fixed schedule picks the peer of each message.
 enum class PeerChoice { kUniform, kBandwidth };
 PeerChoice parse_peer_choice(std::string_view name);  // "uniform", "bandwidth"
@@ -140,6 +149,7 @@ struct TrainConfig {
   Straggler straggler;
   Adversary adversary;
   bool deterministic = false;  // one thread steps the workers in a fixed seeded order
+  StepOrder step_order = StepOrder::kShuffled;  // deterministic mode only
   TransportKind transport = TransportKind::kAuto;
   // The load balancer.
   BalanceMode balance = BalanceMode::kDefault;

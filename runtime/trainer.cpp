@@ -478,7 +478,10 @@ class Run {
             {"seed", std::to_string(c_.seed)},
             {"dataset", c_.data.spec},
             {"train-rows", std::to_string(result_.train_rows)},
-            {"deterministic", c_.deterministic ? "true" : "false"},
+            // Lockstep rounds are another run; shuffled keeps the value older checkpoints hold.
+            {"deterministic", !c_.deterministic                       ? "false"
+                              : c_.step_order == StepOrder::kLockstep ? "lockstep"
+                                                                      : "true"},
             {"window-history", std::to_string(c_.window_history)},
             {"checkpoint", place_.multiprocess() ? std::string(to_string(c_.checkpoint_scope))
                                                  : std::string("process")}};
@@ -826,12 +829,14 @@ class Run {
 
   // One thread steps the workers, each round in a seeded random order; a straggler with
   // factor F takes part in a round with probability 1/F. Every message is delivered inside
-  // post(), so the run is a pure function of the configuration.
+  // post(), so the run is a pure function of the configuration. --step-order lockstep holds
+  // every send of a round back until all its steps are done (see StepOrder).
   void run_deterministic() {
     std::mt19937_64& rng = order_rng_;
     std::vector<Worker*> order;
     for (auto& w : workers_) order.push_back(w.get());
     std::uniform_real_distribution<double> u(0.0, 1.0);
+    std::vector<Worker*> stepped;  // lockstep: this round's workers, whose sends are due
     while (!stop_) {
       if (c_.algorithm == Algorithm::kSync) {
         for (Worker* w : order) w->compute_gradient();
@@ -849,21 +854,35 @@ class Run {
       // so a checkpoint of the generator is enough to continue the same sequence.
       std::sort(order.begin(), order.end(), [](const Worker* a, const Worker* b) { return a->id() < b->id(); });
       std::shuffle(order.begin(), order.end(), rng);
+      // What follows a worker's step (and, in lockstep, every worker's send of the round).
+      auto after_step = [&](Worker& w) {
+        inject_faults(w);
+        guard_divergence_if_due(w);
+        if (eval_due(w)) evaluate(w, w.id());
+        if (w.id() == 0 && w.steps() >= w.max_steps()) {
+          if (stop_reason_.empty()) stop_reason_ = "epochs";
+          stop_ = true;
+        }
+      };
+      const bool lockstep = c_.step_order == StepOrder::kLockstep;
       bool any = false;
+      stepped.clear();
       for (Worker* w : order) {
         if (stop_ || w->steps() >= w->max_steps()) continue;
         const bool slow = c_.straggler.worker == w->id() && c_.straggler.factor > 1.0;
         if (slow && u(rng) >= 1.0 / c_.straggler.factor) continue;
         any = true;
-        w->step();
-        inject_faults(*w);
-        guard_divergence_if_due(*w);
-        if (eval_due(*w)) evaluate(*w, w->id());
-        if (w->id() == 0 && w->steps() >= w->max_steps()) {
-          if (stop_reason_.empty()) stop_reason_ = "epochs";
-          stop_ = true;
-        }
+        w->step(/*send_now=*/!lockstep);
+        if (lockstep)
+          stepped.push_back(w);
+        else
+          after_step(*w);
       }
+      // Lockstep: nothing sent in this round was visible to a step of it.
+      for (Worker* w : stepped)
+        w->send_due();
+      for (Worker* w : stepped)
+        after_step(*w);
       if (!stop_) checkpoint_round_deterministic();
       if (!any && workers_.front()->steps() >= workers_.front()->max_steps()) break;
     }
@@ -1272,6 +1291,7 @@ void write_summary(const std::string& path, const TrainConfig& c, const TrainRes
       {"message_size", c.message_size},
       {"send_interval", c.send_interval},
       {"deterministic", c.deterministic},
+      {"step_order", std::string(to_string(c.step_order))},
       {"balance", std::string(to_string(resolved_balance(c)))},
       {"rho", c.rho},
       {"compute_share", c.compute_share},

@@ -120,7 +120,7 @@ void Worker::compute_gradient() {
   model_->loss_and_gradient(params_.data(), batch, grad_.data(), loss_.data(), stream_);
 }
 
-void Worker::step() {
+void Worker::step(bool send_now) {
   TraceScope scope(trace_, "step", {"step", steps_});
   {
     TraceScope gradient(trace_, "gradient");
@@ -132,10 +132,11 @@ void Worker::step() {
     sgd_step(stream_, n_, lr_, grad_.data(), params_.data());
   }
   ++steps_;
-  if (communicates(config_.algorithm) && transport_) send_due();
+  if (send_now && communicates(config_.algorithm) && transport_) send_due();
 }
 
 void Worker::send_due() {
+  if (!communicates(config_.algorithm) || !transport_) return;
   const int workers = transport_->size();
   if (workers < 2) return;
   if (board_ && per_peer_settings_) {

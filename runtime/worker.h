@@ -78,8 +78,11 @@ class Worker {
     per_peer_settings_ = per_peer_settings;
   }
 
-  // One step of asgd, asgd-nofilter, simu or local.
-  void step();
+  // One step of asgd, asgd-nofilter, simu or local; with send_now false the message that the
+  // schedule has due is left for send_due() (deterministic lockstep rounds).
+  void step(bool send_now = true);
+  // Sends what the schedule has due at the current step.
+  void send_due();
   // sync: the two halves of a step around the gradient exchange.
   void compute_gradient();
   void apply_mean_gradient(const std::vector<Worker*>& all);
@@ -131,7 +134,6 @@ class Worker {
 
  private:
   void exchange_and_update();
-  void send_due();
   int choose_peer();
   // Sends `message` elements from `cursor` (which then moves on, wrapping) to `peer`.
   void send(int peer, std::int64_t message, std::int64_t& cursor);

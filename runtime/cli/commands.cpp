@@ -46,6 +46,7 @@ int run_train(CLI::App& cmd, TrainOptions& o) {
   if (cmd.count("--straggler")) c.straggler = parse_straggler(o.straggler);
   if (cmd.count("--adversary")) c.adversary = parse_adversary(o.adversary);
   if (cmd.count("--transport")) c.transport = parse_transport(o.transport);
+  if (cmd.count("--step-order")) c.step_order = parse_step_order(o.step_order);
   if (cmd.count("--balance")) c.balance = parse_balance(o.balance);
   if (cmd.count("--peers")) c.peer_choice = parse_peer_choice(o.peers);
   if (cmd.count("--link-change")) parse_link_change(o.link_change, c.links);
@@ -225,6 +226,11 @@ void add_train_command(CLI::App& app, TrainOptions& o) {
                   "negate, nan), for experiments on the filter");
   cmd->add_flag("--deterministic", c.deterministic,
                 "one thread steps the workers in a fixed seeded order; bit-for-bit repeatable");
+  cmd->add_option("--step-order", o.step_order,
+                  "with --deterministic: shuffled (workers one after another, each seeing what "
+                  "earlier ones sent in the round) | lockstep (every worker steps on the previous "
+                  "round's messages, as concurrent workers do)")
+      ->capture_default_str();
   cmd->add_option("--transport", o.transport,
                   "auto | local | mpi | nccl (auto: mpi under mpirun with several ranks)")
       ->capture_default_str();

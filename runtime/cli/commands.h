@@ -22,6 +22,7 @@ struct TrainOptions {
   std::string straggler;
   std::string adversary;
   std::string transport = "auto";
+  std::string step_order = "shuffled";
   std::string balance;
   std::string peers = "uniform";
   std::string link_change;

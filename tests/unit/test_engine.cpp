@@ -145,6 +145,59 @@ TEST(DeterministicTest, FilterIsActive) {
   EXPECT_EQ(direction, r.messages_rejected_direction);
 }
 
+// Lockstep rounds: every worker steps on the previous round's messages, so with whole states
+// sent every step each message is exactly one round old when it is used, and every round but
+// the first brings each worker exactly one.
+TEST(DeterministicTest, LockstepUsesEveryMessageOneRoundLater) {
+  TrainConfig c = engine_config(Algorithm::kAsgdNoFilter, 2);
+  c.deterministic = true;
+  c.step_order = StepOrder::kLockstep;
+  c.epochs = 1;
+  const TrainResult r = train(c, testing::separable_train_test());
+  ASSERT_EQ(r.worker_final.size(), 2u);
+  for (const EvalPoint& p : r.worker_final) {
+    SCOPED_TRACE(p.worker);
+    EXPECT_GT(p.step, 10);
+    EXPECT_EQ(p.messages_received, p.step - 1);
+    EXPECT_EQ(p.messages_sent, p.step);
+    EXPECT_EQ(p.mean_step_gap, 0.0);  // exact: every gap is 0
+  }
+  // Shuffled rounds: the worker that steps second sees the first one's state of this round
+  // (a gap of -1), so the gaps sum below zero.
+  c.step_order = StepOrder::kShuffled;
+  const TrainResult s = train(c, testing::separable_train_test());
+  double gap_sum = 0;
+  for (const EvalPoint& p : s.worker_final)
+    gap_sum += p.mean_step_gap * static_cast<double>(p.messages_received);
+  EXPECT_LT(gap_sum, -0.5);
+}
+
+TEST(DeterministicTest, LockstepIsRepeatableAndDiffersFromShuffled) {
+  TrainConfig c = engine_config(Algorithm::kAsgd, 3);
+  c.deterministic = true;
+  c.step_order = StepOrder::kLockstep;
+  c.message_size = 100;  // partial messages rotating over the state
+  c.straggler = {2, 2.0};
+  const auto a = observe(c);
+  EXPECT_EQ(observe(c), a);  // exact, not approximate
+  c.step_order = StepOrder::kShuffled;
+  EXPECT_NE(observe(c), a);
+}
+
+TEST(DeterministicTest, StepOrderWithoutDeterministicIsAnInputError) {
+  TrainConfig c = engine_config(Algorithm::kAsgd, 2);
+  c.step_order = StepOrder::kLockstep;
+  try {
+    train(c, testing::separable_train_test());
+    ADD_FAILURE() << "no error";
+  } catch (const InputError& e) {
+    EXPECT_THAT(e.what(), HasSubstr("--deterministic"));
+  }
+  EXPECT_EQ(parse_step_order("lockstep"), StepOrder::kLockstep);
+  EXPECT_EQ(parse_step_order("shuffled"), StepOrder::kShuffled);
+  EXPECT_THROW(parse_step_order("random"), InputError);
+}
+
 // A model written outside the library: multinomial logistic regression through the public
 // kernels, as examples/02_custom_model does.
 class TinySoftmax final : public Model {

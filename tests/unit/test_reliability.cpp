@@ -58,11 +58,16 @@ std::int64_t random_step(std::int64_t lo, std::int64_t hi) {
 // Interrupted at a random step (a worker fails there; the process is SIGKILLed in
 // tests/cli/kill_resume.sh), then resumed: the run ends bit-identical to an uninterrupted one.
 TEST(ResumeTest, DeterministicResumeEndsBitIdentical) {
-  for (Algorithm algo : {Algorithm::kAsgd, Algorithm::kAsgdNoFilter, Algorithm::kSync}) {
-    SCOPED_TRACE(std::string(to_string(algo)));
+  const std::pair<Algorithm, StepOrder> cases[] = {{Algorithm::kAsgd, StepOrder::kShuffled},
+                                                   {Algorithm::kAsgdNoFilter, StepOrder::kShuffled},
+                                                   {Algorithm::kSync, StepOrder::kShuffled},
+                                                   {Algorithm::kAsgd, StepOrder::kLockstep}};
+  for (const auto& [algo, order] : cases) {
+    SCOPED_TRACE(std::string(to_string(algo)) + " " + std::string(to_string(order)));
     TempDir dir;
     TrainConfig c = reliability_config(algo);
     c.deterministic = true;
+    c.step_order = order;
     if (algo == Algorithm::kAsgd) c.straggler = {1, 2.0};  // uneven rounds
     c.checkpoint_dir = dir.file("whole");
     const TrainResult whole = run(c);
