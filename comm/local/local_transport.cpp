@@ -134,9 +134,12 @@ void LocalTransport::post(int peer, const MessageHeader& header, const float* da
   }
   buffer->header = header;
   std::memcpy(buffer->payload.data(), data, static_cast<std::size_t>(header.length) * sizeof(float));
+  bool wake = false;
   {
     std::lock_guard<std::mutex> lock(mutex_);
     Link& l = link_at(from, peer);
+    const double t = now();
+    advance(l, t);  // what the link has started by now is no longer in the queue
     if (static_cast<int>(l.queue.size()) >= options_.queue_capacity) {
       // Stale states are worth less than fresh ones: the oldest unsent one makes room.
       l.pool.push_back(std::move(l.queue.front().message));
@@ -145,11 +148,35 @@ void LocalTransport::post(int peer, const MessageHeader& header, const float* da
     }
     Pending p;
     p.message = std::move(buffer);
-    p.ready_s = now();
+    p.ready_s = t;
     l.queue.push_back(std::move(p));
-    ++generation_;
+    advance(l, t);  // an idle link starts it at once
+    // Each wake-up of the thread takes a core from the workers (on a VM, also a trip through
+    // the hypervisor), so it is woken only when this message arrives before the time it
+    // already sleeps until. A message still queued starts when the one ahead of it is sent,
+    // before that one arrives, when the thread is awake anyway.
+    const bool started = l.queue.empty();
+    if (!waiting_ || (started && l.in_flight.back().arrive_s < wake_at_s_)) {
+      ++generation_;
+      wake = waiting_;
+    }
   }
-  wake_.notify_all();
+  if (wake) wake_.notify_all();
+}
+
+void LocalTransport::advance(Link& l, double t) {
+  // In virtual time, so a late pass does not slow the link.
+  while (!l.queue.empty()) {
+    Pending& head = l.queue.front();
+    const double start = std::max(l.busy_until_s, head.ready_s);
+    if (start > t) return;
+    head.start_s = start;
+    l.busy_until_s = start + static_cast<double>(head.message->header.length * sizeof(float)) /
+                                 l.model.bandwidth_bytes_per_s;
+    head.arrive_s = l.busy_until_s + l.model.latency_s;
+    l.in_flight.push_back(std::move(head));
+    l.queue.pop_front();
+  }
 }
 
 void LocalTransport::for_each_unread(
@@ -197,6 +224,7 @@ void LocalTransport::communication_loop() {
     while (!stop_) {
       // Posts that arrive while this pass has the lock released (deliveries copy without it)
       // bump the generation, so the wait below cannot miss them.
+      waiting_ = false;
       const std::uint64_t generation = generation_;
       const double t = now();
       double next = kNever;
@@ -204,22 +232,9 @@ void LocalTransport::communication_loop() {
         for (int to = 0; to < workers_; ++to) {
           if (from == to) continue;
           Link& l = link_at(from, to);
-          // Start queued messages in virtual time, so a late wake-up does not slow the link.
-          while (!l.queue.empty()) {
-            Pending& head = l.queue.front();
-            const double start = std::max(l.busy_until_s, head.ready_s);
-            if (start > t) {
-              next = std::min(next, start);
-              break;
-            }
-            head.start_s = start;
-            l.busy_until_s =
-                start + static_cast<double>(head.message->header.length * sizeof(float)) /
-                            l.model.bandwidth_bytes_per_s;
-            head.arrive_s = l.busy_until_s + l.model.latency_s;
-            l.in_flight.push_back(std::move(head));
-            l.queue.pop_front();
-          }
+          // A message left queued starts when the one ahead has been sent, before that one
+          // arrives: the wake-up for that arrival starts it (no wake-up of its own).
+          advance(l, t);
           // Deliver what has arrived; the copy runs without the lock.
           while (!l.in_flight.empty() && l.in_flight.front().arrive_s <= t) {
             Pending p = std::move(l.in_flight.front());
@@ -233,6 +248,8 @@ void LocalTransport::communication_loop() {
         }
       }
       const auto changed = [&] { return stop_ || generation_ != generation; };
+      waiting_ = true;
+      wake_at_s_ = next;
       if (next == kNever) {
         wake_.wait(lock, changed);
       } else {

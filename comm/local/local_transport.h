@@ -83,6 +83,9 @@ class LocalTransport final : public Transport {
     return *slots_[static_cast<std::size_t>(receiver * workers_ + sender)];
   }
   void deliver(int to, const Message& message, double transfer_s);
+  // Starts, in virtual time, the queued messages of `l` that the link has begun sending by
+  // time t: they move in flight with their arrival times. Called with mutex_ held.
+  static void advance(Link& l, double t);
   void communication_loop();
   void check_pair(int from, int to) const;
 
@@ -97,7 +100,11 @@ class LocalTransport final : public Transport {
   std::vector<Link> links_;   // [from][to]
   std::deque<TransferRecord> transfers_;  // emulated links only: ideal ones take no time
   bool stop_ = false;
-  std::uint64_t generation_ = 0;  // bumped by every post and link change
+  std::uint64_t generation_ = 0;  // bumped by posts the thread must see, and link changes
+  // The communication thread's plan: waiting (until wake_at_s_, kNever: until told), or in a
+  // pass, when every post must bump generation_ so that the pass is repeated.
+  bool waiting_ = false;
+  double wake_at_s_ = 0;
   std::thread thread_;
   ErrorSlot error_;
 };
