@@ -52,6 +52,7 @@ void LocalTransport::set_link(int from, int to, const LinkModel& model) {
   {
     std::lock_guard<std::mutex> lock(mutex_);
     link_at(from, to).model = model;
+    if (!model.ideal()) emulating_.store(true, std::memory_order_relaxed);
     ++generation_;
   }
   wake_.notify_all();
@@ -68,28 +69,55 @@ LinkStats LocalTransport::stats(int from, int to) const {
   LinkStats s;
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    s = link_at(from, to).stats;
+    const Link& l = link_at(from, to);
+    s = l.stats;
+    // Arrived and waiting for their receiver's collect(): done as far as the link is concerned.
+    const double t = now();
+    for (const Pending& p : l.in_flight) {
+      if (p.arrive_s > t) break;  // in order: one link carries one message at a time
+      ++s.delivered;
+      s.bytes_delivered += p.message->header.length * static_cast<std::int64_t>(sizeof(float));
+      s.busy_seconds += p.arrive_s - p.start_s;
+    }
   }
   s.overwritten = slots_[static_cast<std::size_t>(to * workers_ + from)]->overwritten();
   return s;
 }
 
-void LocalTransport::deliver(int to, const Message& message, double transfer_s) {
+void LocalTransport::deliver(int to, const Message& message) {
   MessageSlot::Writer writer(slot(to, message.header.sender));
   Message& out = writer.message();
   out.header = message.header;
   std::memcpy(out.payload.data(), message.payload.data(),
               static_cast<std::size_t>(message.header.length) * sizeof(float));
   writer.publish();
-  std::lock_guard<std::mutex> lock(mutex_);
-  LinkStats& s = link_at(message.header.sender, to).stats;
-  ++s.delivered;
-  const auto bytes = message.header.length * static_cast<std::int64_t>(sizeof(float));
-  s.bytes_delivered += bytes;
-  s.busy_seconds += transfer_s;
-  transfers_.push_back({message.header.sender, to, static_cast<double>(bytes), transfer_s});
-  const auto cap = static_cast<std::size_t>(kMaxTransferRecords * workers_ * workers_);
-  while (transfers_.size() > cap) transfers_.pop_front();
+}
+
+bool LocalTransport::publish_arrived(int from, int to, double t, double cutoff,
+                                     std::unique_lock<std::mutex>& lock) {
+  Link& l = link_at(from, to);
+  if (l.publishing) return false;
+  advance(l, t);
+  while (!l.in_flight.empty() && l.in_flight.front().arrive_s <= cutoff) {
+    Pending p = std::move(l.in_flight.front());
+    l.in_flight.pop_front();
+    const double transfer_s = p.arrive_s - p.start_s;
+    const auto bytes = p.message->header.length * static_cast<std::int64_t>(sizeof(float));
+    ++l.stats.delivered;
+    l.stats.bytes_delivered += bytes;
+    l.stats.busy_seconds += transfer_s;
+    transfers_.push_back({from, to, static_cast<double>(bytes), transfer_s});
+    const auto cap = static_cast<std::size_t>(kMaxTransferRecords * workers_ * workers_);
+    while (transfers_.size() > cap) transfers_.pop_front();
+    // Publishing in order: nobody else takes this link's messages while the lock is released.
+    l.publishing = true;
+    lock.unlock();
+    deliver(to, *p.message);
+    lock.lock();
+    l.publishing = false;
+    l.pool.push_back(std::move(p.message));
+  }
+  return true;
 }
 
 std::vector<TransferRecord> LocalTransport::take_transfers() {
@@ -154,9 +182,9 @@ void LocalTransport::post(int peer, const MessageHeader& header, const float* da
     // Each wake-up of the thread takes a core from the workers (on a VM, also a trip through
     // the hypervisor), so it is woken only when this message arrives before the time it
     // already sleeps until. A message still queued starts when the one ahead of it is sent,
-    // before that one arrives, when the thread is awake anyway.
-    const bool started = l.queue.empty();
-    if (!waiting_ || (started && l.in_flight.back().arrive_s < wake_at_s_)) {
+    // before that one arrives. The receiver's collect() publishes it; the thread, the
+    // fallback, need only be woken when it has nothing planned.
+    if (!waiting_ || wake_at_s_ == kNever) {
       ++generation_;
       wake = waiting_;
     }
@@ -201,6 +229,14 @@ void LocalTransport::restore_receive_state(const std::vector<int>& collect_start
 }
 
 int LocalTransport::collect(int receiver, const Message** out, int max) {
+  if (emulating_.load(std::memory_order_relaxed)) {
+    std::unique_lock<std::mutex> lock(mutex_, std::try_to_lock);
+    if (lock.owns_lock()) {
+      const double t = now();
+      for (int sender = 0; sender < workers_; ++sender)
+        if (sender != receiver) publish_arrived(sender, receiver, t, t, lock);
+    }
+  }
   int n = 0;
   int& start = next_sender_[static_cast<std::size_t>(receiver)];
   int last = start;
@@ -232,21 +268,19 @@ void LocalTransport::communication_loop() {
         for (int to = 0; to < workers_; ++to) {
           if (from == to) continue;
           Link& l = link_at(from, to);
-          // A message left queued starts when the one ahead has been sent, before that one
-          // arrives: the wake-up for that arrival starts it (no wake-up of its own).
-          advance(l, t);
-          // Deliver what has arrived; the copy runs without the lock.
-          while (!l.in_flight.empty() && l.in_flight.front().arrive_s <= t) {
-            Pending p = std::move(l.in_flight.front());
-            l.in_flight.pop_front();
-            lock.unlock();
-            deliver(to, *p.message, p.arrive_s - p.start_s);
-            lock.lock();
-            link_at(from, to).pool.push_back(std::move(p.message));
+          // What the receiver has left uncollected for the grace period.
+          if (!publish_arrived(from, to, t, t - kPullGrace_s, lock)) {
+            next = std::min(next, t + kPullGrace_s);  // being published; look again
+            continue;
           }
-          if (!l.in_flight.empty()) next = std::min(next, l.in_flight.front().arrive_s);
+          if (!l.in_flight.empty())
+            next = std::min(next, l.in_flight.front().arrive_s + kPullGrace_s);
+          else if (!l.queue.empty())  // cannot stay: one in flight set its start
+            next = std::min(next, t + kPullGrace_s);
         }
       }
+      // At most one pass per grace period while messages flow.
+      if (next != kNever) next = std::max(next, t + kPullGrace_s);
       const auto changed = [&] { return stop_ || generation_ != generation; };
       waiting_ = true;
       wake_at_s_ = next;

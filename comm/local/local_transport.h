@@ -5,12 +5,20 @@
 // overlaps). So slow and uneven networks can be studied on one machine.
 //
 // Ideal links (infinite bandwidth, no latency), and every link in deterministic mode, deliver
-// inside post() on the sender's thread. Emulated links are served by one communication thread
-// that sleeps until the next delivery is due.
+// inside post() on the sender's thread. On emulated links a message that has arrived (in
+// virtual time: when the link would have carried it) is published by its receiver's next
+// collect(), or, if the receiver has not collected within kPullGrace_s of the arrival, by a
+// communication thread that wakes at most once per grace period. A receiver sees a message at
+// the same collect() either way; publishing each one from a thread woken for it cost the
+// workers about a tenth of their throughput on the 2-core development VM, where a wake-up
+// costs tens of microseconds.
 //
-// Thread-safety: as Transport; set_link() from any thread.
+// Thread-safety: as Transport; set_link() from any thread. collect() never waits for a
+// transfer: it publishes arrived messages only if the transport's lock is free at once
+// (try-lock) and then holds it only for bookkeeping, never during a copy.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -50,6 +58,9 @@ class LocalTransport final : public Transport {
 
   // Seconds since the transport was created (the clock of send times and deliveries).
   double now() const;
+  // How long an arrived message may wait for its receiver's collect() before the
+  // communication thread publishes it.
+  static constexpr double kPullGrace_s = 2e-3;
 
   // Deterministic mode only (one thread drives every worker): what a checkpoint keeps so that
   // a resumed run reads exactly what the uninterrupted one would — each delivered message no
@@ -73,6 +84,7 @@ class LocalTransport final : public Transport {
     std::vector<std::unique_ptr<Message>> pool;
     double busy_until_s = 0;
     LinkStats stats;
+    bool publishing = false;  // a thread is copying one of its messages out (lock released)
   };
 
   Link& link_at(int from, int to) { return links_[static_cast<std::size_t>(from * workers_ + to)]; }
@@ -82,7 +94,13 @@ class LocalTransport final : public Transport {
   MessageSlot& slot(int receiver, int sender) {
     return *slots_[static_cast<std::size_t>(receiver * workers_ + sender)];
   }
-  void deliver(int to, const Message& message, double transfer_s);
+  // Copies `message` into the receiver's slot and publishes it (no lock held).
+  void deliver(int to, const Message& message);
+  // Publishes, oldest first, the messages of from->to that arrived by `cutoff`; `lock` holds
+  // mutex_ and is released around each copy. Returns false when another thread is publishing
+  // on that link (it will publish them, in order).
+  bool publish_arrived(int from, int to, double t, double cutoff,
+                       std::unique_lock<std::mutex>& lock);
   // Starts, in virtual time, the queued messages of `l` that the link has begun sending by
   // time t: they move in flight with their arrival times. Called with mutex_ held.
   static void advance(Link& l, double t);
@@ -104,6 +122,7 @@ class LocalTransport final : public Transport {
   // The communication thread's plan: waiting (until wake_at_s_, kNever: until told), or in a
   // pass, when every post must bump generation_ so that the pass is repeated.
   bool waiting_ = false;
+  std::atomic<bool> emulating_{false};  // some link is emulated: collect() publishes arrivals
   double wake_at_s_ = 0;
   std::thread thread_;
   ErrorSlot error_;
