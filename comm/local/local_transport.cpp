@@ -108,7 +108,8 @@ bool LocalTransport::publish_arrived(int from, int to, double t, double cutoff,
     l.stats.busy_seconds += transfer_s;
     transfers_.push_back({from, to, static_cast<double>(bytes), transfer_s});
     const auto cap = static_cast<std::size_t>(kMaxTransferRecords * workers_ * workers_);
-    while (transfers_.size() > cap) transfers_.pop_front();
+    while (transfers_.size() > cap)
+      transfers_.pop_front();
     // Publishing in order: nobody else takes this link's messages while the lock is released.
     l.publishing = true;
     lock.unlock();

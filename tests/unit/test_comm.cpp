@@ -131,7 +131,8 @@ TEST(LocalTransportTest, EmulatedLinksPublishInOrderWhileTheReceiverCollects) {
   constexpr int kPosts = 3000;
   constexpr std::int64_t kLength = 256;
   LocalTransport t(3, {kLength, 2, false});
-  for (int from : {0, 1}) t.set_link(from, 2, {1e9, 20e-6});
+  for (int from : {0, 1})
+    t.set_link(from, 2, {1e9, 20e-6});
   std::vector<std::thread> senders;
   for (int from : {0, 1})
     senders.emplace_back([&t, from] {
@@ -163,7 +164,8 @@ TEST(LocalTransportTest, EmulatedLinksPublishInOrderWhileTheReceiverCollects) {
       ++taken;
     }
   }
-  for (auto& s : senders) s.join();
+  for (auto& s : senders)
+    s.join();
   EXPECT_EQ(torn, 0);
   EXPECT_EQ(out_of_order, 0);
   EXPECT_GT(taken, 2);
