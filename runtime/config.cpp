@@ -215,6 +215,7 @@ const std::map<std::string, Setter>& setters() {
          c.transport = parse_transport(get_as<std::string>(p, k, n, "a string"));
        })},
       {"peer-timeout", number(&TrainConfig::peer_timeout_s)},
+      {"comm-poll", number(&TrainConfig::comm_poll_s)},
       {"balance", custom([](auto& p, auto& k, auto& n, TrainConfig& c) {
          c.balance = parse_balance(get_as<std::string>(p, k, n, "a string"));
        })},
@@ -572,6 +573,9 @@ void validate(const TrainConfig& c) {
                      c.min_interval, c.max_interval);
   if (!(c.peer_timeout_s > 0.0))
     ASGD_INPUT_ERROR("--peer-timeout must be positive, got {}", c.peer_timeout_s);
+  if (!(c.comm_poll_s >= 0.0 && c.comm_poll_s <= 1.0))
+    ASGD_INPUT_ERROR("--comm-poll must lie in [0, 1] seconds (0: chosen by the cores), got {}",
+                     c.comm_poll_s);
   for (std::size_t i = 0; i < c.faults.size(); ++i)
     for (std::size_t j = 0; j < i; ++j)
       if (c.faults[i].on_wire() && c.faults[j].on_wire() && c.faults[i].worker == c.faults[j].worker)

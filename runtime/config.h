@@ -167,6 +167,9 @@ struct TrainConfig {
   std::int64_t max_interval = 1000;  // steps
   PeerChoice peer_choice = PeerChoice::kUniform;
   double peer_timeout_s = 120;  // multi-process: how long to wait for a silent peer at the end
+  // Multi-process: the MPI communication thread's idle poll period, seconds (0: by the cores
+  // left for it, see idle_poll_seconds() in comm/mpi/mpi_transport.h).
+  double comm_poll_s = 0;
   // Reliability.
   DivergencePolicy on_divergence = DivergencePolicy::kStop;
   float divergence_lr_factor = 0.5f;  // step size multiplier at each restore

@@ -1010,6 +1010,10 @@ class Run {
     o.queue_capacity = c_.queue_capacity;
     o.model = {w.parameter_count(), w.model().fingerprint()};
     o.peer_timeout_s = c_.peer_timeout_s;
+    o.idle_poll_s = c_.comm_poll_s > 0
+                        ? c_.comm_poll_s
+                        : idle_poll_seconds(static_cast<int>(std::thread::hardware_concurrency()),
+                                            session.local_size(), c_.threads);
     o.trace = &trace_;
     for (const Fault& f : c_.faults)
       if (f.on_wire() && f.worker == place_.rank) {

@@ -14,12 +14,11 @@ constexpr int kMaxProbesPerPass = 64;
 // so it polls fast only where polling moves data: while chunks are being received (the
 // receiver's MPI calls do the copy) or its sends are backed up. A peer that stalls must not
 // keep it spinning, so after kStalledAfter_s without progress it slows to kStalledSleep_s.
-// Otherwise it looks for arrivals every kIdleSleep_s (woken at once by post()): a message
-// then waits on average half of that before its receive starts, well under a training step.
+// Otherwise it looks for arrivals every options.idle_poll_s (woken at once by post()): a
+// message then waits on average half of that before its receive starts.
 constexpr double kBusySleep_s = 20e-6;
 constexpr double kStalledAfter_s = 2e-3;
 constexpr double kStalledSleep_s = 200e-6;
-constexpr double kIdleSleep_s = 400e-6;
 constexpr int kMaxInFlight = 2;  // messages per peer handed to MPI at once
 
 // kForgeLength: a length other than the true one that stays within bounds, so that nothing but
@@ -35,6 +34,11 @@ void forge_length(WireHeader& h, std::int64_t parameters) {
 }
 
 }  // namespace
+
+double idle_poll_seconds(int cores, int local_ranks, int threads_per_rank) {
+  const long busy = static_cast<long>(std::max(local_ranks, 1)) * std::max(threads_per_rank, 1);
+  return cores > busy ? 400e-6 : 2e-3;
+}
 
 WireFaultKind parse_wire_fault(std::string_view name) {
   const WireFaultKind kind = wire_fault_named(name);
@@ -114,6 +118,8 @@ MpiTransport::MpiTransport(const MpiSession& session, const MpiTransportOptions&
                  options.chunk_bytes <= (std::int64_t{1} << 30),
              "chunk_bytes must be a multiple of 4 between 4 KiB and 1 GiB, got {}",
              options.chunk_bytes);
+  ASGD_CHECK(options.idle_poll_s > 0 && options.idle_poll_s <= 1,
+             "idle_poll_s must lie in (0, 1] seconds, got {}", options.idle_poll_s);
   ASGD_CHECK(options.model.parameters >= options.max_message,
              "messages of {} elements for a model of {} parameters", options.max_message,
              options.model.parameters);
@@ -713,7 +719,7 @@ void MpiTransport::communication_loop() {
                static_cast<int>(p.in_flight.size()) >= kMaxInFlight;
       }
       if (!busy)
-        idle_s = kIdleSleep_s;
+        idle_s = options_.idle_poll_s;
       else
         idle_s = t - last_progress_s < kStalledAfter_s ? kBusySleep_s : kStalledSleep_s;
       std::unique_lock<std::mutex> lock(mutex_);

@@ -290,6 +290,20 @@ TEST(MpiTransport, EmulatedLinkDelaysButDeliversEverything) {
   t.finish(false);
 }
 
+// The idle poll: fast only where the communication thread has a core of its own.
+TEST(MpiTransport, IdlePollIsSlowWhereTheComputeHasEveryCore) {
+  EXPECT_EQ(idle_poll_seconds(2, 2, 1), 2e-3);   // the development VM under mpirun -np 2
+  EXPECT_EQ(idle_poll_seconds(16, 4, 4), 2e-3);  // 16 compute threads on 16 cores
+  EXPECT_EQ(idle_poll_seconds(16, 4, 1), 400e-6);
+  EXPECT_EQ(idle_poll_seconds(3, 2, 1), 400e-6);
+  EXPECT_EQ(idle_poll_seconds(0, 1, 1), 2e-3);  // unknown core count: assume none to spare
+  MpiTransportOptions o;
+  o.max_message = 4;
+  o.model = {4, 1};
+  o.idle_poll_s = 0;
+  EXPECT_THROW(MpiTransport(MpiSession::get(), o), Error);
+}
+
 // --- fault injection (MpiTransportOptions::fault) -----------------------------------------
 
 TEST(WireFault, EveryKindParsesFromItsNameAndAnythingElseIsAnInputError) {
