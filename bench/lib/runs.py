@@ -53,7 +53,7 @@ def machine():
             "python": platform.python_version()}
 
 
-def commit():
+def _read_commit():
     if os.environ.get("ASGD_GIT_COMMIT"):  # a copy of the tree without .git names its commit
         return os.environ["ASGD_GIT_COMMIT"]
     out = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short=12", "HEAD"],
@@ -61,6 +61,15 @@ def commit():
     dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"],
                            capture_output=True, text=True).stdout.strip()
     return (out or "unknown") + ("-dirty" if dirty else "")
+
+
+# Read when the benchmark starts: by the time it writes its results it has rewritten tracked
+# files (its earlier JSON and PNGs), and the tree would always read as dirty.
+_COMMIT_AT_START = _read_commit()
+
+
+def commit():
+    return _COMMIT_AT_START
 
 
 def write_result(path, benchmark, payload):
