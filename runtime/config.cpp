@@ -162,8 +162,14 @@ const std::map<std::string, Setter>& setters() {
       {"algo", custom([](auto& p, auto& k, auto& n, TrainConfig& c) {
          c.algorithm = parse_algorithm(get_as<std::string>(p, k, n, "a string"));
        })},
-      {"message-size", integer(&TrainConfig::message_size)},
-      {"send-interval", integer(&TrainConfig::send_interval)},
+      {"message-size", custom([](auto& p, auto& k, auto& n, TrainConfig& c) {
+         c.message_size = get_as<std::int64_t>(p, k, n, "an integer");
+         c.schedule_given = true;
+       })},
+      {"send-interval", custom([](auto& p, auto& k, auto& n, TrainConfig& c) {
+         c.send_interval = get_as<std::int64_t>(p, k, n, "an integer");
+         c.schedule_given = true;
+       })},
       {"queue-capacity", custom([](auto& p, auto& k, auto& n, TrainConfig& c) {
          c.queue_capacity = get_int(p, k, n);
        })},
@@ -365,7 +371,8 @@ std::string_view to_string(PeerChoice c) {
 
 BalanceMode resolved_balance(const TrainConfig& c) {
   if (c.balance != BalanceMode::kDefault) return c.balance;
-  const bool fixed = c.message_size != 0 || c.send_interval != 1 || c.deterministic;
+  const bool fixed =
+      c.schedule_given || c.message_size != 0 || c.send_interval != 1 || c.deterministic;
   return fixed ? BalanceMode::kOff : BalanceMode::kAuto;
 }
 

@@ -140,6 +140,9 @@ struct TrainConfig {
   Algorithm algorithm = Algorithm::kAsgd;
   std::int64_t message_size = 0;  // elements per message; 0 = the whole state
   std::int64_t send_interval = 1;  // k: steps between sends
+  // --message-size or --send-interval was given (command line or config file), even at its
+  // default value: the user chose a fixed schedule, so the balancer's default is off.
+  bool schedule_given = false;
   int queue_capacity = 2;          // unsent messages per peer before the oldest is superseded
   MergeSpec merge;
   float window = 4.0f;  // r of the Parzen window; +inf = bare direction test

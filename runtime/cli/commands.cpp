@@ -46,6 +46,7 @@ int run_train(CLI::App& cmd, TrainOptions& o) {
   if (cmd.count("--straggler")) c.straggler = parse_straggler(o.straggler);
   if (cmd.count("--adversary")) c.adversary = parse_adversary(o.adversary);
   if (cmd.count("--transport")) c.transport = parse_transport(o.transport);
+  if (cmd.count("--message-size") || cmd.count("--send-interval")) c.schedule_given = true;
   if (cmd.count("--step-order")) c.step_order = parse_step_order(o.step_order);
   if (cmd.count("--balance")) c.balance = parse_balance(o.balance);
   if (cmd.count("--peers")) c.peer_choice = parse_peer_choice(o.peers);

@@ -196,6 +196,21 @@ TEST_F(ConfigFileTest, SetsEveryKindOfValue) {
   EXPECT_EQ(c.data.normalize, Normalize::kNone);
 }
 
+// A schedule typed at its default values (the whole state, every step) is still a fixed
+// schedule: the balancer stays off unless asked for.
+TEST_F(ConfigFileTest, AScheduleGivenAtItsDefaultsTurnsTheBalancerOff) {
+  TrainConfig c;
+  EXPECT_EQ(resolved_balance(c), BalanceMode::kAuto);
+  apply_config_file(write("send-interval = 1\n"), c);
+  EXPECT_TRUE(c.schedule_given);
+  EXPECT_EQ(resolved_balance(c), BalanceMode::kOff);
+  TrainConfig m;
+  apply_config_file(write("message-size = 0\n"), m);
+  EXPECT_EQ(resolved_balance(m), BalanceMode::kOff);
+  apply_config_file(write("balance = \"auto\"\n"), m);
+  EXPECT_EQ(resolved_balance(m), BalanceMode::kAuto);  // asked for explicitly
+}
+
 TEST_F(ConfigFileTest, UnknownKeyNamesFileLineAndKey) {
   TrainConfig c;
   const std::string path = write("lr = 0.2\nlearning_rate = 0.1\n");
