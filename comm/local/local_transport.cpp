@@ -84,12 +84,11 @@ LinkStats LocalTransport::stats(int from, int to) const {
   return s;
 }
 
-void LocalTransport::deliver(int to, const Message& message) {
-  MessageSlot::Writer writer(slot(to, message.header.sender));
+void LocalTransport::deliver(int to, const MessageHeader& header, const float* data) {
+  MessageSlot::Writer writer(slot(to, header.sender));
   Message& out = writer.message();
-  out.header = message.header;
-  std::memcpy(out.payload.data(), message.payload.data(),
-              static_cast<std::size_t>(message.header.length) * sizeof(float));
+  out.header = header;
+  std::memcpy(out.payload.data(), data, static_cast<std::size_t>(header.length) * sizeof(float));
   writer.publish();
 }
 
@@ -113,7 +112,7 @@ bool LocalTransport::publish_arrived(int from, int to, double t, double cutoff,
     // Publishing in order: nobody else takes this link's messages while the lock is released.
     l.publishing = true;
     lock.unlock();
-    deliver(to, *p.message);
+    deliver(to, p.message->header, p.message->payload.data());
     lock.lock();
     l.publishing = false;
     l.pool.push_back(std::move(p.message));
@@ -150,11 +149,7 @@ void LocalTransport::post(int peer, const MessageHeader& header, const float* da
     }
   }
   if (!buffer) {
-    MessageSlot::Writer writer(slot(peer, from));
-    Message& out = writer.message();
-    out.header = header;
-    std::memcpy(out.payload.data(), data, static_cast<std::size_t>(header.length) * sizeof(float));
-    writer.publish();
+    deliver(peer, header, data);
     std::lock_guard<std::mutex> lock(mutex_);
     LinkStats& s = link_at(from, peer).stats;
     ++s.delivered;
@@ -181,13 +176,12 @@ void LocalTransport::post(int peer, const MessageHeader& header, const float* da
     l.queue.push_back(std::move(p));
     advance(l, t);  // an idle link starts it at once
     // Each wake-up of the thread takes a core from the workers (on a VM, also a trip through
-    // the hypervisor), so it is woken only when this message arrives before the time it
-    // already sleeps until. A message still queued starts when the one ahead of it is sent,
-    // before that one arrives. The receiver's collect() publishes it; the thread, the
-    // fallback, need only be woken when it has nothing planned.
-    if (!waiting_ || wake_at_s_ == kNever) {
+    // the hypervisor). The receiver's collect() publishes the message; the thread, the
+    // fallback, is woken only when it sleeps with nothing planned, and a pass under way is
+    // told to look again.
+    if (thread_state_ != ThreadState::kPlanned) {
       ++generation_;
-      wake = waiting_;
+      wake = thread_state_ == ThreadState::kIdle;
     }
   }
   if (wake) wake_.notify_all();
@@ -261,7 +255,7 @@ void LocalTransport::communication_loop() {
     while (!stop_) {
       // Posts that arrive while this pass has the lock released (deliveries copy without it)
       // bump the generation, so the wait below cannot miss them.
-      waiting_ = false;
+      thread_state_ = ThreadState::kInPass;
       const std::uint64_t generation = generation_;
       const double t = now();
       double next = kNever;
@@ -274,17 +268,16 @@ void LocalTransport::communication_loop() {
             next = std::min(next, t + kPullGrace_s);  // being published; look again
             continue;
           }
+          // A queued message starts before the one in flight ahead of it arrives, so the
+          // arrivals are the whole plan.
           if (!l.in_flight.empty())
             next = std::min(next, l.in_flight.front().arrive_s + kPullGrace_s);
-          else if (!l.queue.empty())  // cannot stay: one in flight set its start
-            next = std::min(next, t + kPullGrace_s);
         }
       }
       // At most one pass per grace period while messages flow.
       if (next != kNever) next = std::max(next, t + kPullGrace_s);
       const auto changed = [&] { return stop_ || generation_ != generation; };
-      waiting_ = true;
-      wake_at_s_ = next;
+      thread_state_ = next == kNever ? ThreadState::kIdle : ThreadState::kPlanned;
       if (next == kNever) {
         wake_.wait(lock, changed);
       } else {

@@ -94,8 +94,8 @@ class LocalTransport final : public Transport {
   MessageSlot& slot(int receiver, int sender) {
     return *slots_[static_cast<std::size_t>(receiver * workers_ + sender)];
   }
-  // Copies `message` into the receiver's slot and publishes it (no lock held).
-  void deliver(int to, const Message& message);
+  // Copies a message into the receiver's slot and publishes it (no lock held).
+  void deliver(int to, const MessageHeader& header, const float* data);
   // Publishes, oldest first, the messages of from->to that arrived by `cutoff`; `lock` holds
   // mutex_ and is released around each copy. Returns false when another thread is publishing
   // on that link (it will publish them, in order).
@@ -113,17 +113,17 @@ class LocalTransport final : public Transport {
   std::vector<std::unique_ptr<MessageSlot>> slots_;  // [receiver][sender]
   std::vector<int> next_sender_;                     // per receiver: where collect() starts
 
-  mutable std::mutex mutex_;  // links_ (all fields), transfers_, stop_
+  mutable std::mutex mutex_;  // links_ (all fields), transfers_, stop_, generation_, thread_state_
   std::condition_variable wake_;
   std::vector<Link> links_;   // [from][to]
   std::deque<TransferRecord> transfers_;  // emulated links only: ideal ones take no time
   bool stop_ = false;
   std::uint64_t generation_ = 0;  // bumped by posts the thread must see, and link changes
-  // The communication thread's plan: waiting (until wake_at_s_, kNever: until told), or in a
-  // pass, when every post must bump generation_ so that the pass is repeated.
-  bool waiting_ = false;
+  // The communication thread: in a pass (a post bumps generation_ so that it looks again),
+  // asleep until a planned time, or asleep with nothing planned (a post wakes it).
+  enum class ThreadState { kInPass, kPlanned, kIdle };
+  ThreadState thread_state_ = ThreadState::kInPass;
   std::atomic<bool> emulating_{false};  // some link is emulated: collect() publishes arrivals
-  double wake_at_s_ = 0;
   std::thread thread_;
   ErrorSlot error_;
 };

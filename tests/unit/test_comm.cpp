@@ -147,7 +147,7 @@ TEST(LocalTransportTest, EmulatedLinksPublishInOrderWhileTheReceiverCollects) {
       }
     });
   std::int64_t last[2] = {0, 0};
-  int torn = 0, out_of_order = 0, taken = 0;
+  int torn = 0, out_of_order = 0;
   while (last[0] < kPosts || last[1] < kPosts) {
     const Message* got[2];
     const int n = t.collect(2, got, 2);
@@ -161,14 +161,12 @@ TEST(LocalTransportTest, EmulatedLinksPublishInOrderWhileTheReceiverCollects) {
         }
       if (h.sender_step <= last[h.sender]) ++out_of_order;
       last[h.sender] = h.sender_step;
-      ++taken;
     }
   }
   for (auto& s : senders)
     s.join();
   EXPECT_EQ(torn, 0);
   EXPECT_EQ(out_of_order, 0);
-  EXPECT_GT(taken, 2);
   for (int from : {0, 1}) {
     const LinkStats s = t.stats(from, 2);
     EXPECT_EQ(s.posted, kPosts);
