@@ -18,4 +18,4 @@ configure_package_config_file(cmake/asgdConfig.cmake.in
 write_basic_package_version_file("${CMAKE_BINARY_DIR}/asgdConfigVersion.cmake"
   COMPATIBILITY SameMinorVersion)
 install(FILES "${CMAKE_BINARY_DIR}/asgdConfig.cmake" "${CMAKE_BINARY_DIR}/asgdConfigVersion.cmake"
-  cmake/FindOpenBLAS.cmake cmake/FindXXHash.cmake DESTINATION ${ASGD_INSTALL_CMAKEDIR})
+  cmake/FindOpenBLAS.cmake cmake/FindXXHash.cmake cmake/FindNCCL.cmake DESTINATION ${ASGD_INSTALL_CMAKEDIR})

@@ -17,13 +17,28 @@ struct MessageHeader {
   double send_time_s = 0;        // the sender's steady clock, in seconds
 };
 
-// A header with its payload, in host memory that is page-locked on CUDA builds with a device
-// so that copies to a GPU are asynchronous.
+// A header with its payload: in host memory that is page-locked on CUDA builds with a device
+// (so that copies to a GPU are asynchronous), or, for transports that move payloads from GPU
+// to GPU (the NCCL transport), in the memory of a GPU. Exactly one of the two is allocated.
 struct Message {
   explicit Message(std::int64_t capacity) : payload(static_cast<std::size_t>(capacity)) {}
+  // On `backend`'s device `device` (kHost: the pinned host buffer, as above).
+  Message(std::int64_t capacity, Backend backend, int device) {
+    if (backend == Backend::kHost)
+      payload = PinnedBuffer<float>(static_cast<std::size_t>(capacity));
+    else
+      device_payload = DeviceBuffer<float>(backend, device, static_cast<std::size_t>(capacity));
+  }
   MessageHeader header;
-  PinnedBuffer<float> payload;
-  std::int64_t capacity() const { return static_cast<std::int64_t>(payload.size()); }
+  PinnedBuffer<float> payload;         // host memory (empty when the payload is on a GPU)
+  DeviceBuffer<float> device_payload;  // GPU memory (empty when the payload is on the host)
+
+  bool on_device() const { return !device_payload.empty(); }
+  float* data() { return on_device() ? device_payload.data() : payload.data(); }
+  const float* data() const { return on_device() ? device_payload.data() : payload.data(); }
+  std::int64_t capacity() const {
+    return static_cast<std::int64_t>(on_device() ? device_payload.size() : payload.size());
+  }
 };
 
 }  // namespace asgd

@@ -2,8 +2,9 @@
 
 namespace asgd {
 
-MessageSlot::MessageSlot(std::int64_t capacity) {
-  for (auto& b : buffers_) b = std::make_unique<Message>(capacity);
+MessageSlot::MessageSlot(std::int64_t capacity, Backend backend, int device) {
+  for (auto& b : buffers_)
+    b = std::make_unique<Message>(capacity, backend, device);
 }
 
 bool MessageSlot::Writer::publish() {

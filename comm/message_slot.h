@@ -25,8 +25,9 @@ namespace asgd {
 
 class MessageSlot {
  public:
-  // Buffers for messages of up to `capacity` elements.
-  explicit MessageSlot(std::int64_t capacity);
+  // Buffers for messages of up to `capacity` elements, in pinned host memory or (kCuda) in the
+  // memory of GPU `device`.
+  explicit MessageSlot(std::int64_t capacity, Backend backend = Backend::kHost, int device = 0);
   MessageSlot(const MessageSlot&) = delete;
   MessageSlot& operator=(const MessageSlot&) = delete;
 

@@ -1,5 +1,5 @@
 // The transport interface: how workers' messages move. Written against it, the engine runs
-// unchanged over the in-process transport (comm/local/) and, later, MPI and NCCL.
+// unchanged over the in-process transport (comm/local/), MPI (comm/mpi/) and NCCL (comm/nccl/).
 //
 // Thread-safety: post() may be called concurrently by different senders; collect() only by
 // the receiver's own thread, and it never blocks or takes a lock (the compute path).
@@ -47,6 +47,11 @@ class Transport {
   virtual int size() const = 0;
   // The largest message (elements) the transport carries.
   virtual std::int64_t max_message() const = 0;
+
+  // True when payloads travel in GPU memory (the NCCL transport): post() then also takes data
+  // on the sending worker's GPU, and collect() hands out messages whose payload is on the
+  // receiving worker's GPU (Message::on_device()).
+  virtual bool device_payloads() const { return false; }
 
   // Sends header.length floats at `data` from header.sender to `peer`. The data is copied
   // before post() returns; post() never waits for the link. A full send queue drops its

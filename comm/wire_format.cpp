@@ -135,17 +135,33 @@ EncodedHeader encode_header(const WireHeader& h) {
   return b;
 }
 
-WireError decode_header(const std::byte* b, std::size_t size, const ModelFingerprint& expected,
-                        int source, WireHeader& out) {
+namespace {
+// The checks before any field is believed: the frame is whole and written by this format.
+WireError check_integrity(const std::byte* b, std::size_t size) {
   if (size != kWireHeaderBytes) return WireError::kTruncated;
   if (get<std::uint32_t>(b, 0) != kWireMagic) return WireError::kBadMagic;
   if (get<std::uint16_t>(b, 4) != kWireVersion) return WireError::kBadVersion;
   if (get<std::uint32_t>(b, kHeaderCheckAt) != header_check(b)) return WireError::kHeaderChecksum;
+  const auto kind = get<std::uint16_t>(b, 6);
+  if (kind < static_cast<std::uint16_t>(FrameKind::kState) ||
+      kind > static_cast<std::uint16_t>(FrameKind::kIdle))
+    return WireError::kBadKind;
+  return WireError::kNone;
+}
+}  // namespace
+
+std::int64_t announced_length(const std::byte* b, std::size_t size) {
+  if (check_integrity(b, size) != WireError::kNone) return -1;
+  return get<std::uint16_t>(b, 6) == static_cast<std::uint16_t>(FrameKind::kState)
+             ? get<std::int64_t>(b, 56)
+             : 0;
+}
+
+WireError decode_header(const std::byte* b, std::size_t size, const ModelFingerprint& expected,
+                        int source, WireHeader& out) {
+  if (const WireError e = check_integrity(b, size); e != WireError::kNone) return e;
   WireHeader h;
   const auto kind = get<std::uint16_t>(b, 6);
-  if (kind != static_cast<std::uint16_t>(FrameKind::kState) &&
-      kind != static_cast<std::uint16_t>(FrameKind::kDone))
-    return WireError::kBadKind;
   h.kind = static_cast<FrameKind>(kind);
   if (get<std::uint16_t>(b, 28) != static_cast<std::uint16_t>(ElementType::kFloat32))
     return WireError::kBadKind;

@@ -44,6 +44,7 @@ inline constexpr std::uint16_t kFlagStop = 0x1;
 enum class FrameKind : std::uint16_t {
   kState = 1,  // a range of the sender's state; the payload follows
   kDone = 2,   // the sender sends nothing more (kFlagStop: and asks everyone to stop)
+  kIdle = 3,   // nothing for the receiver in this round (the NCCL transport's rounds only)
 };
 
 enum class ElementType : std::uint16_t { kFloat32 = 1 };
@@ -116,6 +117,13 @@ EncodedHeader encode_header(const WireHeader& header);
 // payload's length and checksum are still to be checked.
 WireError decode_header(const std::byte* bytes, std::size_t size, const ModelFingerprint& expected,
                         int source, WireHeader& out);
+
+// The payload length (elements) a header frame announces: header.length of a kState frame, 0
+// for the kinds without a payload. -1 unless the frame's integrity holds (its size, magic,
+// version, header checksum and kind), so that what it says is what its sender wrote. For a
+// protocol that must take an announced payload off the wire even when the header is rejected
+// for what it says (a wrong model, a stale step): comm/nccl/round_transport.h.
+std::int64_t announced_length(const std::byte* bytes, std::size_t size);
 
 // The payload checksum, fed in pieces (XXH3-64 streaming: the same value as one call over
 // the whole payload).

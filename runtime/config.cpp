@@ -312,7 +312,8 @@ TransportKind parse_transport(std::string_view name) {
   if (name == "local") return TransportKind::kLocal;
   if (name == "mpi") return TransportKind::kMpi;
   if (name == "nccl") return TransportKind::kNccl;
-  ASGD_INPUT_ERROR("unknown transport '{}': expected auto, local, mpi or nccl", name);
+  if (name == "rounds") return TransportKind::kRounds;
+  ASGD_INPUT_ERROR("unknown transport '{}': expected auto, local, mpi, nccl or rounds", name);
 }
 
 std::string_view to_string(TransportKind t) {
@@ -321,6 +322,8 @@ std::string_view to_string(TransportKind t) {
     case TransportKind::kLocal: return "local";
     case TransportKind::kMpi: return "mpi";
     case TransportKind::kNccl: return "nccl";
+    case TransportKind::kRounds:
+      return "rounds";
   }
   return "?";
 }

@@ -29,9 +29,11 @@ bool communicates(Algorithm algorithm);  // asgd and asgd-nofilter exchange stat
 
 // How workers talk. auto: MPI when the process was started by mpirun with more than one
 // rank, else in-process. nccl: GPU to GPU where NCCL and a GPU exist, otherwise MPI (said at
-// start-up).
-enum class TransportKind { kAuto, kLocal, kMpi, kNccl };
-TransportKind parse_transport(std::string_view name);  // "auto", "local", "mpi", "nccl"
+// start-up). rounds: the NCCL transport's protocol with payloads over MPI in host memory, so
+// that it can be run and tested without GPUs (comm/nccl/round_transport.h).
+enum class TransportKind { kAuto, kLocal, kMpi, kNccl, kRounds };
+// "auto", "local", "mpi", "nccl", "rounds"
+TransportKind parse_transport(std::string_view name);
 std::string_view to_string(TransportKind transport);
 // The number of ranks mpirun (Open MPI, MPICH, PMIx) says this process belongs to; 0 when it
 // was not started by a launcher. Reads the environment only: MPI is not initialised.

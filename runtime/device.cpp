@@ -232,6 +232,13 @@ void Event::synchronize() const {
 #endif
 }
 
+bool Event::ready() const {
+#if ASGD_HAVE_CUDA
+  if (native_) return cuda_api::event_query(native_);
+#endif
+  return true;
+}
+
 double Event::elapsed_ms_since(const Event& start) const {
 #if ASGD_HAVE_CUDA
   if (native_ && start.native_) return cuda_api::event_elapsed_ms(start.native_, native_);

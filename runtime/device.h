@@ -108,6 +108,8 @@ class Event {
   void wait_on(const Stream& stream) const;
   // Blocks the host until the event has completed.
   void synchronize() const;
+  // True when the event has completed (without blocking); always true on the host.
+  bool ready() const;
   // Milliseconds between `start` and this event; both must have completed.
   double elapsed_ms_since(const Event& start) const;
 

@@ -176,6 +176,16 @@ void event_synchronize(void* event) {
   ASGD_CHECK_CUDA(cudaEventSynchronize(static_cast<cudaEvent_t>(event)));
 }
 
+bool event_query(void* event) {
+  const cudaError_t e = cudaEventQuery(static_cast<cudaEvent_t>(event));
+  if (e == cudaErrorNotReady) {
+    (void)cudaGetLastError();  // not an error: clear it so that later checks do not see it
+    return false;
+  }
+  ASGD_CHECK_CUDA(e);
+  return true;
+}
+
 float event_elapsed_ms(void* start, void* end) {
   float ms = 0.0f;
   ASGD_CHECK_CUDA(

@@ -33,6 +33,10 @@
 #if ASGD_HAVE_MPI
 #include "comm/mpi/link_bench.h"
 #include "comm/mpi/mpi_transport.h"
+#include "comm/nccl/round_transport.h"
+#if ASGD_HAVE_NCCL
+#include "comm/nccl/nccl_plane.h"
+#endif
 #endif
 
 namespace asgd {
@@ -115,6 +119,11 @@ Placement place(const TrainConfig& c) {
   const int launched = launcher_ranks();
   TransportKind t = c.transport;
   if (t == TransportKind::kAuto) t = launched > 1 ? TransportKind::kMpi : TransportKind::kLocal;
+  if (t != TransportKind::kLocal && launched <= 1 && c.workers > 1)
+    std::fprintf(stderr,
+                 "asgd: --transport %s: not under mpirun, so the %d workers share this "
+                 "process and talk over the in-process transport\n",
+                 std::string(to_string(t)).c_str(), c.workers);
   if (t == TransportKind::kLocal) {
     if (launched > 1)
       ASGD_INPUT_ERROR("--transport local, but mpirun started {} ranks that would each train "
@@ -123,12 +132,6 @@ Placement place(const TrainConfig& c) {
     return {};
   }
 #if ASGD_HAVE_MPI
-  if (t == TransportKind::kNccl) {
-    const char* why = !ASGD_HAVE_NCCL             ? "this build has no NCCL"
-                      : c.backend != Backend::kCuda ? "the workers run on the host backend"
-                                                    : "this version has no NCCL transport yet";
-    std::fprintf(stderr, "asgd: --transport nccl: %s; using the MPI transport\n", why);
-  }
   MpiSession& session = MpiSession::get();
   Placement p;
   p.rank = session.rank();
@@ -1015,15 +1018,72 @@ class Run {
                         : idle_poll_seconds(static_cast<int>(std::thread::hardware_concurrency()),
                                             session.local_size(), c_.threads);
     o.trace = &trace_;
+    const bool rounds =
+        c_.transport == TransportKind::kNccl || c_.transport == TransportKind::kRounds;
+    for (const Fault& f : c_.faults)
+      if (f.on_wire() && rounds && communicates(c_.algorithm))
+        ASGD_INPUT_ERROR(
+            "--fault {}: faults on the wire are injected by the MPI transport; use "
+            "--transport mpi for this experiment",
+            f.kind);
     for (const Fault& f : c_.faults)
       if (f.on_wire() && f.worker == place_.rank) {
         o.fault.kind = parse_wire_fault(f.kind);
         o.fault.every = f.at;
       }
-    mpi_ = std::make_unique<MpiTransport>(session, o);
+    const bool nccl = use_nccl(session, w);
+    if (nccl || (c_.transport == TransportKind::kRounds && communicates(c_.algorithm))) {
+      RoundTransportOptions r;
+      r.max_message = o.max_message;
+      r.queue_capacity = o.queue_capacity;
+      r.model = o.model;
+      r.peer_timeout_s = o.peer_timeout_s;
+      r.idle_poll_s = o.idle_poll_s;
+      r.trace = o.trace;
+      std::unique_ptr<PayloadPlane> plane =
+          nccl ? make_nccl_plane(session, w) : std::make_unique<MpiPayloadPlane>(session);
+      mpi_ = std::make_unique<RoundTransport>(session, r, std::move(plane));
+      result_.transport = nccl ? "nccl" : "rounds";
+    } else {
+      mpi_ = std::make_unique<MpiTransport>(session, o);
+      result_.transport = "mpi";
+    }
     for (int peer = 0; peer < place_.ranks; ++peer)
       if (peer != place_.rank) mpi_->set_link(peer, link_between(c_.links, place_.rank, peer));
     if (communicates(c_.algorithm)) w.attach(mpi_.get());
+  }
+
+  // --transport nccl: NCCL where every rank has a GPU worker and the build has NCCL, otherwise
+  // the MPI transport on every rank (the ranks must agree: they decide together), said once.
+  bool use_nccl(const MpiSession& session, const Worker& w) {
+    if (c_.transport != TransportKind::kNccl || !communicates(c_.algorithm)) return false;
+    const char* why = nullptr;
+    if (!ASGD_HAVE_NCCL)
+      why = "this build has no NCCL (the NCCL library and CUDA toolkit were not found)";
+    else if (w.stream().is_host())
+      why = "the workers run on the host backend (NCCL moves GPU memory: use --backend cuda)";
+    const double missing = distributed::allreduce_max(session, why ? 1.0 : 0.0);
+    if (missing > 0) {
+      // Said once for the reason rank 0 has, and by any rank with another.
+      const std::string root_why = distributed::broadcast_string(session, why ? why : "");
+      if (why && (place_.rank == 0 || root_why != why))
+        std::fprintf(stderr,
+                     "asgd: rank %d: --transport nccl: %s; every rank uses the MPI "
+                     "transport\n",
+                     place_.rank, why);
+      return false;
+    }
+    return true;
+  }
+
+  std::unique_ptr<PayloadPlane> make_nccl_plane(const MpiSession& session, const Worker& w) {
+#if ASGD_HAVE_NCCL
+    return std::make_unique<NcclPayloadPlane>(session, w.stream().device());
+#else
+    (void)session;
+    (void)w;
+    ASGD_THROW("this build has no NCCL");
+#endif
   }
 
   // The balancer's start-up probe across processes: a short ping-pong sweep between every
@@ -1192,7 +1252,7 @@ class Run {
   std::atomic<bool> started_{false};
   std::int64_t decisions_ = 0;  // under mutex_
 #if ASGD_HAVE_MPI
-  std::unique_ptr<MpiTransport> mpi_;
+  std::unique_ptr<RankTransport> mpi_;  // MPI or NCCL: one worker per rank
 #endif
   MetricsLog metrics_;
   ProgressLine progress_;
@@ -1277,8 +1337,8 @@ void write_summary(const std::string& path, const TrainConfig& c, const TrainRes
       {"final_test_accuracy", number_or_null(r.classifier, r.final_test_accuracy)},
       {"final_test_loss", r.final_test_loss},
       {"final_objective", r.final_test_loss},
-      {"time_to_target_s", number_or_null(r.time_to_target_s.has_value(),
-                                          r.time_to_target_s.value_or(0.0))},
+      {"time_to_target_s",
+       number_or_null(r.time_to_target_s.has_value(), r.time_to_target_s.value_or(0.0))},
       {"target_accuracy", number_or_null(c.target_accuracy > 0, c.target_accuracy)},
       {"train_seconds", r.train_seconds},
       {"eval_seconds", r.eval_seconds},
@@ -1300,7 +1360,7 @@ void write_summary(const std::string& path, const TrainConfig& c, const TrainRes
       {"rho", c.rho},
       {"compute_share", c.compute_share},
       {"peers", std::string(to_string(c.peer_choice))},
-      {"transport", launcher_ranks() > 1 ? "mpi" : "local"},
+      {"transport", r.transport},
       {"messages_sent", r.messages_sent},
       {"messages_received", r.messages_received},
       {"messages_accepted", r.messages_accepted},

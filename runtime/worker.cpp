@@ -236,8 +236,10 @@ void Worker::exchange_and_update() {
     trace_.flow_end("message", TraceRecorder::flow_id(h.sender, id_, h.sender_step));
     counters_.step_gap_sum += static_cast<double>(steps_ - h.sender_step);
     counters_.staleness_sum_s += monotonic_seconds() - h.send_time_s;
-    const float* data = messages[i]->payload.data();
-    if (copy_stream_) {
+    const float* data = messages[i]->data();
+    ASGD_CHECK(copy_stream_ || !messages[i]->on_device(),
+               "worker {} on the host got a message in GPU memory", id_);
+    if (copy_stream_) {  // host to device, or device to device (NCCL)
       if (static_cast<int>(receive_.size()) <= used)
         receive_.emplace_back(stream_.backend(), stream_.device(),
                               static_cast<std::size_t>(transport_->max_message()));
@@ -306,17 +308,24 @@ void Worker::send(int peer, std::int64_t message, std::int64_t& cursor) {
   // copy has long finished, so the compute stream never waits for it. (An adversary on the
   // host takes the same path: it must not corrupt its own state.)
   flush_pending_send();
-  if (send_staging_.size() < static_cast<std::size_t>(transport_->max_message()))
-    send_staging_ = PinnedBuffer<float>(static_cast<std::size_t>(transport_->max_message()));
+  // A transport that moves payloads in GPU memory (NCCL) takes the range straight from a
+  // device staging buffer: no round trip through the host. (An adversary keeps the host path.)
+  staging_on_device_ = !stream_.is_host() && transport_->device_payloads() && !adversary;
+  const auto capacity = static_cast<std::size_t>(transport_->max_message());
+  if (staging_on_device_ && send_staging_device_.size() < capacity)
+    send_staging_device_ = DeviceBuffer<float>(stream_.backend(), stream_.device(), capacity);
+  if (!staging_on_device_ && send_staging_.size() < capacity)
+    send_staging_ = PinnedBuffer<float>(capacity);
+  float* staging = staging_on_device_ ? send_staging_device_.data() : send_staging_.data();
   if (copy_stream_) {
     computed_->record(stream_);
     computed_->wait_on(*copy_stream_);
-    params_.download(send_staging_.data(), static_cast<std::size_t>(h.length), *copy_stream_,
+    params_.download(staging, static_cast<std::size_t>(h.length), *copy_stream_,
                      static_cast<std::size_t>(h.offset));
     staged_->record(*copy_stream_);
     staging_in_flight_ = true;
   } else {
-    params_.download(send_staging_.data(), static_cast<std::size_t>(h.length), stream_,
+    params_.download(staging, static_cast<std::size_t>(h.length), stream_,
                      static_cast<std::size_t>(h.offset));
   }
   pending_header_ = h;
@@ -345,6 +354,11 @@ void Worker::corrupt(float* data, std::int64_t length) {
 void Worker::flush_pending_send() {
   if (!send_pending_) return;
   if (staged_) staged_->synchronize();
+  if (staging_on_device_) {
+    transport_->post(pending_peer_, pending_header_, send_staging_device_.data());
+    send_pending_ = false;
+    return;
+  }
   if (config_.adversary.worker == id_) corrupt(send_staging_.data(), pending_header_.length);
   transport_->post(pending_peer_, pending_header_, send_staging_.data());
   send_pending_ = false;
@@ -426,7 +440,14 @@ WorkerState Worker::save_state() {
     s.send_pending = true;
     s.pending_peer = pending_peer_;
     s.pending_header = pending_header_;
-    s.pending_payload.assign(send_staging_.data(), send_staging_.data() + pending_header_.length);
+    if (staging_on_device_) {
+      s.pending_payload.resize(static_cast<std::size_t>(pending_header_.length));
+      if (staged_) staged_->synchronize();
+      send_staging_device_.download(s.pending_payload.data(), s.pending_payload.size(), stream_);
+      stream_.synchronize();
+    } else {
+      s.pending_payload.assign(send_staging_.data(), send_staging_.data() + pending_header_.length);
+    }
   }
   return s;
 }
@@ -504,6 +525,7 @@ void Worker::load_state(const WorkerState& s, bool whole) {
     if (send_staging_.size() < static_cast<std::size_t>(n_))
       send_staging_ = PinnedBuffer<float>(static_cast<std::size_t>(n_));
     std::copy(s.pending_payload.begin(), s.pending_payload.end(), send_staging_.data());
+    staging_on_device_ = false;  // restored into host staging, which every transport takes
     pending_header_ = s.pending_header;
     pending_peer_ = s.pending_peer;
     send_pending_ = true;

@@ -194,16 +194,20 @@ class Worker {
   DeviceBuffer<float> history_;
   DeviceBuffer<std::int64_t> history_seen_;
   DeviceBuffer<std::int64_t> parzen_counters_;
-  // CUDA only: a copy stream beside the compute stream. Received payloads go host-to-device on
-  // it (the compute stream waits for `received_` before the test); the outgoing range goes
-  // device-to-host into pinned staging after `computed_` (the state as of the send), and is
-  // posted one step later once `staged_` has completed. The next update of the state waits
-  // for `staged_`, so the copy never reads a state being overwritten.
+  // CUDA only: a copy stream beside the compute stream. Received payloads go host-to-device
+  // (device-to-device from the NCCL transport) on it (the compute stream waits for `received_`
+  // before the test); the outgoing range goes device-to-host into pinned staging after `computed_`
+  // (the state as of the send), and is posted one step later once `staged_` has completed. The next
+  // update of the state waits for `staged_`, so the copy never reads a state being overwritten.
   std::unique_ptr<Stream> copy_stream_;
   std::vector<DeviceBuffer<float>> receive_;
   std::unique_ptr<Event> received_;
   std::unique_ptr<Event> computed_;
   PinnedBuffer<float> send_staging_;
+  // For a transport that moves payloads in GPU memory: the range goes device to device here
+  // instead, and is posted from here (staging_on_device_ says which staging holds it).
+  DeviceBuffer<float> send_staging_device_;
+  bool staging_on_device_ = false;
   std::unique_ptr<Event> staged_;
   bool staging_in_flight_ = false;
   bool send_pending_ = false;

@@ -14,8 +14,9 @@
 #                device-to-device copy (parzen_bandwidth_cuda.json) and one MLP training step
 #                against PyTorch on the same GPU (mlp_step_cuda.json; needs python3 with a
 #                CUDA build of torch)
-#   --mpi        build the MPI transport too and run the mpi tier, then `mpirun -np 2` and
-#                `-np 4 asgd train --backend cuda` (ranks sharing the GPUs) to 85% given --data,
+#   --mpi        build the MPI transport (and the NCCL one where the machine has NCCL) too and
+#                run the mpi tier, then `mpirun -np 2` and `-np 4 asgd train --backend cuda`
+#                (ranks sharing the GPUs) to 85% given --data, the same with --transport nccl,
 #                and with --bench the MPI transport's bandwidth; Open MPI from the packed
 #                dependencies (pack_gpu_deps.sh --mpi) or the machine's own mpirun
 #   --data DIR   Fashion-MNIST's IDX files (default /usr/share/datasets/fashion-mnist where it
@@ -150,7 +151,7 @@ fi
 # Configure and build everything (the build runs the test binaries to list their tests).
 {
   cmake -S "$repo" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DASGD_CUDA=ON \
-    -DASGD_MPI="$( ((mpi)) && echo ON || echo OFF)" -DASGD_NCCL=OFF -DASGD_BUILD_TESTS=ON -DASGD_BUILD_BENCH="$bench" \
+    -DASGD_MPI="$( ((mpi)) && echo ON || echo OFF)" -DASGD_NCCL="$( ((mpi)) && echo AUTO || echo OFF)" -DASGD_BUILD_TESTS=ON -DASGD_BUILD_BENCH="$bench" \
     "${cmake_args[@]}" "${cmake_extra[@]}" &&
     cmake --build "$build" --parallel "$(nproc)"
 } 2>&1 | tee "$out/gpu_checks_build.log"
@@ -193,6 +194,25 @@ if ((mpi)); then
       fi
       record "mpirun -np $np asgd train --backend cuda (to 85%)" "$rc"
     done
+    # The NCCL transport, GPU to GPU, where the machine has NCCL (its round protocol is tested
+    # on every machine over MPI; RoundTransportNccl in the mpi tier above runs it over NCCL).
+    if grep -q '^#define ASGD_HAVE_NCCL 1' "$build/generated/asgd/config.h" 2>/dev/null; then
+      {
+        timeout 300 mpirun --oversubscribe --bind-to none -np 2 "$build/bin/asgd" train \
+          --backend cuda --transport nccl --dataset "idx:$data" --model mlp --hidden 256,256 \
+          --batch 64 --lr 0.1 --target-accuracy 0.85 --epochs 20 --summary "$out/mpi_nccl_np2.json"
+      } 2>&1 | tee -a "$out/gpu_checks_mpi.log"
+      rc=${PIPESTATUS[0]}
+      if ((rc == 0)) && ! grep -q '"time_to_target_s": *[0-9]' "$out/mpi_nccl_np2.json"; then
+        rc=1
+      fi
+      if ((rc == 0)) && ! grep -q '"transport": *"nccl"' "$out/mpi_nccl_np2.json"; then
+        rc=1  # fell back to MPI
+      fi
+      record "mpirun -np 2 asgd train --transport nccl (to 85%)" "$rc"
+    else
+      record "mpirun --transport nccl" skip "this machine has no NCCL (the build found none)"
+    fi
   fi
 fi
 

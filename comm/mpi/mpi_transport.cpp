@@ -603,6 +603,8 @@ bool MpiTransport::pump_receives() {
     }
     WireHeader h;
     WireError e = decode_header(bytes.data(), bytes.size(), options_.model, source, h);
+    // Idle frames belong to the NCCL transport's rounds; nothing on this protocol sends one.
+    if (e == WireError::kNone && h.kind == FrameKind::kIdle) e = WireError::kBadKind;
     if (e == WireError::kNone && h.kind == FrameKind::kState) {
       if (h.sender_step <= p.last_step) e = WireError::kStale;
       if (h.length > options_.max_message) e = WireError::kRangeOutOfBounds;

@@ -51,7 +51,7 @@
 
 #include "comm/message_slot.h"
 #include "comm/mpi/mpi_session.h"
-#include "comm/transport.h"
+#include "comm/rank_transport.h"
 #include "comm/wire_format.h"
 #include "runtime/trace.h"
 
@@ -107,10 +107,7 @@ struct MpiTransportOptions {
 // both step sizes measured, though messages then wait 1 ms longer on average.
 double idle_poll_seconds(int cores, int local_ranks, int threads_per_rank);
 
-// Rejected frames by reason (index: WireError).
-using WireRejections = std::array<std::int64_t, kWireErrorCount>;
-
-class MpiTransport final : public Transport {
+class MpiTransport final : public RankTransport {
  public:
   MpiTransport(const MpiSession& session, const MpiTransportOptions& options);
   ~MpiTransport() override;
@@ -118,7 +115,7 @@ class MpiTransport final : public Transport {
   MpiTransport& operator=(const MpiTransport&) = delete;
 
   int size() const override { return size_; }
-  int rank() const { return rank_; }
+  int rank() const override { return rank_; }
   std::int64_t max_message() const override { return options_.max_message; }
   void post(int peer, const MessageHeader& header, const float* data) override;
   int collect(int receiver, const Message** out, int max) override;
@@ -129,28 +126,23 @@ class MpiTransport final : public Transport {
   std::vector<TransferRecord> take_transfers() override;
 
   // Emulates the link to `peer` (see the file comment).
-  void set_link(int peer, const LinkModel& link);
-
-  // Blocks until at most `max_pending` messages per peer are posted but neither completed nor
-  // superseded (0: all out). For benchmarks and tests that must not lose messages.
-  void flush(int max_pending = 0);
-
-  // Blocks until `count` messages from `peer` have been published (benchmarks and tests).
-  void wait_delivered(int peer, std::int64_t count);
+  void set_link(int peer, const LinkModel& link) override;
+  void flush(int max_pending = 0) override;
+  void wait_delivered(int peer, std::int64_t count) override;
 
   // Ends this rank's part of the exchange (see the file comment); `stop_everyone` asks every
   // peer to stop training. Blocks until done; throws if a peer's done frame does not come
   // within the timeout, or the communication thread failed.
-  void finish(bool stop_everyone);
+  void finish(bool stop_everyone) override;
   // A peer asked everyone to stop (its done frame carried the stop flag).
-  bool stop_requested() const { return stop_requested_.load(std::memory_order_acquire); }
+  bool stop_requested() const override { return stop_requested_.load(std::memory_order_acquire); }
   // True once `peer` has sent its done frame.
   bool peer_done(int peer) const;
-  WireRejections rejections() const;
+  WireRejections rejections() const override;
   // How many damaged messages this rank has sent (options.fault), to all peers together.
   std::int64_t faults_injected() const { return faults_injected_.load(std::memory_order_relaxed); }
   // Rethrows the first error of the communication thread, if any.
-  void check() const { error_.rethrow_if_set(); }
+  void check() const override { error_.rethrow_if_set(); }
 
   // The transport's own communicator and frame tags. Raw frames sent there reach the receiver
   // as if from a peer: tests inject forged and corrupted frames this way.

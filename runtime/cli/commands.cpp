@@ -233,7 +233,8 @@ void add_train_command(CLI::App& app, TrainOptions& o) {
                   "round's messages, as concurrent workers do)")
       ->capture_default_str();
   cmd->add_option("--transport", o.transport,
-                  "auto | local | mpi | nccl (auto: mpi under mpirun with several ranks)")
+                  "auto | local | mpi | nccl | rounds (auto: mpi under mpirun with several ranks; "
+                  "rounds: the NCCL protocol over MPI, for testing without GPUs)")
       ->capture_default_str();
   cmd->add_option("--balance", o.balance,
                   "auto | off: the load balancer sizes each peer's messages and interval from "

@@ -27,6 +27,8 @@ void event_destroy(int device, void* event) noexcept;
 void event_record(void* event, void* stream);
 void event_wait(void* event, void* stream);
 void event_synchronize(void* event);
+// True when the event has completed; false while work before it is pending.
+bool event_query(void* event);
 float event_elapsed_ms(void* start, void* end);
 
 void* malloc_device(int device, std::size_t bytes);

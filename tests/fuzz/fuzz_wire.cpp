@@ -59,7 +59,7 @@ bool receive(const std::uint8_t* header, std::size_t header_size, const std::uin
   ASGD_FUZZ_EXPECT(std::memcmp(again.data(), header, kWireHeaderBytes) == 0);
   ASGD_FUZZ_EXPECT(h.model == kModel && h.sender == kSource);
   ASGD_FUZZ_EXPECT((h.flags & ~kFlagStop) == 0);
-  if (h.kind == FrameKind::kDone) {
+  if (h.kind == FrameKind::kDone || h.kind == FrameKind::kIdle) {
     ASGD_FUZZ_EXPECT(h.length == 0);
     return payload_size == 0;
   }

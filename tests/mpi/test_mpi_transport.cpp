@@ -14,6 +14,7 @@
 #include "comm/mpi/mpi_session.h"
 #include "comm/mpi/mpi_transport.h"
 #include "runtime/distributed.h"
+#include "tests/mpi/mpi_test_support.h"
 
 namespace asgd {
 namespace {
@@ -30,18 +31,8 @@ MpiTransportOptions options(std::int64_t chunk_bytes = 4096) {
   return o;
 }
 
-MpiSession& session() {
-  return MpiSession::get();
-}
-
-// Payload of a message from `sender` at `step`: distinct per message and never zero.
-std::vector<float> payload(int sender, std::int64_t step, std::int64_t length) {
-  std::vector<float> v(static_cast<std::size_t>(length));
-  for (std::int64_t i = 0; i < length; ++i)
-    v[static_cast<std::size_t>(i)] = static_cast<float>(sender + 1) * 1000.0f +
-                                     static_cast<float>(step) + 1e-3f * static_cast<float>(i % 997);
-  return v;
-}
+using test::payload;
+using test::session;
 
 void wait_for_done(const MpiTransport& t, int peer) {
   // The peer's done frame is the last frame it sends, and frames are processed in order.

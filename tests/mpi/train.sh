@@ -152,6 +152,27 @@ wire_faults)
   [[ $(summary 'd["wire_rejections"]["header-checksum"] == 0 and d["wire_rejections"]["bad-magic"] == 0') == True ]] ||
     fail "rejections of kinds nobody injected"
   ;;
+rounds_4_ranks)
+  # The NCCL transport's round protocol, with payloads over MPI in host memory (--transport
+  # rounds): what --transport nccl runs on GPUs, less NCCL itself.
+  launch 4 "$asgd" "${common[@]}" --transport rounds --lr 0.1 --epochs 3 --target-accuracy 0.80 ||
+    fail "exit $?"
+  [[ $(summary 'd["transport"]') == rounds ]] || fail "summary names another transport"
+  [[ $(summary 'd["time_to_target_s"] is not None') == True ]] || fail "target 0.80 not reached"
+  [[ $(summary 'd["messages_accepted"] > 0 and d["messages_received"] > 0') == True ]] ||
+    fail "no messages were exchanged"
+  [[ $(summary 'sum(d["wire_rejections"].values())') == 0 ]] || fail "frames were rejected"
+  ;;
+nccl_without_gpu)
+  # Host workers cannot use NCCL: every rank falls back to MPI, and it is said once.
+  launch 2 "$asgd" "${common[@]}" --transport nccl --lr 0.1 --epochs 0.5 || fail "exit $?"
+  [[ $(grep -c "every rank uses the MPI transport" "$work/out") == 1 ]] || fail "fallback not said once"
+  [[ $(summary 'd["transport"]') == mpi ]] || fail "summary names another transport"
+  ;;
+rounds_wire_fault)
+  if launch 2 "$asgd" "${common[@]}" --transport rounds --fault corrupt:1:3; then fail "accepted"; fi
+  grep -q "faults on the wire are injected by the MPI transport" "$work/out" || fail "unclear error"
+  ;;
 *)
   echo "unknown case $case_name"
   exit 2

@@ -87,6 +87,48 @@ TEST(WireFormat, DoneFrameCarriesTheStopFlag) {
   EXPECT_EQ(decode(encode_header(h), h.sender), WireError::kLengthMismatch);
 }
 
+TEST(WireFormat, IdleFrameHasNoPayload) {
+  WireHeader h = sample_header();
+  h.kind = FrameKind::kIdle;
+  h.offset = 0;
+  h.length = 0;
+  WireHeader d;
+  ASSERT_EQ(decode(encode_header(h), h.sender, &d), WireError::kNone);
+  EXPECT_EQ(d.kind, FrameKind::kIdle);
+  h.length = 1;
+  EXPECT_EQ(decode(encode_header(h), h.sender), WireError::kLengthMismatch);
+  h.kind = static_cast<FrameKind>(4);  // the kind after the last one
+  h.length = 0;
+  EXPECT_EQ(decode(encode_header(h), h.sender), WireError::kBadKind);
+}
+
+// What a header announces is believed only when the frame itself is intact, whatever else is
+// wrong with what it says.
+TEST(WireFormat, AnnouncedLengthNeedsOnlyAnIntactFrame) {
+  WireHeader h = sample_header();
+  EncodedHeader b = encode_header(h);
+  EXPECT_EQ(announced_length(b.data(), b.size()), h.length);
+  h.model.layout_hash ^= 1;  // another model: rejected, but the length is what was sent
+  h.length = 10 * kModel.parameters;
+  b = encode_header(h);
+  EXPECT_EQ(decode(b, 3), WireError::kWrongFingerprint);
+  EXPECT_EQ(announced_length(b.data(), b.size()), 10 * kModel.parameters);
+  h = sample_header();
+  h.kind = FrameKind::kDone;
+  h.length = 0;
+  b = encode_header(h);
+  EXPECT_EQ(announced_length(b.data(), b.size()), 0);
+  b = encode_header(sample_header());
+  b[57] ^= std::byte{0x01};  // the length, behind the header checksum's back
+  EXPECT_EQ(announced_length(b.data(), b.size()), -1);
+  b = encode_header(sample_header());
+  EXPECT_EQ(announced_length(b.data(), b.size() - 1), -1);
+  h = sample_header();
+  h.kind = static_cast<FrameKind>(9);
+  b = encode_header(h);
+  EXPECT_EQ(announced_length(b.data(), b.size()), -1);
+}
+
 TEST(WireFormat, RejectsWrongSizes) {
   const EncodedHeader b = encode_header(sample_header());
   WireHeader h;

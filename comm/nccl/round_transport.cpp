@@ -1,0 +1,540 @@
+#include "comm/nccl/round_transport.h"
+
+#include <algorithm>
+#include <limits>
+#include <optional>
+
+namespace asgd {
+namespace {
+
+// How long the communication thread sleeps while a round's group is moving data: the data
+// moves without it (NCCL on the GPU, MPI inside its calls), it only looks for the end.
+constexpr double kMovingSleep_s = 20e-6;
+
+}  // namespace
+
+struct RoundTransport::Peer {
+  Peer(std::int64_t capacity, bool remote, Backend backend, int device)
+      : slot(remote ? std::make_unique<MessageSlot>(capacity, backend, device) : nullptr) {}
+
+  // Send side. The queue and pool are shared with post() under `mutex`.
+  mutable std::mutex mutex;
+  std::deque<Outgoing*> queue;  // posted, not taken
+  std::vector<Outgoing*> pool;  // free buffers
+  std::vector<std::unique_ptr<Outgoing>> storage;
+  LinkModel link;
+  LinkStats send_stats;
+
+  // Owned by the communication thread. `next` is taken from the queue and on its (emulated)
+  // link until due_s; `sending` moves in the round under way.
+  Outgoing* next = nullptr;
+  double start_s = 0;
+  double due_s = 0;
+  double link_busy_until_s = 0;
+  Outgoing* sending = nullptr;
+  double sending_start_s = 0;
+  EncodedHeader frame_out{};
+  MPI_Request frame_send = MPI_REQUEST_NULL;
+
+  // Receive side, owned by the communication thread (the slot's reader is the worker).
+  EncodedHeader frame_in{};
+  MPI_Request frame_receive = MPI_REQUEST_NULL;
+  std::deque<EncodedHeader> frames;  // arrived, for this round and the next
+  std::unique_ptr<MessageSlot> slot;
+  std::optional<MessageSlot::Writer> writer;  // held while a message is being received
+  std::unique_ptr<Message> scratch;           // a rejected frame's payload lands here
+  WireHeader incoming;
+  bool receiving = false;  // into `writer` this round
+  bool draining = false;   // into `scratch` this round
+  std::int64_t last_step = std::numeric_limits<std::int64_t>::min();
+  bool done = false;  // its kDone frame has been seen
+  std::atomic<std::int64_t> delivered{0};
+  std::atomic<std::int64_t> bytes_delivered{0};
+};
+
+RoundTransport::RoundTransport(const MpiSession& session, const RoundTransportOptions& options,
+                               std::unique_ptr<PayloadPlane> plane)
+    : options_(options),
+      rank_(session.rank()),
+      size_(session.size()),
+      plane_(std::move(plane)),
+      epoch_(std::chrono::steady_clock::now()) {
+  ASGD_CHECK(plane_ != nullptr, "a round transport needs a payload plane");
+  ASGD_CHECK(options.max_message >= 1, "max_message must be positive, got {}", options.max_message);
+  ASGD_CHECK(options.queue_capacity >= 1, "queue_capacity must be positive, got {}",
+             options.queue_capacity);
+  ASGD_CHECK(options.idle_poll_s > 0 && options.idle_poll_s <= 1,
+             "idle_poll_s must lie in (0, 1] seconds, got {}", options.idle_poll_s);
+  ASGD_CHECK(options.model.parameters >= options.max_message,
+             "messages of {} elements for a model of {} parameters", options.max_message,
+             options.model.parameters);
+  ASGD_CHECK_MPI(MPI_Comm_dup(session.comm(), &comm_));
+  ASGD_CHECK_MPI(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN));
+  for (int p = 0; p < size_; ++p)
+    peers_.push_back(std::make_unique<Peer>(options.max_message, p != rank_, plane_->backend(),
+                                            plane_->device()));
+  for (auto& r : rejected_)
+    r.store(0);
+  for (int p = 0; p < size_; ++p) {
+    if (p == rank_) continue;
+    Peer& peer = *peers_[static_cast<std::size_t>(p)];
+    ASGD_CHECK_MPI(MPI_Irecv(peer.frame_in.data(), static_cast<int>(kWireHeaderBytes), MPI_BYTE, p,
+                             kFrameTag, comm_, &peer.frame_receive));
+  }
+  if (options.trace && options.trace->enabled())
+    trace_ = options.trace->lane(options.trace->add_lane(rank_, 1, "communication"));
+  thread_ = std::thread([this] { communication_loop(); });
+}
+
+RoundTransport::~RoundTransport() {
+  if (thread_.joinable()) {
+    quit_ = true;
+    wake_.notify_all();
+    thread_.join();
+  }
+  if (!ended_ || error_.has_error()) return;  // requests may be pending: left to MPI_Finalize
+  for (auto& p : peers_)
+    if (p->frame_receive != MPI_REQUEST_NULL) {
+      MPI_Cancel(&p->frame_receive);
+      MPI_Wait(&p->frame_receive, MPI_STATUS_IGNORE);
+    }
+  MPI_Comm_free(&comm_);
+}
+
+double RoundTransport::now() const {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - epoch_).count();
+}
+
+void RoundTransport::set_link(int peer, const LinkModel& link) {
+  ASGD_CHECK(peer >= 0 && peer < size_ && peer != rank_, "no link from rank {} to rank {}", rank_,
+             peer);
+  ASGD_CHECK(link.bandwidth_bytes_per_s > 0 && link.latency_s >= 0,
+             "link {}->{}: bandwidth must be positive and latency non-negative", rank_, peer);
+  Peer& p = *peers_[static_cast<std::size_t>(peer)];
+  std::lock_guard<std::mutex> lock(p.mutex);
+  p.link = link;
+}
+
+void RoundTransport::post(int peer, const MessageHeader& header, const float* data) {
+  error_.rethrow_if_set();
+  ASGD_CHECK(peer >= 0 && peer < size_ && peer != rank_ && header.sender == rank_,
+             "rank {} cannot post a message from {} to {} among {} ranks", rank_, header.sender,
+             peer, size_);
+  ASGD_CHECK(header.length >= 1 && header.length <= options_.max_message && header.offset >= 0 &&
+                 header.length <= options_.model.parameters - header.offset,
+             "message of {} elements at offset {} (the transport carries 1 to {} of {})",
+             header.length, header.offset, options_.max_message, options_.model.parameters);
+  ASGD_CHECK(!finishing_, "post() after finish()");
+  Peer& p = *peers_[static_cast<std::size_t>(peer)];
+  Outgoing* out = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(p.mutex);
+    ++p.send_stats.posted;
+    if (!p.pool.empty()) {
+      out = p.pool.back();
+      p.pool.pop_back();
+    } else if (static_cast<int>(p.queue.size()) >= options_.queue_capacity) {
+      out = p.queue.front();  // the oldest unsent state makes room for the newest
+      p.queue.pop_front();
+      ++p.send_stats.superseded;
+    } else {
+      p.storage.push_back(
+          std::make_unique<Outgoing>(options_.max_message, plane_->backend(), plane_->device()));
+      out = p.storage.back().get();
+    }
+  }
+  WireHeader& h = out->header;
+  h.kind = FrameKind::kState;
+  h.model = options_.model;
+  h.sender = rank_;
+  h.flags = 0;
+  h.sender_step = header.sender_step;
+  h.send_time_s = header.send_time_s;
+  h.offset = header.offset;
+  h.length = header.length;
+  h.payload_checksum = 0;
+  if (plane_->backend() == Backend::kHost) {
+    thread_local PayloadHasher hasher;  // the copy and its checksum in one pass
+    hasher.reset();
+    hasher.copy_and_update(out->payload.data(), data,
+                           static_cast<std::size_t>(header.length) * sizeof(float));
+    h.payload_checksum = hasher.digest();
+  } else {
+    plane_->copy_in(out->payload.data(), data, header.length);
+  }
+  out->ready_s = now();
+  {
+    std::lock_guard<std::mutex> lock(p.mutex);
+    p.queue.push_back(out);
+  }
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    work_posted_ = true;
+  }
+  wake_.notify_one();
+}
+
+int RoundTransport::collect(int receiver, const Message** out, int max) {
+  ASGD_CHECK(receiver == rank_, "rank {} cannot collect for worker {}", rank_, receiver);
+  int n = 0;
+  int last = next_sender_;
+  for (int i = 0; i < size_ && n < max; ++i) {
+    const int sender = (next_sender_ + i) % size_;
+    if (sender == rank_) continue;
+    if (const Message* m = peers_[static_cast<std::size_t>(sender)]->slot->acquire()) {
+      out[n++] = m;
+      last = sender;
+    }
+  }
+  next_sender_ = (last + 1) % size_;
+  return n;
+}
+
+LinkStats RoundTransport::stats(int from, int to) const {
+  ASGD_CHECK((from == rank_) != (to == rank_) && from >= 0 && to >= 0 && from < size_ && to < size_,
+             "rank {} knows only its own links, not {}->{}", rank_, from, to);
+  if (from == rank_) {
+    const Peer& p = *peers_[static_cast<std::size_t>(to)];
+    std::lock_guard<std::mutex> lock(p.mutex);
+    return p.send_stats;
+  }
+  const Peer& p = *peers_[static_cast<std::size_t>(from)];
+  LinkStats s;
+  s.delivered = p.delivered.load(std::memory_order_relaxed);
+  s.bytes_delivered = p.bytes_delivered.load(std::memory_order_relaxed);
+  s.overwritten = p.slot->overwritten();
+  return s;
+}
+
+std::vector<TransferRecord> RoundTransport::take_transfers() {
+  std::lock_guard<std::mutex> lock(transfers_mutex_);
+  std::vector<TransferRecord> out(transfers_.begin(), transfers_.end());
+  transfers_.clear();
+  return out;
+}
+
+WireRejections RoundTransport::rejections() const {
+  WireRejections r{};
+  for (int i = 0; i < kWireErrorCount; ++i)
+    r[static_cast<std::size_t>(i)] = rejected_[static_cast<std::size_t>(i)].load();
+  return r;
+}
+
+void RoundTransport::flush(int max_pending) {
+  auto idle = [&] {
+    for (int peer = 0; peer < size_; ++peer) {
+      if (peer == rank_) continue;
+      const Peer& p = *peers_[static_cast<std::size_t>(peer)];
+      std::lock_guard<std::mutex> lock(p.mutex);
+      const LinkStats& s = p.send_stats;
+      if (s.posted - s.delivered - s.superseded > max_pending) return false;
+    }
+    return true;
+  };
+  std::unique_lock<std::mutex> lock(mutex_);
+  sent_.wait(lock, [&] { return idle() || error_.has_error(); });
+  lock.unlock();
+  error_.rethrow_if_set();
+}
+
+void RoundTransport::wait_delivered(int peer, std::int64_t count) {
+  const Peer& p = *peers_[static_cast<std::size_t>(peer)];
+  std::unique_lock<std::mutex> lock(mutex_);
+  published_.wait(lock, [&] { return p.delivered.load() >= count || error_.has_error(); });
+  lock.unlock();
+  error_.rethrow_if_set();
+}
+
+void RoundTransport::finish(bool stop_everyone) {
+  stop_everyone_ = stop_everyone;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    finishing_ = true;
+    work_posted_ = true;
+  }
+  wake_.notify_one();
+  if (thread_.joinable()) thread_.join();
+  error_.rethrow_if_set();
+}
+
+// --- the communication thread -----------------------------------------------------------
+
+// Frames that have arrived go to their peer's list in order; a receive is always posted.
+bool RoundTransport::receive_frames() {
+  bool progress = false;
+  for (int source = 0; source < size_; ++source) {
+    if (source == rank_) continue;
+    Peer& p = *peers_[static_cast<std::size_t>(source)];
+    while (true) {
+      int arrived = 0;
+      MPI_Status status;
+      ASGD_CHECK_MPI(MPI_Test(&p.frame_receive, &arrived, &status));
+      if (!arrived) break;
+      int count = 0;
+      ASGD_CHECK_MPI(MPI_Get_count(&status, MPI_BYTE, &count));
+      if (count != static_cast<int>(kWireHeaderBytes)) {
+        rejected_[static_cast<std::size_t>(WireError::kTruncated)].fetch_add(1);
+        ASGD_THROW(
+            "rank {}: a round frame of {} bytes from rank {} (a frame has {}); the exchange "
+            "with it cannot stay in step",
+            rank_, count, source, kWireHeaderBytes);
+      }
+      p.frames.push_back(p.frame_in);
+      ASGD_CHECK_MPI(MPI_Irecv(p.frame_in.data(), static_cast<int>(kWireHeaderBytes), MPI_BYTE,
+                               source, kFrameTag, comm_, &p.frame_receive));
+      progress = true;
+    }
+  }
+  return progress;
+}
+
+// Puts each peer's oldest queued message on its (emulated) link, unless one is there already.
+void RoundTransport::take_from_queues(double t) {
+  for (int peer = 0; peer < size_; ++peer) {
+    if (peer == rank_) continue;
+    Peer& p = *peers_[static_cast<std::size_t>(peer)];
+    std::lock_guard<std::mutex> lock(p.mutex);
+    if (finishing_) {
+      // Nothing more is worth sending: the run is over here.
+      for (Outgoing* m : p.queue)
+        p.pool.push_back(m);
+      p.send_stats.superseded += static_cast<std::int64_t>(p.queue.size());
+      p.queue.clear();
+      if (p.next) {
+        p.pool.push_back(p.next);
+        ++p.send_stats.superseded;
+        p.next = nullptr;
+      }
+      continue;
+    }
+    if (p.next || p.queue.empty()) continue;
+    p.next = p.queue.front();
+    p.queue.pop_front();
+    p.start_s = std::max({p.next->ready_s, p.link_busy_until_s, t});
+    p.due_s = p.start_s;
+    if (!p.link.ideal()) {
+      p.link_busy_until_s = p.start_s + static_cast<double>(p.next->header.payload_bytes()) /
+                                            p.link.bandwidth_bytes_per_s;
+      p.due_s = p.link_busy_until_s + p.link.latency_s;
+    }
+  }
+}
+
+bool RoundTransport::ready_to_announce(double t) const {
+  if (finishing_ && !announced_done_) return true;
+  for (int peer = 0; peer < size_; ++peer) {
+    if (peer == rank_) continue;
+    const Peer& p = *peers_[static_cast<std::size_t>(peer)];
+    if (!p.frames.empty()) return true;  // a peer has started the round: join it
+    if (p.next && t >= p.due_s) return true;
+  }
+  return false;
+}
+
+void RoundTransport::announce(double t) {
+  const bool done = finishing_;
+  for (int peer = 0; peer < size_; ++peer) {
+    if (peer == rank_) continue;
+    Peer& p = *peers_[static_cast<std::size_t>(peer)];
+    // The previous round's frame went out before that round could start; this only frees the
+    // request (an 80-byte send completes as soon as MPI has it).
+    ASGD_CHECK_MPI(MPI_Wait(&p.frame_send, MPI_STATUS_IGNORE));
+    WireHeader h;
+    h.model = options_.model;
+    h.sender = rank_;
+    h.send_time_s = t;
+    if (done) {
+      h.kind = FrameKind::kDone;
+      h.flags = stop_everyone_ ? kFlagStop : 0;
+    } else if (p.next && t >= p.due_s) {
+      p.sending = p.next;
+      p.sending_start_s = p.start_s;
+      p.next = nullptr;
+      h = p.sending->header;
+    } else {
+      h.kind = FrameKind::kIdle;
+    }
+    p.frame_out = encode_header(h);
+    ASGD_CHECK_MPI(MPI_Isend(p.frame_out.data(), static_cast<int>(kWireHeaderBytes), MPI_BYTE, peer,
+                             kFrameTag, comm_, &p.frame_send));
+  }
+  announced_done_ = announced_done_ || done;
+  phase_ = Phase::kAnnounced;
+}
+
+// Every peer's frame for this round has arrived: validate them and start the group.
+void RoundTransport::start_round() {
+  std::vector<PayloadPlane::Transfer> sends;
+  std::vector<PayloadPlane::Transfer> receives;
+  bool all_done = announced_done_;
+  for (int source = 0; source < size_; ++source) {
+    if (source == rank_) continue;
+    Peer& p = *peers_[static_cast<std::size_t>(source)];
+    if (p.sending) sends.push_back({source, p.sending->payload.data(), p.sending->header.length});
+    const EncodedHeader frame = p.frames.front();
+    p.frames.pop_front();
+    const std::int64_t announced = announced_length(frame.data(), frame.size());
+    WireHeader h;
+    WireError e = decode_header(frame.data(), frame.size(), options_.model, source, h);
+    if (announced < 0) {
+      rejected_[static_cast<std::size_t>(e)].fetch_add(1);
+      ASGD_THROW(
+          "rank {}: the round frame from rank {} is damaged ({}); what it announces cannot "
+          "be believed, so the exchange with it cannot stay in step",
+          rank_, source, to_string(e));
+    }
+    if (e == WireError::kNone && h.kind == FrameKind::kState && h.sender_step <= p.last_step)
+      e = WireError::kStale;
+    if (e == WireError::kNone && h.kind == FrameKind::kState && h.length > options_.max_message)
+      e = WireError::kRangeOutOfBounds;
+    all_done = all_done && e == WireError::kNone && h.kind == FrameKind::kDone;
+    if (e == WireError::kNone && h.kind == FrameKind::kDone) {
+      if (h.flags & kFlagStop) stop_requested_.store(true, std::memory_order_release);
+      p.done = true;
+    }
+    if (e != WireError::kNone) rejected_[static_cast<std::size_t>(e)].fetch_add(1);
+    if (announced == 0) continue;
+    if (e == WireError::kNone) {
+      p.incoming = h;
+      p.writer.emplace(*p.slot);
+      p.receiving = true;
+      receives.push_back({source, p.writer->message().data(), h.length});
+      continue;
+    }
+    // Rejected for what it says: its payload still comes, and is dropped.
+    if (announced > options_.model.parameters)
+      ASGD_THROW(
+          "rank {}: rank {} announced a payload of {} elements, more than the model's {}; "
+          "it cannot be taken off the wire, so the exchange cannot stay in step",
+          rank_, source, announced, options_.model.parameters);
+    if (!p.scratch || p.scratch->capacity() < announced)
+      p.scratch =
+          std::make_unique<Message>(options_.model.parameters, plane_->backend(), plane_->device());
+    p.draining = true;
+    receives.push_back({source, p.scratch->data(), announced});
+  }
+  last_round_ = all_done;
+  round_started_s_ = now();
+  round_trace_ns_ = trace_.now_ns();
+  plane_->start_round(sends, receives);
+  phase_ = Phase::kMoving;
+}
+
+void RoundTransport::complete_round(double t) {
+  bool any_published = false;
+  std::int64_t sends = 0;
+  std::int64_t round_bytes = 0;
+  for (int peer = 0; peer < size_; ++peer) {
+    if (peer == rank_) continue;
+    Peer& p = *peers_[static_cast<std::size_t>(peer)];
+    if (p.sending) {
+      const std::int64_t bytes = p.sending->header.payload_bytes();
+      round_bytes += bytes;
+      {
+        std::lock_guard<std::mutex> lock(transfers_mutex_);
+        transfers_.push_back({rank_, peer, static_cast<double>(bytes), t - round_started_s_});
+        while (transfers_.size() > static_cast<std::size_t>(kMaxTransferRecords * size_))
+          transfers_.pop_front();
+      }
+      std::lock_guard<std::mutex> lock(p.mutex);
+      ++p.send_stats.delivered;
+      p.send_stats.bytes_delivered += bytes;
+      p.send_stats.busy_seconds += t - p.sending_start_s;
+      p.pool.push_back(p.sending);
+      p.sending = nullptr;
+      ++sends;
+    }
+    p.draining = false;
+    if (!p.receiving) continue;
+    p.receiving = false;
+    const WireHeader& h = p.incoming;
+    if (plane_->backend() == Backend::kHost &&
+        payload_checksum(p.writer->message().data(), static_cast<std::size_t>(h.payload_bytes())) !=
+            h.payload_checksum) {
+      p.writer.reset();  // unpublished: the back buffer is written again later
+      rejected_[static_cast<std::size_t>(WireError::kChecksumMismatch)].fetch_add(1);
+      continue;
+    }
+    p.writer->message().header = h.message_header();
+    p.writer->publish();
+    p.writer.reset();
+    p.last_step = h.sender_step;
+    p.bytes_delivered.fetch_add(h.payload_bytes(), std::memory_order_relaxed);
+    p.delivered.fetch_add(1, std::memory_order_relaxed);
+    any_published = true;
+  }
+  trace_.complete("round", round_trace_ns_, trace_.now_ns(),
+                  {"sends", sends, "bytes", round_bytes});
+  rounds_.fetch_add(1, std::memory_order_relaxed);
+  phase_ = Phase::kIdle;
+  if (last_round_) ended_ = true;
+  if (sends > 0 || any_published) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (sends > 0) sent_.notify_all();
+    if (any_published) published_.notify_all();
+  }
+}
+
+void RoundTransport::communication_loop() {
+  try {
+    double finish_started_s = -1;
+    while (!quit_ && !ended_) {
+      const double t = now();
+      bool progress = receive_frames();
+      take_from_queues(t);
+      if (phase_ == Phase::kIdle && ready_to_announce(t)) {
+        announce(t);
+        progress = true;
+      }
+      if (phase_ == Phase::kAnnounced) {
+        bool all_arrived = true;
+        for (int peer = 0; peer < size_ && all_arrived; ++peer)
+          all_arrived = peer == rank_ || !peers_[static_cast<std::size_t>(peer)]->frames.empty();
+        if (all_arrived) {
+          start_round();
+          progress = true;
+        }
+      }
+      if (phase_ == Phase::kMoving && plane_->round_complete()) {
+        complete_round(now());
+        progress = true;
+      }
+      if (ended_) break;
+      if (finishing_) {
+        if (finish_started_s < 0) finish_started_s = t;
+        if (t - finish_started_s > options_.peer_timeout_s) {
+          std::string missing;
+          for (int peer = 0; peer < size_; ++peer)
+            if (peer != rank_ && !peers_[static_cast<std::size_t>(peer)]->done)
+              missing += fmt::format("{}{}", missing.empty() ? "" : ", ", peer);
+          ASGD_THROW(
+              "rank {}: ranks [{}] did not finish within {} s (stalled or dead); raise the peer "
+              "timeout if they are only slow",
+              rank_, missing, options_.peer_timeout_s);
+        }
+      }
+      if (progress) continue;
+      double sleep_s = phase_ == Phase::kMoving ? kMovingSleep_s : options_.idle_poll_s;
+      if (phase_ == Phase::kIdle)
+        for (int peer = 0; peer < size_; ++peer)
+          if (peer != rank_ && peers_[static_cast<std::size_t>(peer)]->next)
+            sleep_s =
+                std::min(sleep_s, std::max(0.0, peers_[static_cast<std::size_t>(peer)]->due_s - t));
+      std::unique_lock<std::mutex> lock(mutex_);
+      wake_.wait_for(lock, std::chrono::duration<double>(sleep_s),
+                     [&] { return work_posted_ || quit_.load(); });
+      work_posted_ = false;
+    }
+    if (ended_)
+      for (auto& p : peers_)
+        if (p->frame_send != MPI_REQUEST_NULL)
+          ASGD_CHECK_MPI(MPI_Wait(&p->frame_send, MPI_STATUS_IGNORE));
+  } catch (...) {
+    error_.capture(std::current_exception());
+    std::lock_guard<std::mutex> lock(mutex_);
+    sent_.notify_all();
+    published_.notify_all();
+  }
+}
+
+}  // namespace asgd

@@ -1,0 +1,42 @@
+// A transport with one worker per process (MPI rank): what a multi-process run needs beyond
+// the Transport interface. Implemented by the MPI transport (comm/mpi/mpi_transport.h) and
+// the NCCL transport (comm/nccl/round_transport.h), so the trainer runs over either.
+//
+// Thread-safety: as Transport; finish(), flush() and wait_delivered() from the worker's thread;
+// the accessors from any thread.
+#pragma once
+
+#include <array>
+#include <cstdint>
+
+#include "comm/transport.h"
+#include "comm/wire_format.h"
+
+namespace asgd {
+
+// Rejected frames by reason (index: WireError).
+using WireRejections = std::array<std::int64_t, kWireErrorCount>;
+
+class RankTransport : public Transport {
+ public:
+  virtual int rank() const = 0;
+  // Emulates the link to `peer`: a message is handed on only when a link of that bandwidth and
+  // latency would have delivered it.
+  virtual void set_link(int peer, const LinkModel& link) = 0;
+  // Blocks until at most `max_pending` messages per peer are posted but neither completed nor
+  // superseded (0: all out). For benchmarks and tests that must not lose messages.
+  virtual void flush(int max_pending = 0) = 0;
+  // Blocks until `count` messages from `peer` have been published (benchmarks and tests).
+  virtual void wait_delivered(int peer, std::int64_t count) = 0;
+  // Ends this rank's part of the exchange; `stop_everyone` asks every peer to stop training.
+  // Blocks until no peer can still send to this rank; throws if the peers do not finish within
+  // the transport's timeout, or its thread failed. Collective in effect: every rank calls it.
+  virtual void finish(bool stop_everyone) = 0;
+  // A peer asked everyone to stop.
+  virtual bool stop_requested() const = 0;
+  virtual WireRejections rejections() const = 0;
+  // Rethrows the first error of the transport's thread, if any.
+  virtual void check() const = 0;
+};
+
+}  // namespace asgd
