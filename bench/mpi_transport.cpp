@@ -11,6 +11,10 @@
 //            message when it has been published into its slot: received, hashed, checked;
 //            the last one is checked word for word at its ends.
 //            The payload checksum, the copy in post() and the header are all inside the time.
+// rounds     the same through the NCCL transport's round protocol over its MPI plane
+//            (RoundTransport + MpiPayloadPlane, host memory: --transport rounds): a header
+//            frame each way per round, then the payload, hashed after it has arrived.
+//            (Over NCCL the payload would be GPU memory; that is for a GPU machine.)
 //
 // Both clocks run on rank 1, from a barrier to the arrival of the last message; bandwidth is
 // N * size / time. The median over the repeats is reported, and the ratio transport / raw.
@@ -29,6 +33,7 @@
 
 #include "comm/mpi/mpi_session.h"
 #include "comm/mpi/mpi_transport.h"
+#include "comm/nccl/round_transport.h"
 #include "runtime/build_info.h"
 
 namespace {
@@ -79,15 +84,29 @@ double raw_run(const MpiSession& s, std::vector<float>& buffer, int messages, in
   return t;
 }
 
-double transport_run(const MpiSession& s, std::vector<float>& buffer, int messages,
-                     std::int64_t chunk_bytes, int& wrong) {
-  const auto n = static_cast<std::int64_t>(buffer.size());
+constexpr int kQueue = 4;  // room for a stream of messages; flush() keeps it from filling
+
+std::unique_ptr<asgd::RankTransport> make_mpi(const MpiSession& s, std::int64_t n,
+                                              std::int64_t chunk_bytes) {
   asgd::MpiTransportOptions o;
   o.max_message = n;
   o.model = {n, 0x5EED};
   o.chunk_bytes = chunk_bytes;
-  o.queue_capacity = 4;  // room for a stream of messages; flush() below keeps it from filling
-  asgd::MpiTransport t(s, o);
+  o.queue_capacity = kQueue;
+  return std::make_unique<asgd::MpiTransport>(s, o);
+}
+
+std::unique_ptr<asgd::RankTransport> make_rounds(const MpiSession& s, std::int64_t n) {
+  asgd::RoundTransportOptions o;
+  o.max_message = n;
+  o.model = {n, 0x5EED};
+  o.queue_capacity = kQueue;
+  return std::make_unique<asgd::RoundTransport>(s, o, std::make_unique<asgd::MpiPayloadPlane>(s));
+}
+
+double transport_run(const MpiSession& s, std::vector<float>& buffer, int messages,
+                     asgd::RankTransport& t, int& wrong) {
+  const auto n = static_cast<std::int64_t>(buffer.size());
   MPI_Barrier(s.comm());
   const auto t0 = Clock::now();
   double seconds = 0;
@@ -99,8 +118,8 @@ double transport_run(const MpiSession& s, std::vector<float>& buffer, int messag
       h.length = n;
       buffer.front() = static_cast<float>(m);
       buffer.back() = static_cast<float>(-m);
-      // Keep at most queue_capacity messages waiting, so that none is superseded.
-      t.flush(o.queue_capacity - 1);
+      // Keep at most kQueue messages waiting, so that none is superseded.
+      t.flush(kQueue - 1);
       t.post(1, h, buffer.data());
     }
     t.flush();
@@ -110,8 +129,8 @@ double transport_run(const MpiSession& s, std::vector<float>& buffer, int messag
     seconds = seconds_since(t0);
     const asgd::Message* got[1];
     if (t.collect(1, got, 1) != 1 || got[0]->header.sender_step != messages ||
-        got[0]->payload.data()[0] != static_cast<float>(messages - 1) ||
-        got[0]->payload.data()[n - 1] != static_cast<float>(1 - messages))
+        got[0]->data()[0] != static_cast<float>(messages - 1) ||
+        got[0]->data()[n - 1] != static_cast<float>(1 - messages))
       ++wrong;
   }
   t.finish(false);
@@ -148,41 +167,59 @@ int main(int argc, char** argv) {
   }
   nlohmann::json rows = nlohmann::json::array();
   if (s.rank() == 0)
-    std::printf("%12s %10s %14s %14s %8s %7s\n", "size", "messages", "raw GB/s", "transport GB/s",
-                "ratio", "#wrong");
+    std::printf("%12s %10s %10s %16s %8s %16s %8s %7s\n", "size", "messages", "raw GB/s",
+                "transport GB/s", "ratio", "rounds GB/s", "ratio", "#wrong");
   int total_wrong = 0;
   for (std::int64_t size : sizes) {
     std::vector<float> buffer(static_cast<std::size_t>(size / 4), 1.0f);
+    const auto n = static_cast<std::int64_t>(buffer.size());
     // Messages per run: about `seconds_per_run` at ~5 GB/s, at least 5.
     const int messages =
         static_cast<int>(std::max<double>(5, seconds_per_run * 5e9 / static_cast<double>(size)));
     int wrong = 0;
-    std::vector<double> raw, transport;
+    std::vector<double> raw, transport, rounds;
+    auto run_mpi = [&](int count) {
+      const auto t = make_mpi(s, n, chunk_bytes);
+      return transport_run(s, buffer, count, *t, wrong);
+    };
+    auto run_rounds = [&](int count) {
+      const auto t = make_rounds(s, n);
+      return transport_run(s, buffer, count, *t, wrong);
+    };
     raw_run(s, buffer, 2, wrong);  // warm-up: pages, connections
-    transport_run(s, buffer, 2, chunk_bytes, wrong);
+    run_mpi(2);
+    run_rounds(2);
     for (int r = 0; r < repeats; ++r) {
       raw.push_back(raw_run(s, buffer, messages, wrong));
-      transport.push_back(transport_run(s, buffer, messages, chunk_bytes, wrong));
+      transport.push_back(run_mpi(messages));
+      rounds.push_back(run_rounds(messages));
     }
     // Rank 1 timed; rank 0 reports, with rank 1's repeats (its own are zeros).
     MPI_Bcast(raw.data(), repeats, MPI_DOUBLE, 1, s.comm());
     MPI_Bcast(transport.data(), repeats, MPI_DOUBLE, 1, s.comm());
-    double result[3] = {median(raw), median(transport), static_cast<double>(wrong)};
-    MPI_Bcast(result, 3, MPI_DOUBLE, 1, s.comm());
+    MPI_Bcast(rounds.data(), repeats, MPI_DOUBLE, 1, s.comm());
+    double result[4] = {median(raw), median(transport), median(rounds), static_cast<double>(wrong)};
+    MPI_Bcast(result, 4, MPI_DOUBLE, 1, s.comm());
     const double bytes = static_cast<double>(size) * messages;
-    const double raw_gbs = bytes / result[0] / 1e9, transport_gbs = bytes / result[1] / 1e9;
-    total_wrong += static_cast<int>(result[2]);
+    const double raw_gbs = bytes / result[0] / 1e9, transport_gbs = bytes / result[1] / 1e9,
+                 rounds_gbs = bytes / result[2] / 1e9;
+    total_wrong += static_cast<int>(result[3]);
     if (s.rank() == 0) {
-      std::printf("%12lld %10d %14.2f %14.2f %8.3f %7d\n", static_cast<long long>(size), messages,
-                  raw_gbs, transport_gbs, transport_gbs / raw_gbs, static_cast<int>(result[2]));
+      std::printf("%12lld %10d %10.2f %16.2f %8.3f %16.2f %8.3f %7d\n",
+                  static_cast<long long>(size), messages, raw_gbs, transport_gbs,
+                  transport_gbs / raw_gbs, rounds_gbs, rounds_gbs / raw_gbs,
+                  static_cast<int>(result[3]));
       rows.push_back({{"bytes", size},
                       {"messages", messages},
                       {"raw_gb_per_s", raw_gbs},
                       {"transport_gb_per_s", transport_gbs},
                       {"ratio", transport_gbs / raw_gbs},
-                      {"wrong", static_cast<int>(result[2])},
+                      {"rounds_gb_per_s", rounds_gbs},
+                      {"rounds_ratio", rounds_gbs / raw_gbs},
+                      {"wrong", static_cast<int>(result[3])},
                       {"raw_seconds", raw},
-                      {"transport_seconds", transport}});
+                      {"transport_seconds", transport},
+                      {"rounds_seconds", rounds}});
     }
   }
   if (s.rank() == 0 && !json_path.empty()) {
@@ -193,6 +230,7 @@ int main(int argc, char** argv) {
         {"commit", asgd::git_commit()},
         {"machine", {{"host", host}, {"cores", std::thread::hardware_concurrency()}}},
         {"peer", "raw MPI_Isend/MPI_Irecv loop, same run"},
+        {"systems", "transport: MpiTransport; rounds: RoundTransport over MpiPayloadPlane"},
         {"chunk_bytes", chunk_bytes},
         {"repeats", repeats},
         {"rows", rows}};

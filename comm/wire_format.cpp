@@ -150,11 +150,13 @@ WireError check_integrity(const std::byte* b, std::size_t size) {
 }
 }  // namespace
 
-std::int64_t announced_length(const std::byte* b, std::size_t size) {
-  if (check_integrity(b, size) != WireError::kNone) return -1;
-  return get<std::uint16_t>(b, 6) == static_cast<std::uint16_t>(FrameKind::kState)
-             ? get<std::int64_t>(b, 56)
-             : 0;
+Announcement read_announcement(const std::byte* b, std::size_t size) {
+  Announcement a;
+  a.integrity = check_integrity(b, size);
+  if (a.integrity != WireError::kNone) return a;
+  a.kind = static_cast<FrameKind>(get<std::uint16_t>(b, 6));
+  a.length = a.kind == FrameKind::kState ? get<std::int64_t>(b, 56) : 0;
+  return a;
 }
 
 WireError decode_header(const std::byte* b, std::size_t size, const ModelFingerprint& expected,

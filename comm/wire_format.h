@@ -118,12 +118,18 @@ EncodedHeader encode_header(const WireHeader& header);
 WireError decode_header(const std::byte* bytes, std::size_t size, const ModelFingerprint& expected,
                         int source, WireHeader& out);
 
-// The payload length (elements) a header frame announces: header.length of a kState frame, 0
-// for the kinds without a payload. -1 unless the frame's integrity holds (its size, magic,
-// version, header checksum and kind), so that what it says is what its sender wrote. For a
-// protocol that must take an announced payload off the wire even when the header is rejected
-// for what it says (a wrong model, a stale step): comm/nccl/round_transport.h.
-std::int64_t announced_length(const std::byte* bytes, std::size_t size);
+// What a header frame announces, believed as soon as the frame's integrity holds (its size,
+// magic, version, header checksum and kind: what it says is what its sender wrote), whatever
+// else is wrong with it. For a protocol that must stay in step with a sender whose frame it
+// rejects for what it says (a wrong model, a stale step), taking the announced payload off the
+// wire and dropping it: comm/nccl/round_transport.h.
+struct Announcement {
+  WireError integrity = WireError::kNone;  // kind and length hold only when this is kNone
+  FrameKind kind = FrameKind::kState;
+  std::int64_t length = 0;  // payload elements that follow: a kState frame's length as
+                            // written (possibly out of range), 0 for the other kinds
+};
+Announcement read_announcement(const std::byte* bytes, std::size_t size);
 
 // The payload checksum, fed in pieces (XXH3-64 streaming: the same value as one call over
 // the whole payload).

@@ -42,6 +42,9 @@ struct DeviceInfo {
   int compute_major = 0;  // CUDA compute capability; 0 on the host
   int compute_minor = 0;
   int processors = 0;  // CUDA multiprocessors, or host hardware threads
+  // PCI address of a CUDA device ("0000:3b:00.0"): names one GPU on its host whatever
+  // CUDA_VISIBLE_DEVICES renumbers; "" on the host.
+  std::string bus_id;
 };
 // The host CPU first, then every CUDA device.
 std::vector<DeviceInfo> list_devices();

@@ -97,6 +97,8 @@ std::vector<DeviceInfo> devices() {
     info.compute_major = prop.major;
     info.compute_minor = prop.minor;
     info.processors = prop.multiProcessorCount;
+    info.bus_id =
+        fmt::format("{:04x}:{:02x}:{:02x}.0", prop.pciDomainID, prop.pciBusID, prop.pciDeviceID);
     out.push_back(std::move(info));
   }
   return out;

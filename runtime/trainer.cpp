@@ -1053,27 +1053,52 @@ class Run {
     if (communicates(c_.algorithm)) w.attach(mpi_.get());
   }
 
-  // --transport nccl: NCCL where every rank has a GPU worker and the build has NCCL, otherwise
-  // the MPI transport on every rank (the ranks must agree: they decide together), said once.
+  // --transport nccl: NCCL where every rank has a GPU worker of its own and the build has NCCL,
+  // otherwise the MPI transport on every rank (the ranks must agree: they decide together).
+  // The reason is printed by rank 0, and by any rank whose own reason differs from rank 0's.
   bool use_nccl(const MpiSession& session, const Worker& w) {
     if (c_.transport != TransportKind::kNccl || !communicates(c_.algorithm)) return false;
-    const char* why = nullptr;
+    std::string why;
     if (!ASGD_HAVE_NCCL)
       why = "this build has no NCCL (the NCCL library and CUDA toolkit were not found)";
     else if (w.stream().is_host())
       why = "the workers run on the host backend (NCCL moves GPU memory: use --backend cuda)";
-    const double missing = distributed::allreduce_max(session, why ? 1.0 : 0.0);
-    if (missing > 0) {
-      // Said once for the reason rank 0 has, and by any rank with another.
-      const std::string root_why = distributed::broadcast_string(session, why ? why : "");
-      if (why && (place_.rank == 0 || root_why != why))
-        std::fprintf(stderr,
-                     "asgd: rank %d: --transport nccl: %s; every rank uses the MPI "
-                     "transport\n",
-                     place_.rank, why);
+    if (distributed::allreduce_max(session, why.empty() ? 0.0 : 1.0) == 0) {
+      // NCCL refuses two ranks of one communicator on one GPU (ncclInvalidUsage, "Duplicate
+      // GPU"), which happens when more ranks than GPUs share a host.
+      const std::string gpu = fmt::format("{} {}", session.host(), gpu_bus_id(w.stream().device()));
+      std::string shared;
+      if (place_.rank == 0) {
+        const std::vector<std::string> all = distributed::gather_strings(session, gpu);
+        for (std::size_t a = 0; a < all.size() && shared.empty(); ++a)
+          for (std::size_t b = a + 1; b < all.size() && shared.empty(); ++b)
+            if (all[a] == all[b])
+              shared = fmt::format(
+                  "ranks {} and {} share one GPU ({}), and NCCL needs a GPU per rank (run at "
+                  "most as many ranks per host as it has GPUs)",
+                  a, b, all[a]);
+      } else {
+        distributed::gather_strings(session, gpu);
+      }
+      why = distributed::broadcast_string(session, shared);
+      if (why.empty()) return true;
+      if (place_.rank == 0)
+        std::fprintf(stderr, "asgd: --transport nccl: %s; every rank uses the MPI transport\n",
+                     why.c_str());
       return false;
     }
-    return true;
+    const std::string root_why = distributed::broadcast_string(session, why);
+    if (!why.empty() && (place_.rank == 0 || root_why != why))
+      std::fprintf(stderr,
+                   "asgd: rank %d: --transport nccl: %s; every rank uses the MPI transport\n",
+                   place_.rank, why.c_str());
+    return false;
+  }
+
+  static std::string gpu_bus_id(int device) {
+    for (const DeviceInfo& d : list_devices())
+      if (d.backend == Backend::kCuda && d.ordinal == device) return d.bus_id;
+    return fmt::format("cuda:{}", device);
   }
 
   std::unique_ptr<PayloadPlane> make_nccl_plane(const MpiSession& session, const Worker& w) {

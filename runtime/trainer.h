@@ -59,7 +59,7 @@ struct TrainResult {
   int workers = 1;
   int rank = 0;  // across processes: this rank (only rank 0 holds the totals and history of 0)
   std::string algorithm;
-  std::string transport = "local";  // "local", "mpi" or "nccl": what carried the messages
+  std::string transport = "local";  // "local", "mpi", "nccl" or "rounds": what carried the messages
   // Totals over all workers.
   std::int64_t total_samples = 0;
   std::int64_t messages_sent = 0;

@@ -64,14 +64,29 @@ NcclPayloadPlane::NcclPayloadPlane(const MpiSession& session, int device)
 
 NcclPayloadPlane::~NcclPayloadPlane() {
   if (!comm_) return;
+  if (failed_ || in_flight_) {
+    // A clean destroy would wait for a round, or for peers, that may never come.
+    abandon();
+    return;
+  }
   cudaSetDevice(device_);
-  // A round still moving (a transport torn down after an error) would keep a clean destroy
-  // waiting for peers that may never come: abort instead.
-  const ncclResult_t rc =
-      failed_ || in_flight_ ? ncclCommAbort(native(comm_)) : ncclCommDestroy(native(comm_));
+  const ncclResult_t rc = ncclCommDestroy(native(comm_));
   if (rc != ncclSuccess)
     std::fprintf(stderr, "asgd: closing the NCCL communicator failed: %s\n",
                  ncclGetErrorString(rc));
+}
+
+bool NcclPayloadPlane::abandon() {
+  if (!comm_) return true;
+  cudaSetDevice(device_);
+  // Ends the communicator's kernels, so that the round's buffers are free once it returns.
+  const ncclResult_t rc = ncclCommAbort(native(comm_));
+  comm_ = nullptr;
+  failed_ = true;
+  in_flight_ = false;
+  if (rc == ncclSuccess) return true;
+  std::fprintf(stderr, "asgd: aborting the NCCL communicator failed: %s\n", ncclGetErrorString(rc));
+  return false;
 }
 
 void NcclPayloadPlane::copy_in(float* dst, const float* src, std::int64_t count) {
@@ -93,14 +108,21 @@ void NcclPayloadPlane::start_round(const std::vector<Transfer>& sends,
   ASGD_CHECK(!in_flight_, "a round started before the previous one completed");
   ASGD_CHECK_CUDA_RT(cudaSetDevice(device_));
   auto* stream = static_cast<cudaStream_t>(stream_.native());
+  ASGD_CHECK(comm_ != nullptr, "the NCCL plane was abandoned");
+  ASGD_CHECK_NCCL(ncclGroupStart());
   try {
-    ASGD_CHECK_NCCL(ncclGroupStart());
     for (const Transfer& r : receives)
       ASGD_CHECK_NCCL(ncclRecv(r.data, static_cast<std::size_t>(r.count), ncclFloat32, r.peer,
                                native(comm_), stream));
     for (const Transfer& s : sends)
       ASGD_CHECK_NCCL(ncclSend(s.data, static_cast<std::size_t>(s.count), ncclFloat32, s.peer,
                                native(comm_), stream));
+  } catch (...) {
+    failed_ = true;
+    ncclGroupEnd();  // the group must be closed on this thread, whatever it then reports
+    throw;
+  }
+  try {
     ASGD_CHECK_NCCL(ncclGroupEnd());
   } catch (...) {
     failed_ = true;
@@ -114,10 +136,11 @@ bool NcclPayloadPlane::round_complete() {
   if (!in_flight_) return true;
   try {
     ASGD_CHECK_CUDA_RT(cudaSetDevice(device_));
-    if (!round_done_.ready()) {
-      check_async_error();  // a peer that failed would otherwise leave the round pending forever
-      return false;
-    }
+    // A peer that failed would otherwise leave the round pending forever; and a round ended
+    // by an error is over without its data.
+    const bool ready = round_done_.ready();
+    check_async_error();
+    if (!ready) return false;
   } catch (...) {
     failed_ = true;
     throw;

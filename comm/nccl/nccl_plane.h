@@ -29,6 +29,7 @@ class NcclPayloadPlane final : public PayloadPlane {
   void start_round(const std::vector<Transfer>& sends,
                    const std::vector<Transfer>& receives) override;
   bool round_complete() override;
+  bool abandon() override;
 
  private:
   void check_async_error() const;

@@ -11,8 +11,8 @@ MpiPayloadPlane::MpiPayloadPlane(const MpiSession& session) {
 }
 
 MpiPayloadPlane::~MpiPayloadPlane() {
-  // Requests still pending (a transport torn down after an error) would make freeing the
-  // communicator erroneous; MPI_Finalize takes care of it then.
+  // Requests still pending (abandon() could not end them) would make freeing the communicator
+  // erroneous; MPI_Finalize takes care of it then.
   if (requests_.empty()) MPI_Comm_free(&comm_);
 }
 
@@ -44,6 +44,23 @@ bool MpiPayloadPlane::round_complete() {
   int done = 0;
   ASGD_CHECK_MPI(MPI_Testall(static_cast<int>(requests_.size()), requests_.data(), &done,
                              MPI_STATUSES_IGNORE));
+  if (done) requests_.clear();
+  return done != 0;
+}
+
+bool MpiPayloadPlane::abandon() {
+  if (requests_.empty()) return true;
+  // A receive not yet matched is cancelled at once; a send that cannot be cancelled (Open MPI
+  // cancels no sends) ends when the peer takes it, which a few rounds of progress allow for
+  // eager-sized payloads. Whatever is still pending after that keeps its buffer.
+  for (MPI_Request& q : requests_)
+    if (q != MPI_REQUEST_NULL) MPI_Cancel(&q);
+  constexpr int kProgressCalls = 64;
+  int done = 0;
+  for (int i = 0; i < kProgressCalls && !done; ++i)
+    if (MPI_Testall(static_cast<int>(requests_.size()), requests_.data(), &done,
+                    MPI_STATUSES_IGNORE) != MPI_SUCCESS)
+      break;
   if (done) requests_.clear();
   return done != 0;
 }

@@ -52,6 +52,12 @@ class PayloadPlane {
   // reused and its receive buffers hold the data (for a kCuda plane, ordered before any work
   // submitted to any stream after this returns true).
   virtual bool round_complete() = 0;
+  // Gives up on the round in flight, if any, for a teardown that cannot wait for it (an error,
+  // or the transport destroyed without finish()): cancels what can be cancelled (MPI) or aborts
+  // the communicator (NCCL: the plane is unusable afterwards). Returns true when nothing can
+  // touch the round's buffers any more; false when something still may, and the caller must
+  // then never free them (leak them: a process in this state is about to end anyway).
+  virtual bool abandon() = 0;
 };
 
 // Payloads in pinned host memory, moved with MPI_Isend/MPI_Irecv on a communicator of its own.
@@ -69,6 +75,7 @@ class MpiPayloadPlane final : public PayloadPlane {
   void start_round(const std::vector<Transfer>& sends,
                    const std::vector<Transfer>& receives) override;
   bool round_complete() override;
+  bool abandon() override;
 
   // The plane's communicator: a test that speaks the protocol by hand sends payloads here
   // (tag kPayloadTag).

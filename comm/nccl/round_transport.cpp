@@ -7,9 +7,20 @@
 namespace asgd {
 namespace {
 
-// How long the communication thread sleeps while a round's group is moving data: the data
-// moves without it (NCCL on the GPU, MPI inside its calls), it only looks for the end.
-constexpr double kMovingSleep_s = 20e-6;
+// How long the communication thread sleeps while a round is under way: its group moving data
+// (NCCL on the GPU, MPI inside its calls: it only looks for the end), or its frames out and the
+// peers' answers due (a peer joins as soon as it sees them). A peer that stays silent (stalled,
+// or busy far from its next poll) must not keep it spinning: after kStalledAfter_s without
+// progress it slows to kStalledSleep_s.
+// Where the communication thread has no core of its own (a slow idle poll says so, see
+// idle_poll_seconds()), every wake-up takes one from the compute, so rounds under way are
+// polled at the stalled rate: on the 2-core VM with 2 ranks, 20 us cost 15% of the samples/s.
+constexpr double kBusySleep_s = 20e-6;
+constexpr double kStalledAfter_s = 2e-3;
+constexpr double kStalledSleep_s = 200e-6;
+constexpr double kFastIdlePoll_s = 400e-6;
+// Teardown: how many times to let MPI progress a request before giving up on it.
+constexpr int kProgressCalls = 64;
 
 }  // namespace
 
@@ -45,7 +56,6 @@ struct RoundTransport::Peer {
   std::unique_ptr<Message> scratch;           // a rejected frame's payload lands here
   WireHeader incoming;
   bool receiving = false;  // into `writer` this round
-  bool draining = false;   // into `scratch` this round
   std::int64_t last_step = std::numeric_limits<std::int64_t>::min();
   bool done = false;  // its kDone frame has been seen
   std::atomic<std::int64_t> delivered{0};
@@ -88,16 +98,39 @@ RoundTransport::RoundTransport(const MpiSession& session, const RoundTransportOp
 
 RoundTransport::~RoundTransport() {
   if (thread_.joinable()) {
-    quit_ = true;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      quit_ = true;
+    }
     wake_.notify_all();
     thread_.join();
   }
-  if (!ended_ || error_.has_error()) return;  // requests may be pending: left to MPI_Finalize
-  for (auto& p : peers_)
+  // Nothing may be freed that MPI or NCCL can still write or read: the frame receives (always
+  // posted), frame sends, and a round's payloads when the transport did not end cleanly.
+  bool quiet = ended_ && !error_.has_error() ? true : plane_->abandon();
+  for (auto& p : peers_) {
     if (p->frame_receive != MPI_REQUEST_NULL) {
+      // An 80-byte frame is either unmatched (cancelled) or already here: this cannot block.
       MPI_Cancel(&p->frame_receive);
       MPI_Wait(&p->frame_receive, MPI_STATUS_IGNORE);
     }
+    if (p->frame_send != MPI_REQUEST_NULL) {
+      // Sent eagerly: done after a few rounds of progress unless MPI itself is stuck.
+      int done = 0;
+      for (int i = 0; i < kProgressCalls && !done; ++i)
+        if (MPI_Test(&p->frame_send, &done, MPI_STATUS_IGNORE) != MPI_SUCCESS) break;
+      quiet = quiet && done;
+    }
+  }
+  if (!quiet) {
+    // Deliberately leaked: freeing them would let a late transfer write into freed memory.
+    for (auto& p : peers_)
+      static_cast<void>(p.release());
+    static_cast<void>(plane_.release());
+    return;
+  }
+  plane_.reset();  // its communicator (NCCL: destroyed) before the buffers it moved
+  peers_.clear();
   MPI_Comm_free(&comm_);
 }
 
@@ -268,7 +301,17 @@ bool RoundTransport::receive_frames() {
     while (true) {
       int arrived = 0;
       MPI_Status status;
-      ASGD_CHECK_MPI(MPI_Test(&p.frame_receive, &arrived, &status));
+      const int rc = MPI_Test(&p.frame_receive, &arrived, &status);
+      int error_class = MPI_SUCCESS;
+      if (rc != MPI_SUCCESS) MPI_Error_class(rc, &error_class);
+      if (error_class == MPI_ERR_TRUNCATE) {
+        rejected_[static_cast<std::size_t>(WireError::kTruncated)].fetch_add(1);
+        ASGD_THROW(
+            "rank {}: a round frame from rank {} is longer than a frame ({} bytes); the "
+            "exchange with it cannot stay in step",
+            rank_, source, kWireHeaderBytes);
+      }
+      ASGD_CHECK_MPI(rc);
       if (!arrived) break;
       int count = 0;
       ASGD_CHECK_MPI(MPI_Get_count(&status, MPI_BYTE, &count));
@@ -279,6 +322,13 @@ bool RoundTransport::receive_frames() {
             "with it cannot stay in step",
             rank_, count, source, kWireHeaderBytes);
       }
+      // A peer announces a round only after the previous one, which needs this rank's frame:
+      // one frame for the round under way and one for the next are all it can have sent.
+      if (p.frames.size() >= 2)
+        ASGD_THROW(
+            "rank {}: rank {} sent a third round frame before this rank joined its rounds; it "
+            "does not follow the round protocol",
+            rank_, source);
       p.frames.push_back(p.frame_in);
       ASGD_CHECK_MPI(MPI_Irecv(p.frame_in.data(), static_cast<int>(kWireHeaderBytes), MPI_BYTE,
                                source, kFrameTag, comm_, &p.frame_receive));
@@ -359,6 +409,7 @@ void RoundTransport::announce(double t) {
                              kFrameTag, comm_, &p.frame_send));
   }
   announced_done_ = announced_done_ || done;
+  round_announced_s_ = t;
   phase_ = Phase::kAnnounced;
 }
 
@@ -373,27 +424,37 @@ void RoundTransport::start_round() {
     if (p.sending) sends.push_back({source, p.sending->payload.data(), p.sending->header.length});
     const EncodedHeader frame = p.frames.front();
     p.frames.pop_front();
-    const std::int64_t announced = announced_length(frame.data(), frame.size());
-    WireHeader h;
-    WireError e = decode_header(frame.data(), frame.size(), options_.model, source, h);
-    if (announced < 0) {
-      rejected_[static_cast<std::size_t>(e)].fetch_add(1);
+    const Announcement a = read_announcement(frame.data(), frame.size());
+    if (a.integrity != WireError::kNone) {
+      rejected_[static_cast<std::size_t>(a.integrity)].fetch_add(1);
       ASGD_THROW(
           "rank {}: the round frame from rank {} is damaged ({}); what it announces cannot "
           "be believed, so the exchange with it cannot stay in step",
-          rank_, source, to_string(e));
+          rank_, source, to_string(a.integrity));
     }
+    if (a.kind == FrameKind::kState && (a.length < 1 || a.length > options_.model.parameters)) {
+      rejected_[static_cast<std::size_t>(WireError::kRangeOutOfBounds)].fetch_add(1);
+      ASGD_THROW(
+          "rank {}: rank {} announced a payload of {} elements for a model of {}; it cannot "
+          "be taken off the wire, so the exchange with it cannot stay in step",
+          rank_, source, a.length, options_.model.parameters);
+    }
+    WireHeader h;
+    WireError e = decode_header(frame.data(), frame.size(), options_.model, source, h);
     if (e == WireError::kNone && h.kind == FrameKind::kState && h.sender_step <= p.last_step)
       e = WireError::kStale;
     if (e == WireError::kNone && h.kind == FrameKind::kState && h.length > options_.max_message)
       e = WireError::kRangeOutOfBounds;
-    all_done = all_done && e == WireError::kNone && h.kind == FrameKind::kDone;
-    if (e == WireError::kNone && h.kind == FrameKind::kDone) {
-      if (h.flags & kFlagStop) stop_requested_.store(true, std::memory_order_release);
+    if (e != WireError::kNone) rejected_[static_cast<std::size_t>(e)].fetch_add(1);
+    // Every rank must see the same last round: a done frame counts as done whatever else is
+    // wrong with it (its stop request only when it is valid).
+    all_done = all_done && a.kind == FrameKind::kDone;
+    if (a.kind == FrameKind::kDone) {
+      if (e == WireError::kNone && (h.flags & kFlagStop))
+        stop_requested_.store(true, std::memory_order_release);
       p.done = true;
     }
-    if (e != WireError::kNone) rejected_[static_cast<std::size_t>(e)].fetch_add(1);
-    if (announced == 0) continue;
+    if (a.length == 0) continue;
     if (e == WireError::kNone) {
       p.incoming = h;
       p.writer.emplace(*p.slot);
@@ -402,19 +463,12 @@ void RoundTransport::start_round() {
       continue;
     }
     // Rejected for what it says: its payload still comes, and is dropped.
-    if (announced > options_.model.parameters)
-      ASGD_THROW(
-          "rank {}: rank {} announced a payload of {} elements, more than the model's {}; "
-          "it cannot be taken off the wire, so the exchange cannot stay in step",
-          rank_, source, announced, options_.model.parameters);
-    if (!p.scratch || p.scratch->capacity() < announced)
+    if (!p.scratch)
       p.scratch =
           std::make_unique<Message>(options_.model.parameters, plane_->backend(), plane_->device());
-    p.draining = true;
-    receives.push_back({source, p.scratch->data(), announced});
+    receives.push_back({source, p.scratch->data(), a.length});
   }
   last_round_ = all_done;
-  round_started_s_ = now();
   round_trace_ns_ = trace_.now_ns();
   plane_->start_round(sends, receives);
   phase_ = Phase::kMoving;
@@ -432,7 +486,7 @@ void RoundTransport::complete_round(double t) {
       round_bytes += bytes;
       {
         std::lock_guard<std::mutex> lock(transfers_mutex_);
-        transfers_.push_back({rank_, peer, static_cast<double>(bytes), t - round_started_s_});
+        transfers_.push_back({rank_, peer, static_cast<double>(bytes), t - round_announced_s_});
         while (transfers_.size() > static_cast<std::size_t>(kMaxTransferRecords * size_))
           transfers_.pop_front();
       }
@@ -444,7 +498,6 @@ void RoundTransport::complete_round(double t) {
       p.sending = nullptr;
       ++sends;
     }
-    p.draining = false;
     if (!p.receiving) continue;
     p.receiving = false;
     const WireHeader& h = p.incoming;
@@ -478,6 +531,7 @@ void RoundTransport::complete_round(double t) {
 void RoundTransport::communication_loop() {
   try {
     double finish_started_s = -1;
+    double last_progress_s = now();
     while (!quit_ && !ended_) {
       const double t = now();
       bool progress = receive_frames();
@@ -498,6 +552,7 @@ void RoundTransport::communication_loop() {
       if (phase_ == Phase::kMoving && plane_->round_complete()) {
         complete_round(now());
         progress = true;
+        finish_started_s = -1;  // the peer timeout counts from the last round
       }
       if (ended_) break;
       if (finishing_) {
@@ -508,13 +563,20 @@ void RoundTransport::communication_loop() {
             if (peer != rank_ && !peers_[static_cast<std::size_t>(peer)]->done)
               missing += fmt::format("{}{}", missing.empty() ? "" : ", ", peer);
           ASGD_THROW(
-              "rank {}: ranks [{}] did not finish within {} s (stalled or dead); raise the peer "
-              "timeout if they are only slow",
+              "rank {}: ranks [{}] did not finish, and no round completed, within {} s "
+              "(stalled or dead); raise the peer timeout if they are only slow",
               rank_, missing, options_.peer_timeout_s);
         }
       }
-      if (progress) continue;
-      double sleep_s = phase_ == Phase::kMoving ? kMovingSleep_s : options_.idle_poll_s;
+      if (progress) {
+        last_progress_s = t;
+        continue;
+      }
+      double sleep_s = options_.idle_poll_s;
+      if (phase_ != Phase::kIdle)
+        sleep_s = t - last_progress_s < kStalledAfter_s && options_.idle_poll_s <= kFastIdlePoll_s
+                      ? kBusySleep_s
+                      : kStalledSleep_s;
       if (phase_ == Phase::kIdle)
         for (int peer = 0; peer < size_; ++peer)
           if (peer != rank_ && peers_[static_cast<std::size_t>(peer)]->next)

@@ -25,8 +25,10 @@
 //      consume once; comm/message_slot.h), in GPU memory for the NCCL plane; sends are
 //      counted as delivered and their buffers reused.
 // The compute never waits for any of this: post() copies into a buffer of the peer's bounded
-// queue (the newest supersedes the oldest unsent) and returns; collect() is lock-free. A peer
-// that stalls holds up rounds, not training: messages queue and supersede until it is back.
+// queue (the newest supersedes the oldest unsent) and returns; collect() is lock-free. Every
+// rank joins every round, so a rank that stalls holds up the exchange between all pairs (not
+// only its own, as on the MPI transport), but not training: messages queue and supersede
+// until it is back.
 // A round in which every frame is kDone is the last one on every rank (they all saw the same
 // frames), so finish() returns everywhere without a barrier.
 //
@@ -42,6 +44,9 @@
 //
 // Ownership: owns its frame communicator (a duplicate of the session's), the plane, buffers
 // and thread. The constructor and destructor are collective over the session's communicator.
+// Destroyed after an error or without finish(), it abandons the round in flight (the plane
+// cancels or aborts it) and, if MPI or NCCL might still touch a buffer, leaks the buffers
+// rather than free them under a transfer.
 // Thread-safety: post() from the worker's thread; collect() from the worker's thread only,
 // lock-free; stats(), stop_requested(), rejections(), rounds() and set_link() from any thread.
 #pragma once
@@ -93,7 +98,7 @@ class RoundTransport final : public RankTransport {
   void post(int peer, const MessageHeader& header, const float* data) override;
   int collect(int receiver, const Message** out, int max) override;
   LinkStats stats(int from, int to) const override;
-  // This rank's sends: from the start of their round to its completion.
+  // This rank's sends: from their round's frames going out to the round's completion.
   std::vector<TransferRecord> take_transfers() override;
 
   void set_link(int peer, const LinkModel& link) override;
@@ -145,7 +150,7 @@ class RoundTransport final : public RankTransport {
   bool announced_done_ = false;  // this rank's frames are kDone from now on
   bool last_round_ = false;      // every frame of the round in flight is kDone
   bool ended_ = false;
-  double round_started_s_ = 0;
+  double round_announced_s_ = 0;  // a transfer takes from here (its frame out) to the round's end
   std::int64_t round_trace_ns_ = 0;
 
   std::mutex mutex_;  // wakes the thread; finishing_

@@ -115,12 +115,17 @@ TEST(RoundTransport, EveryRankSendsToEveryOtherAtOnceAndEverythingArrivesExactly
 }
 
 // The same over NCCL, GPU to GPU, where this machine has a GPU and the build has NCCL (the
-// gpu machine's mpi tier, scripts/gpu_checks.sh --mpi). Ranks share the GPUs round robin.
+// gpu machine's mpi tier, scripts/gpu_checks.sh --mpi). NCCL needs a GPU per rank, so this
+// skips where any host runs more ranks than it has GPUs: on every rank together, since a rank
+// taking part alone would wait for the others forever.
 TEST(RoundTransportNccl, EveryRankSendsToEveryOtherAtOnceAndEverythingArrivesExactly) {
 #if ASGD_HAVE_NCCL
   const int gpus = cuda_device_count();
+  const double short_of_gpus =
+      distributed::allreduce_max(session(), session().local_size() > gpus ? 1.0 : 0.0);
   if (gpus == 0) GTEST_SKIP() << "no GPU";
-  const int device = session().local_rank() % gpus;
+  if (short_of_gpus > 0) GTEST_SKIP() << "a host has more ranks than GPUs";
+  const int device = session().local_rank();
   RoundTransport t(session(), options(), std::make_unique<NcclPayloadPlane>(session(), device));
   ASSERT_TRUE(t.device_payloads());
   every_rank_sends_to_every_other(t, /*on_device=*/true);
@@ -136,6 +141,25 @@ TEST(RoundTransport, RankZerosDoneFrameAsksEveryoneToStop) {
   // so all of them have seen rank 0's by the time finish() returns.
   t->finish(rank == 0);
   EXPECT_EQ(t->stop_requested(), rank != 0);
+}
+
+// Destroyed without finish() once everything it sent has arrived, the transport leaves nothing
+// behind that a new one on the same ranks could trip over, and frees no buffer MPI still holds
+// (the ASan build of this tier checks the latter).
+TEST(RoundTransport, DestroyedWithoutFinishLeavesTheRanksUsable) {
+  const int rank = session().rank();
+  const int size = session().size();
+  {
+    auto t = make_transport();
+    for (int peer = 0; peer < size; ++peer)
+      if (peer != rank) {
+        const std::vector<float> v = payload(rank, 1, 500);
+        t->post(peer, header(rank, 1, 0, 500), v.data());
+      }
+    t->flush();
+    distributed::barrier(session());
+  }
+  every_rank_sends_to_every_other(*make_transport(), /*on_device=*/false);
 }
 
 TEST(RoundTransport, EmulatedLinkDelaysButDeliversEverything) {
@@ -367,7 +391,14 @@ TEST(RoundTransportHandPeer, PayloadLargerThanTheModelEndsTheTransportWithAClear
   if (session().size() != 2) GTEST_SKIP() << "needs exactly 2 ranks (run with -np 2)";
   WireHeader h = state_frame(5, 0, payload(1, 5, 10));
   h.length = kParams + 1;
-  expect_fatal_frame(encode_header(h), "more than the model's");
+  expect_fatal_frame(encode_header(h), "announced a payload of 20001 elements for a model of");
+}
+
+TEST(RoundTransportHandPeer, NegativePayloadLengthEndsTheTransportWithAClearError) {
+  if (session().size() != 2) GTEST_SKIP() << "needs exactly 2 ranks (run with -np 2)";
+  WireHeader h = state_frame(5, 0, payload(1, 5, 10));
+  h.length = -3;
+  expect_fatal_frame(encode_header(h), "announced a payload of -3 elements");
 }
 
 }  // namespace

@@ -104,29 +104,43 @@ TEST(WireFormat, IdleFrameHasNoPayload) {
 
 // What a header announces is believed only when the frame itself is intact, whatever else is
 // wrong with what it says.
-TEST(WireFormat, AnnouncedLengthNeedsOnlyAnIntactFrame) {
+TEST(WireFormat, AnnouncementNeedsOnlyAnIntactFrame) {
   WireHeader h = sample_header();
   EncodedHeader b = encode_header(h);
-  EXPECT_EQ(announced_length(b.data(), b.size()), h.length);
+  Announcement a = read_announcement(b.data(), b.size());
+  EXPECT_EQ(a.integrity, WireError::kNone);
+  EXPECT_EQ(a.kind, FrameKind::kState);
+  EXPECT_EQ(a.length, h.length);
   h.model.layout_hash ^= 1;  // another model: rejected, but the length is what was sent
   h.length = 10 * kModel.parameters;
   b = encode_header(h);
   EXPECT_EQ(decode(b, 3), WireError::kWrongFingerprint);
-  EXPECT_EQ(announced_length(b.data(), b.size()), 10 * kModel.parameters);
+  EXPECT_EQ(read_announcement(b.data(), b.size()).length, 10 * kModel.parameters);
+  h = sample_header();
+  h.length = -5;  // out of range, but intact: the receiver must see what was written
+  b = encode_header(h);
+  EXPECT_EQ(decode(b, 3), WireError::kRangeOutOfBounds);
+  a = read_announcement(b.data(), b.size());
+  EXPECT_EQ(a.integrity, WireError::kNone);
+  EXPECT_EQ(a.length, -5);
   h = sample_header();
   h.kind = FrameKind::kDone;
   h.length = 0;
+  h.sender = 7;  // from the wrong rank: still a done frame as far as the rounds go
   b = encode_header(h);
-  EXPECT_EQ(announced_length(b.data(), b.size()), 0);
+  a = read_announcement(b.data(), b.size());
+  EXPECT_EQ(a.integrity, WireError::kNone);
+  EXPECT_EQ(a.kind, FrameKind::kDone);
+  EXPECT_EQ(a.length, 0);
   b = encode_header(sample_header());
   b[57] ^= std::byte{0x01};  // the length, behind the header checksum's back
-  EXPECT_EQ(announced_length(b.data(), b.size()), -1);
+  EXPECT_EQ(read_announcement(b.data(), b.size()).integrity, WireError::kHeaderChecksum);
   b = encode_header(sample_header());
-  EXPECT_EQ(announced_length(b.data(), b.size() - 1), -1);
+  EXPECT_EQ(read_announcement(b.data(), b.size() - 1).integrity, WireError::kTruncated);
   h = sample_header();
   h.kind = static_cast<FrameKind>(9);
   b = encode_header(h);
-  EXPECT_EQ(announced_length(b.data(), b.size()), -1);
+  EXPECT_EQ(read_announcement(b.data(), b.size()).integrity, WireError::kBadKind);
 }
 
 TEST(WireFormat, RejectsWrongSizes) {
