@@ -16,7 +16,8 @@
 #                CUDA build of torch)
 #   --mpi        build the MPI transport (and the NCCL one where the machine has NCCL) too and
 #                run the mpi tier, then `mpirun -np 2` and `-np 4 asgd train --backend cuda`
-#                (ranks sharing the GPUs) to 85% given --data, the same with --transport nccl,
+#                (ranks sharing the GPUs) to 85% given --data, the same with --transport nccl
+#                where there are 2 GPUs or more (NCCL needs a GPU per rank),
 #                and with --bench the MPI transport's bandwidth; Open MPI from the packed
 #                dependencies (pack_gpu_deps.sh --mpi) or the machine's own mpirun
 #   --data DIR   Fashion-MNIST's IDX files (default /usr/share/datasets/fashion-mnist where it
@@ -196,7 +197,12 @@ if ((mpi)); then
     done
     # The NCCL transport, GPU to GPU, where the machine has NCCL (its round protocol is tested
     # on every machine over MPI; RoundTransportNccl in the mpi tier above runs it over NCCL).
-    if grep -q '^#define ASGD_HAVE_NCCL 1' "$build/generated/asgd/config.h" 2>/dev/null; then
+    if ! grep -q '^#define ASGD_HAVE_NCCL 1' "$build/generated/asgd/config.h" 2>/dev/null; then
+      record "mpirun --transport nccl" skip "this machine has no NCCL (the build found none)"
+    elif ((gpus < 2)); then
+      # NCCL refuses two ranks on one GPU; the trainer would fall back to MPI.
+      record "mpirun --transport nccl" skip "NCCL needs a GPU per rank and this machine has $gpus"
+    else
       {
         timeout 300 mpirun --oversubscribe --bind-to none -np 2 "$build/bin/asgd" train \
           --backend cuda --transport nccl --dataset "idx:$data" --model mlp --hidden 256,256 \
@@ -210,8 +216,6 @@ if ((mpi)); then
         rc=1  # fell back to MPI
       fi
       record "mpirun -np 2 asgd train --transport nccl (to 85%)" "$rc"
-    else
-      record "mpirun --transport nccl" skip "this machine has no NCCL (the build found none)"
     fi
   fi
 fi
