@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Does communication cost the workers anything? `asgd train` under mpirun with 2 ranks,
-`--algo asgd` (states exchanged over the MPI transport) against `--algo local` (no
-communication), same model, data and step count, alternating in the same run; the figure is
+`--algo asgd` (states exchanged over the MPI transport, and over the round protocol of the NCCL
+transport with MPI payloads: --transport rounds) against `--algo local` (no communication),
+same model, data and step count, alternating in the same run; the figure is
 the training throughput (samples/s of all ranks, evaluations excluded) of asgd over local.
 The issue asks >= 0.95 with a link fast enough to carry the traffic (here: shared memory).
 
@@ -51,6 +52,11 @@ def main():
         # What `asgd train` does without communication settings: the load balancer sizes the
         # messages from the probed link and the measured compute share (0.02).
         "asgd (defaults: --balance auto)": ["--algo", "asgd"],
+        # The NCCL transport's round protocol with payloads over MPI (what --transport nccl
+        # runs on GPUs): every transfer waits for a round that every rank joins.
+        "rounds (whole state every step)": ["--algo", "asgd", "--balance", "off",
+                                            "--transport", "rounds"],
+        "rounds (defaults: --balance auto)": ["--algo", "asgd", "--transport", "rounds"],
     }
     samples = {name: [] for name in settings}
     commands = {}
