@@ -1095,9 +1095,14 @@ class Run {
     return false;
   }
 
+  // Never throws: every rank must reach the gather that follows.
   static std::string gpu_bus_id(int device) {
-    for (const DeviceInfo& d : list_devices())
-      if (d.backend == Backend::kCuda && d.ordinal == device) return d.bus_id;
+    try {
+      for (const DeviceInfo& d : list_devices())
+        if (d.backend == Backend::kCuda && d.ordinal == device) return d.bus_id;
+    } catch (const std::exception&) {
+      // Falls through: the ordinal still tells ranks apart where CUDA_VISIBLE_DEVICES agrees.
+    }
     return fmt::format("cuda:{}", device);
   }
 

@@ -136,8 +136,10 @@ bool NcclPayloadPlane::round_complete() {
   if (!in_flight_) return true;
   try {
     ASGD_CHECK_CUDA_RT(cudaSetDevice(device_));
-    // A peer that failed would otherwise leave the round pending forever; and a round ended
-    // by an error is over without its data.
+    // A peer that failed would otherwise leave the round pending forever; and kernels ended by
+    // an abort complete without their data, so an error seen at completion fails the round
+    // too. (The transport hands the plane only rounds that move something: after the last of
+    // those every peer is still waiting for the done frames, not destroying its communicator.)
     const bool ready = round_done_.ready();
     check_async_error();
     if (!ready) return false;

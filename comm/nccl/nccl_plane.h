@@ -4,8 +4,11 @@
 //
 // Built only with NCCL (ASGD_HAVE_NCCL); the constructor throws where this rank has no GPU,
 // and the trainer checks every rank first, so all ranks take NCCL or all fall back to MPI.
-// Ownership: owns its NCCL communicator, stream and events; destroyed (or, after an error or
-// with a round in flight, aborted) with the plane. Thread-safety: as PayloadPlane.
+// Ownership: owns its NCCL communicator, stream and events; destroyed with the plane after a
+// clean end (every rank then destroys), aborted after an error or with a round in flight
+// (abandon()). The error path counts on ncclCommAbort returning without the peers, which is
+// what it is for; the job then ends anyway (a failing rank takes it down with MPI_Abort).
+// Thread-safety: as PayloadPlane.
 #pragma once
 
 #include <memory>

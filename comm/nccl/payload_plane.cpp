@@ -1,9 +1,24 @@
 #include "comm/nccl/payload_plane.h"
 
+#include <chrono>
 #include <climits>
 #include <cstring>
+#include <thread>
 
 namespace asgd {
+
+bool settle_requests(std::vector<MPI_Request>& requests, double seconds) {
+  const auto until = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+  while (true) {
+    int done = 0;
+    if (MPI_Testall(static_cast<int>(requests.size()), requests.data(), &done,
+                    MPI_STATUSES_IGNORE) != MPI_SUCCESS)
+      return false;
+    if (done) return true;
+    if (std::chrono::steady_clock::now() >= until) return false;
+    std::this_thread::yield();
+  }
+}
 
 MpiPayloadPlane::MpiPayloadPlane(const MpiSession& session) {
   ASGD_CHECK_MPI(MPI_Comm_dup(session.comm(), &comm_));
@@ -23,6 +38,7 @@ void MpiPayloadPlane::copy_in(float* dst, const float* src, std::int64_t count) 
 void MpiPayloadPlane::start_round(const std::vector<Transfer>& sends,
                                   const std::vector<Transfer>& receives) {
   ASGD_CHECK(requests_.empty(), "a round started before the previous one completed");
+  receives_ = receives.size();
   for (const Transfer& r : receives) {
     ASGD_CHECK(r.count >= 1 && r.count <= INT_MAX, "receive of {} floats", r.count);
     MPI_Request q;
@@ -50,19 +66,15 @@ bool MpiPayloadPlane::round_complete() {
 
 bool MpiPayloadPlane::abandon() {
   if (requests_.empty()) return true;
-  // A receive not yet matched is cancelled at once; a send that cannot be cancelled (Open MPI
-  // cancels no sends) ends when the peer takes it, which a few rounds of progress allow for
-  // eager-sized payloads. Whatever is still pending after that keeps its buffer.
-  for (MPI_Request& q : requests_)
-    if (q != MPI_REQUEST_NULL) MPI_Cancel(&q);
-  constexpr int kProgressCalls = 64;
-  int done = 0;
-  for (int i = 0; i < kProgressCalls && !done; ++i)
-    if (MPI_Testall(static_cast<int>(requests_.size()), requests_.data(), &done,
-                    MPI_STATUSES_IGNORE) != MPI_SUCCESS)
-      break;
-  if (done) requests_.clear();
-  return done != 0;
+  // A receive not yet matched is cancelled at once. Sends are left to finish (cancelling a
+  // send is deprecated, and where it works a peer that was told of the payload would wait for
+  // it forever): one whose peer takes it ends within the grace period.
+  for (std::size_t i = 0; i < receives_; ++i)
+    if (requests_[i] != MPI_REQUEST_NULL) MPI_Cancel(&requests_[i]);
+  constexpr double kGrace_s = 1.0;
+  if (!settle_requests(requests_, kGrace_s)) return false;
+  requests_.clear();
+  return true;
 }
 
 }  // namespace asgd

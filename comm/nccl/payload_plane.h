@@ -60,6 +60,11 @@ class PayloadPlane {
   virtual bool abandon() = 0;
 };
 
+// Lets MPI progress `requests` until all have completed or `seconds` have passed (yielding the
+// core between tests); true when all completed. For teardown, where a request that cannot be
+// cancelled (a send) may still be finishing.
+bool settle_requests(std::vector<MPI_Request>& requests, double seconds);
+
 // Payloads in pinned host memory, moved with MPI_Isend/MPI_Irecv on a communicator of its own.
 class MpiPayloadPlane final : public PayloadPlane {
  public:
@@ -84,7 +89,8 @@ class MpiPayloadPlane final : public PayloadPlane {
 
  private:
   MPI_Comm comm_ = MPI_COMM_NULL;
-  std::vector<MPI_Request> requests_;
+  std::vector<MPI_Request> requests_;  // the round's receives, then its sends
+  std::size_t receives_ = 0;
 };
 
 }  // namespace asgd

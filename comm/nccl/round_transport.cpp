@@ -19,8 +19,6 @@ constexpr double kBusySleep_s = 20e-6;
 constexpr double kStalledAfter_s = 2e-3;
 constexpr double kStalledSleep_s = 200e-6;
 constexpr double kFastIdlePoll_s = 400e-6;
-// Teardown: how many times to let MPI progress a request before giving up on it.
-constexpr int kProgressCalls = 64;
 
 }  // namespace
 
@@ -107,26 +105,28 @@ RoundTransport::~RoundTransport() {
   }
   // Nothing may be freed that MPI or NCCL can still write or read: the frame receives (always
   // posted), frame sends, and a round's payloads when the transport did not end cleanly.
-  bool quiet = ended_ && !error_.has_error() ? true : plane_->abandon();
+  bool quiet = (ended_ && !error_.has_error()) || plane_->abandon();
+  std::vector<MPI_Request> sends;
   for (auto& p : peers_) {
     if (p->frame_receive != MPI_REQUEST_NULL) {
       // An 80-byte frame is either unmatched (cancelled) or already here: this cannot block.
       MPI_Cancel(&p->frame_receive);
       MPI_Wait(&p->frame_receive, MPI_STATUS_IGNORE);
     }
-    if (p->frame_send != MPI_REQUEST_NULL) {
-      // Sent eagerly: done after a few rounds of progress unless MPI itself is stuck.
-      int done = 0;
-      for (int i = 0; i < kProgressCalls && !done; ++i)
-        if (MPI_Test(&p->frame_send, &done, MPI_STATUS_IGNORE) != MPI_SUCCESS) break;
-      quiet = quiet && done;
-    }
+    if (p->frame_send != MPI_REQUEST_NULL) sends.push_back(p->frame_send);
   }
+  // Frames go out eagerly: done at once unless MPI itself is stuck.
+  constexpr double kGrace_s = 1.0;
+  if (!sends.empty()) quiet = settle_requests(sends, kGrace_s) && quiet;
   if (!quiet) {
-    // Deliberately leaked: freeing them would let a late transfer write into freed memory.
+    // Deliberately never freed: a late transfer would write into freed memory. Kept reachable,
+    // so that leak checkers see a choice rather than a leak.
+    static std::vector<std::unique_ptr<Peer>>* abandoned = new std::vector<std::unique_ptr<Peer>>;
+    static std::vector<std::unique_ptr<PayloadPlane>>* abandoned_planes =
+        new std::vector<std::unique_ptr<PayloadPlane>>;
     for (auto& p : peers_)
-      static_cast<void>(p.release());
-    static_cast<void>(plane_.release());
+      abandoned->push_back(std::move(p));
+    abandoned_planes->push_back(std::move(plane_));
     return;
   }
   plane_.reset();  // its communicator (NCCL: destroyed) before the buffers it moved
@@ -470,7 +470,10 @@ void RoundTransport::start_round() {
   }
   last_round_ = all_done;
   round_trace_ns_ = trace_.now_ns();
-  plane_->start_round(sends, receives);
+  // A round of frames alone (every rank idle or done) is complete as it starts: NCCL is
+  // handed only rounds that move something.
+  plane_busy_ = !sends.empty() || !receives.empty();
+  if (plane_busy_) plane_->start_round(sends, receives);
   phase_ = Phase::kMoving;
 }
 
@@ -520,6 +523,7 @@ void RoundTransport::complete_round(double t) {
                   {"sends", sends, "bytes", round_bytes});
   rounds_.fetch_add(1, std::memory_order_relaxed);
   phase_ = Phase::kIdle;
+  plane_busy_ = false;
   if (last_round_) ended_ = true;
   if (sends > 0 || any_published) {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -549,7 +553,7 @@ void RoundTransport::communication_loop() {
           progress = true;
         }
       }
-      if (phase_ == Phase::kMoving && plane_->round_complete()) {
+      if (phase_ == Phase::kMoving && (!plane_busy_ || plane_->round_complete())) {
         complete_round(now());
         progress = true;
         finish_started_s = -1;  // the peer timeout counts from the last round

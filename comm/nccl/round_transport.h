@@ -149,6 +149,7 @@ class RoundTransport final : public RankTransport {
   Phase phase_ = Phase::kIdle;
   bool announced_done_ = false;  // this rank's frames are kDone from now on
   bool last_round_ = false;      // every frame of the round in flight is kDone
+  bool plane_busy_ = false;      // the round in flight moves payloads (the plane has it)
   bool ended_ = false;
   double round_announced_s_ = 0;  // a transfer takes from here (its frame out) to the round's end
   std::int64_t round_trace_ns_ = 0;

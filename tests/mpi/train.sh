@@ -19,7 +19,7 @@ common=(train --model softmax --batch 64 --eval-every 200 --no-progress
 # For the cases that check that messages were exchanged before the target stopped the run: the
 # softmax model reaches it in 0.1 s, sometimes before the first messages have passed the
 # Parzen window's warm-up; a hidden layer makes the 600 steps take 0.4 s, with ~120 messages.
-exchanging=("${common[@]/softmax/mlp}" --hidden 128)
+exchanging=("${common[@]/#softmax/mlp}" --hidden 128)
 
 case $case_name in
 asgd_4_ranks)
