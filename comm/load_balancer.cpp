@@ -192,15 +192,31 @@ void LinkEstimator::add(const TransferSample& sample) {
     model_.latency_s = 0;
     valid_ = true;
   }
-  const double net = std::max(sample.seconds - model_.latency_s, kMinNetFraction * sample.seconds);
-  const double measured = std::min(sample.bytes / net, kMaxBandwidth);
+  auto bandwidth_for = [&](double seconds) {
+    const double net = std::max(seconds - model_.latency_s, kMinNetFraction * seconds);
+    return std::min(sample.bytes / net, kMaxBandwidth);
+  };
   double& bandwidth = model_.bandwidth_bytes_per_s;
   if (!std::isfinite(bandwidth)) {
     // Started from nothing, or from a probe that found the link ideal.
-    bandwidth = measured;
+    bandwidth = bandwidth_for(sample.seconds);
     suspect_run_ = 0;
     return;
   }
+  double seconds = sample.seconds;
+  if (sample.resolution_s > 0 && std::isfinite(sample.resolution_s)) {
+    const double shortest = std::max(sample.seconds - 0.5 * sample.resolution_s, 0.0);
+    const double longest = sample.seconds + 0.5 * sample.resolution_s;
+    const double expected = model_.transfer_seconds(sample.bytes);
+    if (expected >= shortest && expected <= longest) {
+      suspect_run_ = 0;  // as far as this sample can tell, the estimate is right
+      return;
+    }
+    // The link is at least as slow as the shortest time allows, or at least as fast as the
+    // longest does: the nearest end is all the sample is sure of.
+    seconds = expected < shortest ? shortest : longest;
+  }
+  const double measured = bandwidth_for(seconds);
   const double log_ratio = std::log(measured / bandwidth);
   const double log_factor = std::log(options_.outlier_factor);
   if (std::abs(log_ratio) <= log_factor) {

@@ -38,6 +38,9 @@ struct TransferRecord {
   int to = 0;
   double bytes = 0;
   double seconds = 0;  // from the start of sending to the arrival (or the send's completion)
+  // How far apart the two looks were between which the transport saw it complete: `seconds`
+  // is the midpoint, so the true time lies within resolution_s / 2 of it. 0: exact.
+  double resolution_s = 0;
 };
 
 class Transport {

@@ -413,11 +413,12 @@ bool MpiTransport::pump_sends(double t) {
       const std::int64_t bytes = f.wire->header.payload_bytes();
       trace_.complete("transfer", f.trace_ns, trace_.now_ns(), {"peer", peer, "bytes", bytes});
       {
-        // It completed between the previous pass and this one: the midpoint halves the error
-        // that the thread's sleep between passes adds to the measured time.
-        const double completed_s = std::max(f.start_s, 0.5 * (previous_pass_s_ + t));
+        // It completed after it started and after the previous pass, and before this one: the
+        // record is the midpoint, and the width of that interval its resolution.
+        const double after_s = std::max(f.start_s, previous_pass_s_);
         std::lock_guard<std::mutex> lock(transfers_mutex_);
-        transfers_.push_back({rank_, peer, static_cast<double>(bytes), completed_s - f.start_s});
+        transfers_.push_back({rank_, peer, static_cast<double>(bytes),
+                              0.5 * (after_s + t) - f.start_s, t - after_s});
         while (transfers_.size() > static_cast<std::size_t>(kMaxTransferRecords * size_))
           transfers_.pop_front();
       }

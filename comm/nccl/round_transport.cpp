@@ -478,6 +478,13 @@ void RoundTransport::start_round() {
 }
 
 void RoundTransport::complete_round(double t) {
+  // A transfer takes from its frame going out until the round completed, some time after the
+  // previous pass and before this one: the records take the midpoint, with that interval as
+  // their resolution. The wait for the peers' frames is inside, as the MPI transport's times
+  // include its receiver's wait to look (see the README on what the balancer makes of it).
+  const double after_s = std::max(round_announced_s_, previous_pass_s_);
+  const double seconds = 0.5 * (after_s + t) - round_announced_s_;
+  const double resolution_s = t - after_s;
   bool any_published = false;
   std::int64_t sends = 0;
   std::int64_t round_bytes = 0;
@@ -489,7 +496,7 @@ void RoundTransport::complete_round(double t) {
       round_bytes += bytes;
       {
         std::lock_guard<std::mutex> lock(transfers_mutex_);
-        transfers_.push_back({rank_, peer, static_cast<double>(bytes), t - round_announced_s_});
+        transfers_.push_back({rank_, peer, static_cast<double>(bytes), seconds, resolution_s});
         while (transfers_.size() > static_cast<std::size_t>(kMaxTransferRecords * size_))
           transfers_.pop_front();
       }
@@ -572,6 +579,7 @@ void RoundTransport::communication_loop() {
               rank_, missing, options_.peer_timeout_s);
         }
       }
+      previous_pass_s_ = t;
       if (progress) {
         last_progress_s = t;
         continue;

@@ -151,7 +151,8 @@ class RoundTransport final : public RankTransport {
   bool last_round_ = false;      // every frame of the round in flight is kDone
   bool plane_busy_ = false;      // the round in flight moves payloads (the plane has it)
   bool ended_ = false;
-  double round_announced_s_ = 0;  // a transfer takes from here (its frame out) to the round's end
+  double round_announced_s_ = 0;  // the frames of the round in flight went out
+  double previous_pass_s_ = 0;    // when the loop last looked, for the transfers' resolution
   std::int64_t round_trace_ns_ = 0;
 
   std::mutex mutex_;  // wakes the thread; finishing_

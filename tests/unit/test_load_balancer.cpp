@@ -178,6 +178,52 @@ TEST(LinkEstimator, IgnoresEmptyAndNonPositiveSamples) {
   EXPECT_EQ(e.estimate().bandwidth_bytes_per_s, 1e9);
 }
 
+// A transport that looks for completions every 2 ms times a 16 KB message on a 10 GB/s link
+// as about 1 ms, give or take 1 ms: such samples must not drag the estimate down to 16 MB/s
+// (under mpirun they did, to 7-57 MB/s on shared memory), but samples that do resolve the
+// link still move it, and a link that really slows shows through the resolution.
+TEST(LinkEstimator, SamplesAreIntervalsAsWideAsTheirResolution) {
+  const LinkModel fast = make_link(1e10, 2e-6);
+  LinkEstimator e;
+  e.start_from(fast);
+  for (int i = 0; i < 50; ++i)
+    e.add({16384, 1e-3, 2e-3});  // [0, 2 ms] holds the true 3.6 us: nothing learnt
+  EXPECT_EQ(e.estimate().bandwidth_bytes_per_s, 1e10);
+
+  // The same samples without their resolution are believed, after three in a row.
+  LinkEstimator naive;
+  naive.start_from(fast);
+  for (int i = 0; i < 3; ++i)
+    naive.add({16384, 1e-3});
+  EXPECT_LT(naive.estimate().bandwidth_bytes_per_s, 2e7);
+
+  // The link drops to 10 MB/s: 16 KB now takes 1.64 ms, and 1 MB messages 100 ms, measured
+  // with the same 2 ms resolution. The estimate follows to the nearest end of each interval.
+  const LinkModel slow = make_link(1e7, 2e-6);
+  for (int i = 0; i < 3; ++i)
+    e.add({1e6, slow.transfer_seconds(1e6), 2e-3});
+  const double after_drop = e.estimate().bandwidth_bytes_per_s;
+  EXPECT_GT(after_drop, 1e7);  // the shortest time the interval allows: a little faster
+  EXPECT_LT(after_drop, 1.02e7);
+  // Once it agrees with the interval, such samples leave it alone.
+  e.add({1e6, slow.transfer_seconds(1e6), 2e-3});
+  EXPECT_EQ(e.estimate().bandwidth_bytes_per_s, after_drop);
+
+  // A low estimate (a slow probe) is raised by samples whose longest time is still shorter
+  // than it expects.
+  LinkEstimator low;
+  low.start_from(make_link(1e6, 2e-6));  // 16 KB expected to take 16 ms
+  double previous = low.estimate().bandwidth_bytes_per_s;
+  for (int i = 0; i < 30; ++i) {
+    low.add({16384, 1e-3, 2e-3});  // at most 2 ms
+    EXPECT_GE(low.estimate().bandwidth_bytes_per_s, previous) << i;
+    previous = low.estimate().bandwidth_bytes_per_s;
+  }
+  // Raised as far as the longest time allows, and no further.
+  const double bound = 16384 / (2e-3 - 2e-6);
+  EXPECT_NEAR(low.estimate().bandwidth_bytes_per_s, bound, bound * 1e-3);
+}
+
 TEST(LinkEstimator, IgnoresASingleOutlierButFollowsThreeInARow) {
   const LinkModel fast = make_link(1e9, 0);
   const LinkModel slow = make_link(1e8, 0);
