@@ -125,9 +125,9 @@ int run_info() {
     if (d.backend == Backend::kHost)
       std::printf("  host      %s, %d hardware threads\n", d.name.c_str(), d.processors);
     else
-      std::printf("  cuda:%-4d %s, compute %d.%d, %d SMs, %.1f GiB\n", d.ordinal, d.name.c_str(),
-                  d.compute_major, d.compute_minor, d.processors,
-                  static_cast<double>(d.memory_bytes) / (1ull << 30));
+      std::printf("  cuda:%-4d %s, compute %d.%d, %d SMs, %.1f GiB, PCI %s\n", d.ordinal,
+                  d.name.c_str(), d.compute_major, d.compute_minor, d.processors,
+                  static_cast<double>(d.memory_bytes) / (1ull << 30), d.bus_id.c_str());
   }
   const std::string why = cuda_unavailable_reason();
   if (!why.empty()) std::printf("cuda backend unavailable: %s\n", why.c_str());

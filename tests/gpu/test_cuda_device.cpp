@@ -48,6 +48,14 @@ TEST_F(CudaDeviceTest, ListsEveryDevice) {
     EXPECT_GT(info.memory_bytes, 0u);
     EXPECT_GE(info.compute_major, 7);  // we build for Turing (sm_75) and newer
     EXPECT_GT(info.processors, 0);
+    // domain:bb:dd.0, and distinct per GPU: the NCCL transport tells shared GPUs apart by it.
+    const std::string& id = info.bus_id;
+    ASSERT_GE(id.size(), 12u) << id;
+    EXPECT_EQ(id.substr(id.size() - 8, 1), ":") << id;
+    EXPECT_EQ(id.substr(id.size() - 5, 1), ":") << id;
+    EXPECT_EQ(id.substr(id.size() - 2), ".0") << id;
+    for (int other = 0; other < d; ++other)
+      EXPECT_NE(info.bus_id, devices[static_cast<std::size_t>(other) + 1].bus_id);
   }
 }
 
