@@ -1067,19 +1067,15 @@ class Run {
       // NCCL refuses two ranks of one communicator on one GPU (ncclInvalidUsage, "Duplicate
       // GPU"), which happens when more ranks than GPUs share a host.
       const std::string gpu = fmt::format("{} {}", session.host(), gpu_bus_id(w.stream().device()));
+      const std::vector<std::string> all = distributed::gather_strings(session, gpu);  // rank 0
       std::string shared;
-      if (place_.rank == 0) {
-        const std::vector<std::string> all = distributed::gather_strings(session, gpu);
-        for (std::size_t a = 0; a < all.size() && shared.empty(); ++a)
-          for (std::size_t b = a + 1; b < all.size() && shared.empty(); ++b)
-            if (all[a] == all[b])
-              shared = fmt::format(
-                  "ranks {} and {} share one GPU ({}), and NCCL needs a GPU per rank (run at "
-                  "most as many ranks per host as it has GPUs)",
-                  a, b, all[a]);
-      } else {
-        distributed::gather_strings(session, gpu);
-      }
+      for (std::size_t a = 0; a < all.size() && shared.empty(); ++a)
+        for (std::size_t b = a + 1; b < all.size() && shared.empty(); ++b)
+          if (all[a] == all[b])
+            shared = fmt::format(
+                "ranks {} and {} share one GPU ({}), and NCCL needs a GPU per rank (run at "
+                "most as many ranks per host as it has GPUs)",
+                a, b, all[a]);
       why = distributed::broadcast_string(session, shared);
       if (why.empty()) return true;
       if (place_.rank == 0)

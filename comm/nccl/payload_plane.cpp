@@ -71,8 +71,7 @@ bool MpiPayloadPlane::abandon() {
   // it forever): one whose peer takes it ends within the grace period.
   for (std::size_t i = 0; i < receives_; ++i)
     if (requests_[i] != MPI_REQUEST_NULL) MPI_Cancel(&requests_[i]);
-  constexpr double kGrace_s = 1.0;
-  if (!settle_requests(requests_, kGrace_s)) return false;
+  if (!settle_requests(requests_, kTeardownGrace_s)) return false;
   requests_.clear();
   return true;
 }

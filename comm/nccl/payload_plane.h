@@ -64,6 +64,8 @@ class PayloadPlane {
 // core between tests); true when all completed. For teardown, where a request that cannot be
 // cancelled (a send) may still be finishing.
 bool settle_requests(std::vector<MPI_Request>& requests, double seconds);
+// How long a teardown lets sends that cannot be cancelled finish before it gives up on them.
+constexpr double kTeardownGrace_s = 1.0;
 
 // Payloads in pinned host memory, moved with MPI_Isend/MPI_Irecv on a communicator of its own.
 class MpiPayloadPlane final : public PayloadPlane {

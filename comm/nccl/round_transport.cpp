@@ -113,11 +113,13 @@ RoundTransport::~RoundTransport() {
       MPI_Cancel(&p->frame_receive);
       MPI_Wait(&p->frame_receive, MPI_STATUS_IGNORE);
     }
-    if (p->frame_send != MPI_REQUEST_NULL) sends.push_back(p->frame_send);
+    if (p->frame_send != MPI_REQUEST_NULL) {
+      sends.push_back(p->frame_send);  // the request now lives in `sends` only
+      p->frame_send = MPI_REQUEST_NULL;
+    }
   }
   // Frames go out eagerly: done at once unless MPI itself is stuck.
-  constexpr double kGrace_s = 1.0;
-  if (!sends.empty()) quiet = settle_requests(sends, kGrace_s) && quiet;
+  if (!sends.empty()) quiet = settle_requests(sends, kTeardownGrace_s) && quiet;
   if (!quiet) {
     // Deliberately never freed: a late transfer would write into freed memory. Kept reachable,
     // so that leak checkers see a choice rather than a leak.
