@@ -12,7 +12,8 @@
 namespace asgd {
 
 // Softmax cross-entropy over `cols` classes. Adds sum_r -log softmax(logits_r)[label_r] to
-// *loss_sum, adds the number of rows whose argmax equals the label to *correct, and writes
+// *loss_sum, adds the number of rows whose argmax (the first maximum among the non-NaN logits;
+// class 0 for a row of NaNs) equals the label to *correct, and writes
 // grad_scale * (softmax(logits) - onehot(label)) to dlogits. Any of loss_sum, correct and
 // dlogits may be null. dlogits may alias logits.
 void softmax_cross_entropy(const Stream& stream, std::int64_t rows, std::int64_t cols,

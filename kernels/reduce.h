@@ -1,5 +1,8 @@
-// Reductions to one device scalar, accumulated in double precision. Each overwrites its output
-// (memory of the stream's device). Asynchronous on CUDA.
+// Reductions to one device scalar. Each overwrites its output (memory of the stream's device).
+// Asynchronous on CUDA. Terms are float products; partial sums are float within blocks of 1024
+// on the host (fast, vectorised) and double on CUDA, and the blocks are summed in double. So a
+// sum whose block partials pass the float range (|x| above ~1.8e19 in a squared norm) is +-inf
+// or NaN on the host and finite on CUDA; callers that must tell use count_nonfinite first.
 #pragma once
 
 #include <cstdint>

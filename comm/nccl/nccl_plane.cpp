@@ -124,11 +124,11 @@ void NcclPayloadPlane::start_round(const std::vector<Transfer>& sends,
   }
   try {
     ASGD_CHECK_NCCL(ncclGroupEnd());
+    round_done_.record(stream_);
   } catch (...) {
-    failed_ = true;
+    failed_ = true;  // a round may be queued: the destructor must abort, not destroy
     throw;
   }
-  round_done_.record(stream_);
   in_flight_ = true;
 }
 

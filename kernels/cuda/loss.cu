@@ -26,14 +26,17 @@ constexpr int kRowsPerBlock = kThreads / kWarp;
 constexpr std::int64_t kMaxBlocks = 2048;
 constexpr unsigned kFullMask = 0xffffffffu;
 
-// The first maximal element among the columns seen so far. `index` is -1 before any.
+// The first maximal element among the non-NaN columns seen so far. `index` is -1 before any
+// (and stays -1 for a row of NaNs, which then predicts class 0, as on the host).
 struct ArgMax {
   float value;
   std::int64_t index;
 };
 
 __device__ void argmax_update(ArgMax& a, float v, std::int64_t c) {
-  // Columns arrive in increasing order per lane, so a strict > keeps the first maximum.
+  // Columns arrive in increasing order per lane, so a strict > keeps the first maximum. A NaN
+  // is never a candidate: kept, it would stop every later column of its lane from winning.
+  if (isnan(v)) return;
   if (a.index < 0 || v > a.value) a = ArgMax{v, c};
 }
 
@@ -103,7 +106,7 @@ __global__ void __launch_bounds__(kThreads)
 
     if (lane == 0) {
       loss += static_cast<double>(row_max) + log(static_cast<double>(s)) - z_label;
-      hits += (best.index == label) ? 1 : 0;
+      hits += (best.index < 0 ? 0 : best.index) == label ? 1 : 0;
     }
     if (dlogits) {
       __syncwarp();
@@ -151,7 +154,8 @@ __global__ void __launch_bounds__(kThreads)
     }
     best = warp_argmax(best);
     if (lane == 0) {
-      const bool ok = cols == 1 ? ((best.value > 0.0f) == (label == 1)) : best.index == label;
+      const bool ok = cols == 1 ? ((best.value > 0.0f) == (label == 1))
+                                : (best.index < 0 ? 0 : best.index) == label;
       hits += ok ? 1 : 0;
     }
   }

@@ -176,7 +176,10 @@ void launch_statistics(const Stream& stream, std::int64_t n, std::int64_t head, 
   auto* kernel = statistics_kernel<kVector, kVectorE>;
   const std::int64_t per_block = kThreads * kElementsPerThread;
   const int blocks = resident_grid(stream, kernel, (n + per_block - 1) / per_block);
-  kernel<<<blocks, kThreads, 0, s>>>(n, head, g, w, e, grid_sum_scratch(stream, blocks), out);
+  // Fetched before the launch: its first use allocates and may throw, which must not happen
+  // between pushing the launch configuration and the launch.
+  const GridSum scratch = grid_sum_scratch(stream, blocks);
+  kernel<<<blocks, kThreads, 0, s>>>(n, head, g, w, e, scratch, out);
   ASGD_CHECK_LAUNCH();
 }
 

@@ -42,11 +42,12 @@ void rows_reduce(const Stream& stream, std::int64_t rows, std::int64_t cols, Row
   if (correct) *correct += h;
 }
 
+// The first maximum among the non-NaN columns; 0 for a row of NaNs (the CUDA kernels agree).
 inline std::int64_t argmax(const float* z, std::int64_t cols) {
-  std::int64_t best = 0;
-  for (std::int64_t c = 1; c < cols; ++c)
-    if (z[c] > z[best]) best = c;
-  return best;
+  std::int64_t best = -1;
+  for (std::int64_t c = 0; c < cols; ++c)
+    if (!std::isnan(z[c]) && (best < 0 || z[c] > z[best])) best = c;
+  return best < 0 ? 0 : best;
 }
 }  // namespace
 

@@ -5,7 +5,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <initializer_list>
+#include <limits>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -108,8 +111,36 @@ struct RefLoss {
   std::int64_t correct = 0;
 };
 
+// The first maximum among the non-NaN entries; 0 when all are NaN (kernels/loss.h).
 inline std::int64_t ref_argmax(const float* row, std::int64_t cols) {
-  return std::max_element(row, row + cols) - row;
+  std::int64_t best = -1;
+  for (std::int64_t c = 0; c < cols; ++c)
+    if (!std::isnan(row[c]) && (best < 0 || row[c] > row[best])) best = c;
+  return best < 0 ? 0 : best;
+}
+
+// Rows of `cols` (>= 72) logits with NaNs where a warp's lanes and strides would meet them: each
+// label is the class the contract predicts (kernels/loss.h: a NaN is never the maximum, a row of
+// NaNs predicts 0), so every row counts as correct.
+inline std::vector<float> nan_logit_rows(std::int64_t cols, std::vector<std::int32_t>& labels) {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  std::vector<float> logits;
+  auto row = [&](std::initializer_list<std::pair<std::int64_t, float>> set, std::int32_t label) {
+    std::vector<float> z(static_cast<std::size_t>(cols));
+    for (std::int64_t c = 0; c < cols; ++c)
+      z[c] = -1.0f + 0.01f * static_cast<float>(c % 17);
+    for (const auto& [c, v] : set)
+      z[c] = v;
+    logits.insert(logits.end(), z.begin(), z.end());
+    labels.push_back(label);
+  };
+  row({{1, nan}, {33, 5.0f}}, 33);              // lane 1 holds a NaN, then the maximum
+  row({{0, nan}, {40, 5.0f}}, 40);              // a NaN in the first column
+  row({{2, 5.0f}, {34, nan}, {66, nan}}, 2);    // NaNs after the maximum
+  row({{7, nan}, {39, 5.0f}, {71, 5.0f}}, 39);  // tied maxima behind a NaN
+  logits.insert(logits.end(), static_cast<std::size_t>(cols), nan);  // all NaN: class 0
+  labels.push_back(0);
+  return logits;
 }
 
 inline RefLoss ref_softmax_cross_entropy(std::int64_t rows, std::int64_t cols,

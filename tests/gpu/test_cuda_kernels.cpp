@@ -316,6 +316,19 @@ TEST_F(CudaKernelTest, ArgmaxTakesTheFirstOfTiedMaxima) {
   }
 }
 
+TEST_F(CudaKernelTest, ArgmaxSkipsNaNLogits) {
+  const std::int64_t cols = 100;
+  std::vector<std::int32_t> labels;
+  const std::vector<float> logits = testing::nan_logit_rows(cols, labels);
+  const auto rows = static_cast<std::int64_t>(labels.size());
+  for (const LossKind kind : {LossKind::kSoftmax, LossKind::kSigmoid}) {
+    const LossResult got = run_loss(kind, cuda(), rows, cols, logits, labels, 1.0f, false);
+    const LossResult twin = run_loss(kind, host(), rows, cols, logits, labels, 1.0f, false);
+    EXPECT_EQ(got.correct, 5 + rows);  // run_loss starts the count at 5
+    EXPECT_EQ(got.correct, twin.correct);
+  }
+}
+
 TEST_F(CudaKernelTest, LossIsStableForLargeLogits) {
   const std::int64_t rows = 4, cols = 3;
   const std::vector<float> logits = {80.0f, -80.0f, 0.0f,  -90.0f,  95.0f,   10.0f,

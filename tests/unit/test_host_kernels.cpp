@@ -109,6 +109,23 @@ TEST_P(ElementwiseTest, SoftmaxCrossEntropy) {
   EXPECT_TRUE(all_close(logits, expected.dlogits, 1e-5, 1e-6));
 }
 
+TEST(LossTest, ArgmaxSkipsNaNLogits) {
+  const std::int64_t cols = 100;
+  std::vector<std::int32_t> labels;
+  const std::vector<float> logits = testing::nan_logit_rows(cols, labels);
+  const auto rows = static_cast<std::int64_t>(labels.size());
+  for (const int threads : {1, 2}) {
+    const Stream s = Stream::host(threads);
+    std::int64_t softmax = 0, sigmoid = 0;
+    softmax_cross_entropy(s, rows, cols, logits.data(), labels.data(), 1.0f, nullptr, nullptr,
+                          &softmax);
+    sigmoid_cross_entropy(s, rows, cols, logits.data(), labels.data(), 1.0f, nullptr, nullptr,
+                          &sigmoid);
+    EXPECT_EQ(softmax, rows) << threads << " threads";
+    EXPECT_EQ(sigmoid, rows) << threads << " threads";
+  }
+}
+
 TEST_P(ElementwiseTest, SigmoidCrossEntropy) {
   const auto [rows, cols, threads] = GetParam();
   const Stream s = Stream::host(threads);
