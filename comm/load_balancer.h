@@ -73,6 +73,10 @@ class LinkEstimator {
   int suspect_run_ = 0;  // consecutive suspect samples, signed by direction
 };
 
+// The longest send interval a decision can carry (the workers read decisions from one packed
+// atomic word, runtime/balancer.h).
+inline constexpr std::int64_t kMaxSendInterval = (std::int64_t{1} << 24) - 1;
+
 struct BalanceLimits {
   double rho = 0.5;                  // target busy fraction of each link
   std::int64_t min_message = 4096;   // elements: smaller messages are not worth sending

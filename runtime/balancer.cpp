@@ -10,6 +10,7 @@ namespace {
 
 constexpr int kIntervalBits = 24;
 constexpr std::uint64_t kIntervalMask = (std::uint64_t{1} << kIntervalBits) - 1;
+static_assert(kIntervalMask == static_cast<std::uint64_t>(kMaxSendInterval));
 
 std::uint64_t pack(const PeerSetting& s) {
   return static_cast<std::uint64_t>(s.message) << kIntervalBits |

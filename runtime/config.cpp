@@ -10,6 +10,7 @@
 
 #include <toml++/toml.h>
 
+#include "comm/load_balancer.h"
 #include "comm/wire_format.h"
 #include "runtime/error.h"
 
@@ -576,11 +577,12 @@ void validate(const TrainConfig& c) {
     ASGD_INPUT_ERROR("--min-message must be >= 1 and --max-message 0 (the whole state) or >= it; "
                      "got {} and {}",
                      c.min_message, c.max_message);
-  if (c.min_interval < 0 || c.max_interval < 1 ||
+  if (c.min_interval < 0 || c.max_interval < 1 || c.max_interval > kMaxSendInterval ||
       (c.min_interval > 0 && c.max_interval < c.min_interval))
-    ASGD_INPUT_ERROR("--min-interval must be >= 0 (0: the number of peers) and --max-interval "
-                     ">= 1 and >= it; got {} and {}",
-                     c.min_interval, c.max_interval);
+    ASGD_INPUT_ERROR(
+        "--min-interval must be >= 0 (0: the number of peers) and --max-interval "
+        "between 1 and {} and >= it; got {} and {}",
+        kMaxSendInterval, c.min_interval, c.max_interval);
   if (!(c.peer_timeout_s > 0.0))
     ASGD_INPUT_ERROR("--peer-timeout must be positive, got {}", c.peer_timeout_s);
   if (!(c.comm_poll_s >= 0.0 && c.comm_poll_s <= 1.0))

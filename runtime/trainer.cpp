@@ -316,6 +316,8 @@ class Run {
       for (auto& t : threads) t.join();
       errors_.rethrow_if_set();
     }
+    // The workers look only every 64 steps: an error of the run's last steps is reported here.
+    if (balancer_) balancer_->check();
     write_final_checkpoint();
     if (c_.algorithm == Algorithm::kSimu && c_.workers > 1) average_states();
     TrainResult result = finish();
@@ -545,7 +547,10 @@ class Run {
       if (round <= checkpoint_done_[i]) return;
     }
     checkpoint_done_[i] = round;
-    guard_divergence(w);  // never write a state that is not finite
+    // A state that is not finite is never written: the round stays incomplete and a newer one
+    // overtakes it, while the regular checks (not this one, whose timing must not change the
+    // run) stop or restore the worker.
+    if (!w.state_is_finite()) return;
     WorkerState state = w.save_state();
     std::lock_guard<std::mutex> lock(checkpoint_mutex_);
     if (round < checkpoint_round_) return;
@@ -580,7 +585,7 @@ class Run {
     next_checkpoint_step_ = checkpoint_step_after(s0);
     std::vector<WorkerState> states;
     for (auto& w : workers_) {
-      guard_divergence(*w);
+      if (!w->state_is_finite()) return;  // never written; see maybe_checkpoint()
       states.push_back(w->save_state());
     }
     submit_checkpoint(std::move(states), c_.deterministic);
@@ -842,14 +847,21 @@ class Run {
     std::vector<Worker*> stepped;  // lockstep: this round's workers, whose sends are due
     while (!stop_) {
       if (c_.algorithm == Algorithm::kSync) {
+        // Each worker computes on its own stream: every gradient must be complete before any
+        // worker reads it, and every read done before the next round overwrites it.
         for (Worker* w : order) w->compute_gradient();
+        for (Worker* w : order)
+          w->stream().synchronize();
         for (Worker* w : order) w->apply_mean_gradient(order);
+        for (Worker* w : order)
+          w->stream().synchronize();
         for (Worker* w : order) inject_faults(*w);
         Worker& w0 = *workers_.front();
         guard_divergence_if_due(w0);
         if (eval_due(w0)) evaluate(w0, 0);
         if (w0.steps() >= w0.max_steps() && stop_reason_.empty()) stop_reason_ = "epochs";
         if (w0.steps() >= w0.max_steps()) stop_ = true;
+        check_time();
         if (!stop_) checkpoint_round_deterministic();
         continue;
       }
@@ -886,6 +898,9 @@ class Run {
         w->send_due();
       for (Worker* w : stepped)
         after_step(*w);
+      // A wall-clock stop ends the run between rounds: where it stops depends on the machine,
+      // the states up to there do not.
+      check_time();
       if (!stop_) checkpoint_round_deterministic();
       if (!any && workers_.front()->steps() >= workers_.front()->max_steps()) break;
     }

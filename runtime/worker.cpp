@@ -34,6 +34,16 @@ Stream worker_stream(const TrainConfig& c, int device) {
 }
 }  // namespace
 
+std::int64_t steps_for_epochs(double epochs, std::int64_t steps_per_epoch, std::int64_t batch) {
+  ASGD_CHECK(epochs > 0 && steps_per_epoch >= 0 && batch >= 1,
+             "steps_for_epochs({}, {}, {}): epochs must be positive and batch at least 1", epochs,
+             steps_per_epoch, batch);
+  // Steps times batch (the samples) must stay exact in a double and an int64.
+  const double most = std::floor(9007199254740992.0 / static_cast<double>(batch));
+  const double steps = std::round(epochs * static_cast<double>(steps_per_epoch));
+  return static_cast<std::int64_t>(std::clamp(steps, 1.0, most));
+}
+
 ModelFactory builtin_model_factory(const ModelSpec& spec) {
   return [spec](const Stream& stream, std::int64_t input_dim, std::int32_t classes,
                 std::int64_t max_batch, const Dataset& train) {
@@ -51,8 +61,7 @@ Worker::Worker(int id, int device, const TrainConfig& config, const Dataset& tra
       model_(factory(stream_, shard.cols, std::max(shard.classes, test.classes),
                      std::max<std::int64_t>(config.batch, kEvalChunk), train)),
       n_(model_->parameter_count()),
-      max_steps_(std::max<std::int64_t>(
-          1, std::llround(config.epochs * static_cast<double>(shard.rows / config.batch)))),
+      max_steps_(steps_for_epochs(config.epochs, shard.rows / config.batch, config.batch)),
       params_(stream_.backend(), stream_.device(), static_cast<std::size_t>(n_)),
       grad_(stream_.backend(), stream_.device(), static_cast<std::size_t>(n_)),
       sampler_(train_, config.batch, config.seed + 1 + 7919 * static_cast<std::uint64_t>(id),
@@ -88,6 +97,7 @@ Worker::Worker(int id, int device, const TrainConfig& config, const Dataset& tra
   if (!stream_.is_host()) {
     copy_stream_ = std::make_unique<Stream>(Stream::cuda(stream_.device()));
     received_ = std::make_unique<Event>(stream_.backend(), stream_.device());
+    merged_ = std::make_unique<Event>(stream_.backend(), stream_.device());
     computed_ = std::make_unique<Event>(stream_.backend(), stream_.device());
     staged_ = std::make_unique<Event>(stream_.backend(), stream_.device());
   }
@@ -240,6 +250,10 @@ void Worker::exchange_and_update() {
     ASGD_CHECK(copy_stream_ || !messages[i]->on_device(),
                "worker {} on the host got a message in GPU memory", id_);
     if (copy_stream_) {  // host to device, or device to device (NCCL)
+      if (merge_in_flight_) {  // the previous merge may still be reading these buffers
+        merged_->wait_on(*copy_stream_);
+        merge_in_flight_ = false;
+      }
       if (static_cast<int>(receive_.size()) <= used)
         receive_.emplace_back(stream_.backend(), stream_.device(),
                               static_cast<std::size_t>(transport_->max_message()));
@@ -274,6 +288,10 @@ void Worker::exchange_and_update() {
                 history_seen_.data(), accept_.data(), parzen_counters_.data());
   parzen_merge(stream_, config_.merge.rule, lr_, config_.merge.alpha, n_, grad_.data(),
                params_.data(), ranges, used, accept_.data());
+  if (copy_stream_) {
+    merged_->record(stream_);
+    merge_in_flight_ = true;
+  }
   // What the messages cost beyond a plain step (the merge includes the step); on a GPU the
   // launches return at once and the cost measured here is close to nothing, as it should be.
   const double merge_s = cost_clock() - merge_start;
@@ -533,8 +551,8 @@ void Worker::load_state(const WorkerState& s, bool whole) {
   stream_.synchronize();
 }
 
-bool Worker::check_finite() {
-  if (good_.empty()) {
+bool Worker::finite_now(bool snapshot) {
+  if (!snapshot) {
     count_nonfinite(stream_, n_, params_.data(), nonfinite_.data());
   } else {
     copy_count_nonfinite(stream_, n_, params_.data(), snapshot_.data(), nonfinite_.data());
@@ -544,7 +562,15 @@ bool Worker::check_finite() {
   nonfinite_.download(&bad, 1, stream_);
   loss_.download(&train_loss, 1, stream_);
   stream_.synchronize();
-  if (bad > 0 || !std::isfinite(train_loss)) return false;
+  return bad == 0 && std::isfinite(train_loss);
+}
+
+bool Worker::state_is_finite() {
+  return finite_now(false);
+}
+
+bool Worker::check_finite() {
+  if (!finite_now(!good_.empty())) return false;
   if (!good_.empty()) {
     std::swap(good_, snapshot_);
     good_step_ = steps_;

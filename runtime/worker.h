@@ -56,6 +56,11 @@ struct WorkerEval {
   std::int64_t train_steps = 0;  // steps since the previous evaluation
 };
 
+// The steps of `epochs` passes over a shard of `steps_per_epoch` batches: at least 1, and at
+// most 2^53 / batch, so that the samples (steps * batch) stay exact; --epochs inf therefore
+// runs until another stop (target, time). Throws asgd::Error for epochs <= 0 or NaN or batch < 1.
+std::int64_t steps_for_epochs(double epochs, std::int64_t steps_per_epoch, std::int64_t batch);
+
 class Worker {
  public:
   // `shard` is this worker's part of `train`, which only the model factory sees. `device` is
@@ -124,6 +129,9 @@ class Worker {
   // the last evaluation for NaN/Inf: one pass over the state that also snapshots it (with the
   // restore policy), and one small read. Finite: the snapshot becomes the last good state.
   bool check_finite();
+  // The same test without touching the last good state: what a checkpoint asks, so that
+  // taking checkpoints never changes the run (the snapshot moves only on the regular checks).
+  bool state_is_finite();
   // Puts the last good state back and multiplies the step size by `lr_factor`; returns the
   // step at which that state was taken.
   std::int64_t restore_last_good(float lr_factor);
@@ -133,6 +141,8 @@ class Worker {
   void inject_nan();
 
  private:
+  // The non-finite test; with `snapshot`, also copies the state into snapshot_ in the same pass.
+  bool finite_now(bool snapshot);
   void exchange_and_update();
   int choose_peer();
   // Sends `message` elements from `cursor` (which then moves on, wrapping) to `peer`.
@@ -202,6 +212,10 @@ class Worker {
   std::unique_ptr<Stream> copy_stream_;
   std::vector<DeviceBuffer<float>> receive_;
   std::unique_ptr<Event> received_;
+  // Recorded on the compute stream after a merge that read `receive_`: the next uploads into
+  // those buffers wait for it (a step that sends nothing puts no other order between them).
+  std::unique_ptr<Event> merged_;
+  bool merge_in_flight_ = false;
   std::unique_ptr<Event> computed_;
   PinnedBuffer<float> send_staging_;
   // For a transport that moves payloads in GPU memory: the range goes device to device here

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -17,6 +18,7 @@
 #include "kernels/models/model.h"
 #include "runtime/error.h"
 #include "runtime/trainer.h"
+#include "runtime/worker.h"
 #include "tests/common/run_checks.h"
 #include "tests/common/separable.h"
 
@@ -279,6 +281,29 @@ INSTANTIATE_TEST_SUITE_P(Engine, WorkerFailureTest,
                                            std::make_pair(Algorithm::kSync, false),
                                            std::make_pair(Algorithm::kAsgd, true)));
 
+TEST(DeterministicTest, MaxSecondsEndsTheRun) {
+  TrainConfig c = engine_config(Algorithm::kAsgd, 2);
+  c.deterministic = true;
+  c.epochs = 1e6;  // far beyond what a millisecond can train
+  c.max_seconds = 1e-3;
+  const TrainResult r = train(c, testing::separable_train_test());
+  EXPECT_EQ(r.stop_reason, "max-seconds");
+  c.algorithm = Algorithm::kSync;
+  EXPECT_EQ(train(c, testing::separable_train_test()).stop_reason, "max-seconds");
+}
+
+TEST(EngineConfigTest, StepsForEpochsStayCountable) {
+  EXPECT_EQ(steps_for_epochs(2.5, 10, 32), 25);
+  EXPECT_EQ(steps_for_epochs(0.01, 10, 32), 1);  // at least one step
+  EXPECT_EQ(steps_for_epochs(1.0, 0, 32), 1);    // a shard smaller than a batch
+  // Unbounded: as many steps as samples can count, so a run ends by target or time instead.
+  const std::int64_t most = (std::int64_t{1} << 53) / 32;
+  EXPECT_EQ(steps_for_epochs(std::numeric_limits<double>::infinity(), 10, 32), most);
+  EXPECT_EQ(steps_for_epochs(1e30, 10, 32), most);
+  EXPECT_THROW(steps_for_epochs(std::nan(""), 10, 32), Error);
+  EXPECT_THROW(steps_for_epochs(0.0, 10, 32), Error);
+}
+
 TEST(EngineConfigTest, RejectsImpossibleSettings) {
   TrainConfig c = engine_config(Algorithm::kAsgd, 2);
   c.straggler = {5, 2.0};
@@ -287,6 +312,10 @@ TEST(EngineConfigTest, RejectsImpossibleSettings) {
   c.links.bandwidth_matrix = {{0, 1}};
   EXPECT_THROW(train(c, testing::separable_train_test()), InputError);
   c = engine_config(Algorithm::kAsgd, 3000);
+  EXPECT_THROW(train(c, testing::separable_train_test()), InputError);
+  // The balancer's decisions carry intervals of up to 24 bits.
+  c = engine_config(Algorithm::kAsgd, 2);
+  c.max_interval = kMaxSendInterval + 1;
   EXPECT_THROW(train(c, testing::separable_train_test()), InputError);
 }
 

@@ -242,18 +242,36 @@ TEST(DivergenceTest, CheckpointsNeverHoldANonFiniteState) {
   TrainConfig c = reliability_config();
   c.deterministic = true;
   c.on_divergence = DivergencePolicy::kRestore;
-  // At a checkpoint step of worker 0 that is not one of its divergence checks (every 20 steps),
-  // and the run ends before the next check: only the check before the checkpoint finds it.
-  c.checkpoint_every = 30;
+  // Checkpoints at 15 and 30; the NaN of step 30 is not at one of worker 0's divergence checks
+  // (every 20 steps), and the run ends before the next one: the checkpoint of step 30 must not
+  // be written, and the one of step 15 stays.
+  c.checkpoint_every = 15;
   c.faults = {parse_fault("nan:0:30"), parse_fault("throw:0:35")};
   c.checkpoint_dir = dir.str();
   EXPECT_THROW(run(c), Error);
   const Checkpoint ck = read_checkpoint(checkpoint_file(dir.str(), 0, false));
-  ASSERT_EQ(ck.workers[0].steps, 30);
-  EXPECT_EQ(ck.workers[0].restores, 1);
+  ASSERT_EQ(ck.workers[0].steps, 15);
+  EXPECT_EQ(ck.workers[0].restores, 0);
   for (const WorkerState& w : ck.workers)
     for (const float v : w.params)
       ASSERT_TRUE(std::isfinite(v)) << "worker " << w.id;
+}
+
+TEST(DivergenceTest, CheckpointsDoNotChangeTheRun) {
+  TempDir dir;
+  TrainConfig c = reliability_config();
+  c.deterministic = true;
+  c.on_divergence = DivergencePolicy::kRestore;
+  // The NaN of step 50 falls on a checkpoint (every 25) ten steps before the divergence check
+  // finds it: whether checkpoints are taken must not change when the worker is restored.
+  c.faults = {parse_fault("nan:1:50")};
+  c.checkpoint_every = 25;
+  c.checkpoint_dir = dir.str();
+  const TrainResult with = run(c);
+  c.checkpoint_dir.clear();
+  const TrainResult without = run(c);
+  EXPECT_EQ(with.divergence_restores, 1);
+  EXPECT_EQ(testing::observe(with), testing::observe(without));
 }
 
 TEST(FaultTest, AFailingWorkerEndsTheRunWithItsName) {
