@@ -92,6 +92,22 @@ TEST_F(CudaTrainingTest, DeterministicModeIsRepeatableBitForBit) {
 // it is staged, so exchanges happen at other steps than on the host): the kernels differ only
 // in summation order (cuBLAS against OpenBLAS, block reductions), so the losses agree closely
 // but not bit for bit.
+// Every worker on its own stream of one GPU: sync reads the others' gradients, and with
+// --send-interval 3 a step that sends nothing lies between a merge and the next uploads into
+// the buffers it read. Both need explicit stream ordering; a missing one shows as runs that
+// differ.
+TEST_F(CudaTrainingTest, DeterministicRunsAcrossStreamsAreRepeatable) {
+  for (const Algorithm algo : {Algorithm::kSync, Algorithm::kAsgd}) {
+    SCOPED_TRACE(std::string(to_string(algo)));
+    TrainConfig c = cuda_config(algo, 3);
+    c.deterministic = true;
+    c.send_interval = 3;
+    const auto a = testing::observe(run(c));
+    for (int repeat = 0; repeat < 3; ++repeat)
+      EXPECT_EQ(testing::observe(run(c)), a);
+  }
+}
+
 TEST_F(CudaTrainingTest, AgreesWithTheHostBackend) {
   TrainConfig c = cuda_config(Algorithm::kLocal, 2);
   c.deterministic = true;
