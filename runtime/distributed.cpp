@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <string_view>
 
 namespace asgd::distributed {
 namespace {
@@ -53,17 +54,67 @@ void check_same_model(const MpiSession& s, std::int64_t parameters, std::uint64_
       __FILE__, __LINE__);
 }
 
-void check_same_settings(const MpiSession& s, std::uint64_t settings_hash,
-                         const std::string& description) {
-  const auto all = all_gather(s, identity(0, settings_hash, description));
-  if (all_equal(all)) return;
-  std::string ranks;
-  for (std::size_t r = 0; r < all.size(); ++r)
-    ranks += fmt::format("{}rank {}: {}", r ? "; " : "", r, all[r].text);
+void check_same_settings(const MpiSession& s, const Settings& settings) {
+  // Each rank's settings as "name\0value\0...", gathered whole (values such as paths have no
+  // useful length limit).
+  std::string mine;
+  for (const auto& [name, value] : settings) {
+    mine += name;
+    mine += '\0';
+    mine += value;
+    mine += '\0';
+  }
+  const int size = s.size();
+  const int length = static_cast<int>(mine.size());
+  std::vector<int> lengths(static_cast<std::size_t>(size)), offsets(static_cast<std::size_t>(size));
+  ASGD_CHECK_MPI(MPI_Allgather(&length, 1, MPI_INT, lengths.data(), 1, MPI_INT, s.comm()));
+  long total = 0;
+  for (int r = 0; r < size; ++r) {
+    offsets[static_cast<std::size_t>(r)] = static_cast<int>(total);
+    total += lengths[static_cast<std::size_t>(r)];
+  }
+  ASGD_CHECK(total < (1L << 31), "settings of {} bytes from {} ranks", total, size);
+  std::string all(static_cast<std::size_t>(total), '\0');
+  ASGD_CHECK_MPI(MPI_Allgatherv(mine.data(), length, MPI_CHAR, all.data(), lengths.data(),
+                                offsets.data(), MPI_CHAR, s.comm()));
+  auto of_rank = [&](int r) {
+    return std::string_view(all).substr(
+        static_cast<std::size_t>(offsets[static_cast<std::size_t>(r)]),
+        static_cast<std::size_t>(lengths[static_cast<std::size_t>(r)]));
+  };
+  auto decode = [](std::string_view text) {
+    Settings out;
+    while (!text.empty()) {
+      const std::size_t a = text.find('\0');
+      const std::size_t b = text.find('\0', a + 1);
+      out.emplace_back(std::string(text.substr(0, a)), std::string(text.substr(a + 1, b - a - 1)));
+      text.remove_prefix(std::min(b + 1, text.size()));
+    }
+    return out;
+  };
+  const Settings first = decode(of_rank(0));
+  std::string differences;
+  int differing = 0;
+  for (int r = 1; r < size; ++r) {
+    if (of_rank(r) == of_rank(0)) continue;
+    if (++differing > 4) continue;  // enough to see the pattern; counted below
+    const Settings other = decode(of_rank(r));
+    std::size_t i = 0;
+    while (i < first.size() && i < other.size() && first[i] == other[i])
+      ++i;
+    const std::string what =
+        i < first.size() && i < other.size() && first[i].first == other[i].first
+            ? fmt::format("{} '{}' where rank 0 has '{}'", other[i].first, other[i].second,
+                          first[i].second)
+            : std::string("a different list of settings (another version of asgd?)");
+    differences += fmt::format("{}rank {}: {}", differences.empty() ? "" : "; ", r, what);
+  }
+  if (differing == 0) return;
+  if (differing > 4) differences += fmt::format("; and {} more ranks", differing - 4);
   throw CollectiveInputError(
       fmt::format("the ranks were started with different settings ({}); give every rank the "
-                  "same flags and config file",
-                  ranks),
+                  "same flags, config file and data",
+                  differences),
       __FILE__, __LINE__);
 }
 

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <asgd/config.h>
+#include <utility>
 
 #if ASGD_HAVE_MPI
 
@@ -24,10 +25,13 @@ namespace asgd::distributed {
 void check_same_model(const MpiSession& session, std::int64_t parameters, std::uint64_t fingerprint,
                       const std::string& description);
 
-// Throws CollectiveInputError on every rank when the ranks were given different settings (a hash of
-// the configuration that must agree, e.g. algorithm, step size, data).
-void check_same_settings(const MpiSession& session, std::uint64_t settings_hash,
-                         const std::string& description);
+// The settings that must agree across ranks, as (name, value), in the same order on every rank.
+using Settings = std::vector<std::pair<std::string, std::string>>;
+
+// Throws CollectiveInputError on every rank, with the same message, when the ranks were given
+// different settings (e.g. algorithm, step size, data): for each rank that differs from rank 0,
+// the first setting that differs and both values.
+void check_same_settings(const MpiSession& session, const Settings& settings);
 
 // Each rank's host, rank on the node and device; rank 0 prints them as a table when `print`.
 void report_topology(const MpiSession& session, const std::string& device, bool print);

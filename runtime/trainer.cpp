@@ -22,6 +22,7 @@
 #include <nlohmann/json.hpp>
 
 #include "comm/local/local_transport.h"
+#include "comm/wire_format.h"
 #include "runtime/balancer.h"
 #include "runtime/build_info.h"
 #include "runtime/checkpoint.h"
@@ -169,15 +170,52 @@ TrainConfig for_placement(TrainConfig c, const Placement& p) {
   return c;
 }
 
-// The settings every rank must share, as text and hash (for the start-up check).
-std::string shared_settings(const TrainConfig& c) {
-  return fmt::format("algo {} lr {} batch {} message-size {} send-interval {} merge {} window {} "
-                     "seed {} dataset {} epochs {} on-divergence {} checkpoint-dir '{}' every {} "
-                     "scope {} resume '{}'",
-                     to_string(c.algorithm), c.lr, c.batch, c.message_size, c.send_interval,
-                     to_string(c.merge), c.window, c.seed, c.data.spec, c.epochs,
-                     to_string(c.on_divergence), c.checkpoint_dir, c.checkpoint_every,
-                     to_string(c.checkpoint_scope), c.resume_dir);
+// The settings every rank must share (checked at start-up across ranks; written into
+// checkpoints as one line for people reading them). `data` describes the loaded training data.
+distributed::Settings shared_setting_list(const TrainConfig& c, const std::string& data) {
+  const DataOptions& d = c.data;
+  return {{"algo", std::string(to_string(c.algorithm))},
+          {"lr", fmt::format("{}", c.lr)},
+          {"batch", std::to_string(c.batch)},
+          {"message-size", std::to_string(c.message_size)},
+          {"send-interval", std::to_string(c.send_interval)},
+          {"merge", to_string(c.merge)},
+          {"window", fmt::format("{}", c.window)},
+          {"seed", std::to_string(c.seed)},
+          {"dataset", d.spec},
+          {"test-dataset", d.test_spec},
+          {"test-fraction", fmt::format("{}", d.test_fraction)},
+          {"normalize", std::to_string(static_cast<int>(d.normalize))},
+          {"libsvm-dim", std::to_string(d.libsvm_dim)},
+          {"libsvm-max-dim", std::to_string(d.libsvm_max_dim)},
+          {"csv-label-column", std::to_string(d.csv_label_column)},
+          {"csv-delimiter", std::string(1, d.csv_delimiter)},
+          {"csv-header", std::to_string(static_cast<int>(d.csv_header))},
+          {"training data", data},
+          {"epochs", fmt::format("{}", c.epochs)},
+          {"on-divergence", std::string(to_string(c.on_divergence))},
+          {"checkpoint-dir", c.checkpoint_dir},
+          {"checkpoint-every", std::to_string(c.checkpoint_every)},
+          {"checkpoint-scope", std::string(to_string(c.checkpoint_scope))},
+          {"resume", c.resume_dir}};
+}
+
+std::string shared_settings(const TrainConfig& c, const std::string& data) {
+  std::string text;
+  for (const auto& [name, value] : shared_setting_list(c, data))
+    text += fmt::format("{}{} '{}'", text.empty() ? "" : " ", name, value);
+  return text;
+}
+
+// What the ranks' training data must agree on: its shape and a checksum of its contents, so
+// that two nodes holding different copies of "the same" file are told apart.
+std::string describe_data(const Dataset& train) {
+  const std::uint64_t features =
+      payload_checksum(train.features.data(), train.features.size() * sizeof(float));
+  const std::uint64_t labels =
+      payload_checksum(train.labels.data(), train.labels.size() * sizeof(std::int32_t));
+  return fmt::format("{} rows x {} features, {} classes, checksum {:016x}", train.rows, train.cols,
+                     train.classes, features ^ (labels * 0x9E3779B97F4A7C15ull));
 }
 
 class Run {
@@ -215,6 +253,7 @@ class Run {
     result_.classifier = w0.model().is_classifier();
     result_.train_rows = data.train.rows;
     result_.test_rows = data.test.rows;
+    data_description_ = describe_data(data.train);
     result_.workers = c.workers;
     result_.rank = place_.rank;
     result_.algorithm = std::string(to_string(c.algorithm));
@@ -517,7 +556,7 @@ class Run {
         for (const int s : transport_->collect_starts()) ck.collect_starts.push_back(s);
       }
     }
-    ck.settings = shared_settings(c_);
+    ck.settings = shared_settings(c_, data_description_);
     writer_->submit(checkpoint_path_, std::move(ck));
     RunEvent e;
     e.event = "checkpoint";
@@ -1014,8 +1053,7 @@ class Run {
     MpiSession& session = MpiSession::get();
     distributed::check_same_model(session, w.parameter_count(), w.model().fingerprint(),
                                   w.model().describe());
-    const std::string settings = shared_settings(c_);
-    distributed::check_same_settings(session, std::hash<std::string>{}(settings), settings);
+    distributed::check_same_settings(session, shared_setting_list(c_, data_description_));
     const std::string device =
         w.stream().is_host()
             ? fmt::format("host, {} thread(s)", c_.threads)
@@ -1304,6 +1342,7 @@ class Run {
   std::mutex mutex_;  // metrics_, progress_, result_, stop_reason_, final_
   std::string stop_reason_;
   TrainResult result_;
+  std::string data_description_;  // describe_data() of the training set
   std::map<std::size_t, EvalPoint> final_;
   // Per worker, touched only by its own thread: (time, step) of the last evaluation.
   std::vector<std::pair<double, std::int64_t>> last_eval_;

@@ -85,6 +85,37 @@ model_mismatch)
   [[ $n -ge 2 ]] || fail "expected the error on both ranks, found it $n time(s)"
   grep -q "rank 1: 'mlp 784-32-10'" "$work/out" || fail "the error does not name rank 1's model"
   ;;
+settings_mismatch)
+  # The same flags but a different training file behind the same name (each rank runs in its
+  # own directory, as on two nodes), then a setting that differs, on one rank of three.
+  for d in a b; do
+    mkdir -p "$work/$d"
+    python3 -c "
+import random
+random.seed(1)
+for i in range(300):
+    y = i % 3
+    print(y, *(round(random.gauss(2.0 * y, 1.0), 4) for _ in range(4)), sep=',')
+" >"$work/$d/data.csv"
+  done
+  sed -i '7s/^\([0-9]\),[^,]*/\1,9.5/' "$work/b/data.csv"
+  args=(train --dataset csv:data.csv --model softmax --epochs 1 --no-progress)
+  if launch 1 -wdir "$work/a" "$asgd" "${args[@]}" : -np 1 -wdir "$work/a" "$asgd" "${args[@]}" \
+       : -np 1 -wdir "$work/b" "$asgd" "${args[@]}"; then
+    fail "ranks with different training data were accepted"
+  fi
+  n=$(grep -c "the ranks were started with different settings" "$work/out" || true)
+  [[ $n -ge 3 ]] || fail "expected the error on all 3 ranks, found it $n time(s)"
+  grep -q "rank 2: training data '270 rows x 4 features, 3 classes, checksum [0-9a-f]*' where rank 0 has" \
+    "$work/out" || fail "the error does not name the training data of rank 2"
+  grep -q "rank 1:" "$work/out" && fail "rank 1 has rank 0's settings but is named"
+  if launch 1 -wdir "$work/a" "$asgd" "${args[@]}" : -np 1 -wdir "$work/a" "$asgd" "${args[@]}" \
+       --test-fraction 0.25; then
+    fail "ranks with different settings were accepted"
+  fi
+  grep -q "rank 1: test-fraction '0.25' where rank 0 has '0.1'" "$work/out" ||
+    fail "the error does not name the setting that differs"
+  ;;
 transport_local_under_mpirun)
   if launch 2 "$asgd" "${common[@]}" --transport local; then fail "accepted"; fi
   grep -q "transport local, but mpirun started 2 ranks" "$work/out" || fail "unclear error"
