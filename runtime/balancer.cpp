@@ -174,8 +174,11 @@ void LoadBalancer::loop() {
 
 std::vector<std::vector<LinkModel>> probe_links(Transport& transport, int workers,
                                                 const std::vector<std::int64_t>& sizes_bytes,
-                                                int repeats) {
+                                                int repeats, const ProbeLimits& limits) {
   using Clock = std::chrono::steady_clock;
+  ASGD_CHECK(
+      !sizes_bytes.empty() && repeats >= 1 && limits.size_budget_s > 0 && limits.timeout_s > 0,
+      "probe_links: needs sizes, repeats >= 1 and positive limits");
   std::vector<std::vector<LinkModel>> out(
       static_cast<std::size_t>(workers), std::vector<LinkModel>(static_cast<std::size_t>(workers)));
   std::vector<float> payload(
@@ -188,6 +191,12 @@ std::vector<std::vector<LinkModel>> probe_links(Transport& transport, int worker
       for (std::int64_t bytes : sizes_bytes) {
         const std::int64_t length =
             std::min<std::int64_t>(std::max<std::int64_t>(1, bytes / 4), transport.max_message());
+        // A slow link is measured on the sizes it carries within the budget: the larger ones
+        // would only take longer to say the same.
+        if (!points.empty() &&
+            points.back().seconds * static_cast<double>(length * 4) / points.back().bytes >
+                limits.size_budget_s)
+          break;
         // Scheduling delays only ever add time: the fastest of the repeats is the link's.
         double fastest = std::numeric_limits<double>::infinity();
         for (int repeat = 0; repeat < repeats; ++repeat) {
@@ -199,8 +208,15 @@ std::vector<std::vector<LinkModel>> probe_links(Transport& transport, int worker
           transport.post(to, h, payload.data());
           const Message* got[1];
           // The probe owns the receiver's slots before training: nothing else collects.
-          while (transport.collect(to, got, 1) == 0)
+          while (transport.collect(to, got, 1) == 0) {
+            if (std::chrono::duration<double>(Clock::now() - t0).count() > limits.timeout_s)
+              ASGD_INPUT_ERROR(
+                  "measuring the link {}->{}: a message of {} bytes did not arrive within {} s; "
+                  "check the link settings (--link-bandwidth, --link-latency, the link matrices) "
+                  "or start with --balance off",
+                  from, to, length * 4, limits.timeout_s);
             std::this_thread::yield();
+          }
           double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
           // The transport's own timing of the transfer, where it has one, leaves out the
           // probe's thread wake-ups (tens of microseconds, which would swamp fast links).
@@ -210,7 +226,15 @@ std::vector<std::vector<LinkModel>> probe_links(Transport& transport, int worker
         }
         points.push_back({static_cast<double>(length * 4), fastest});
       }
-      out[static_cast<std::size_t>(from)][static_cast<std::size_t>(to)] = fit_link(points);
+      LinkModel& link = out[static_cast<std::size_t>(from)][static_cast<std::size_t>(to)];
+      if (points.size() >= 2 && points.front().bytes != points.back().bytes) {
+        link = fit_link(points);
+      } else {
+        // One size only (a slow link): all of its time is taken as bandwidth, the cautious
+        // reading; the running estimate refines it from the transfers of training.
+        link.latency_s = 0;
+        link.bandwidth_bytes_per_s = points.front().bytes / std::max(points.front().seconds, 1e-12);
+      }
     }
   return out;
 }

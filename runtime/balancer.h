@@ -116,8 +116,15 @@ class LoadBalancer {
 // LinkModel. Links without emulation measure as what they are, a copy in memory. Must run
 // before any worker collects (it consumes what it sends), and its messages count in the
 // transport's statistics. [from][to]; the diagonal is ideal.
+// Sizes whose transfer the smaller ones predict to take longer than size_budget_s are not
+// measured (a link measured on one size gets latency 0 and that size's bandwidth); a message
+// that has not arrived after timeout_s ends the probe with an InputError naming the link.
+struct ProbeLimits {
+  double size_budget_s = 0.25;
+  double timeout_s = 120;
+};
 std::vector<std::vector<LinkModel>> probe_links(Transport& transport, int workers,
                                                 const std::vector<std::int64_t>& sizes_bytes,
-                                                int repeats);
+                                                int repeats, const ProbeLimits& limits = {});
 
 }  // namespace asgd

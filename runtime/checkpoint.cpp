@@ -1,6 +1,7 @@
 #include "runtime/checkpoint.h"
 
 #include <cerrno>
+#include <cmath>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -254,6 +255,12 @@ std::string encode_checkpoint(const Checkpoint& c) {
 
 Checkpoint decode_checkpoint(const std::string& bytes, const std::string& origin,
                              bool verify_checksum) {
+  if (bytes.size() >= sizeof(kMagic) && bytes.size() < kHeaderBytes &&
+      std::memcmp(bytes.data(), kMagic, sizeof(kMagic)) == 0)
+    ASGD_INPUT_ERROR(
+        "checkpoint {}: truncated: {} bytes, shorter than the {}-byte header; the "
+        "write was cut off: resume from another checkpoint",
+        origin, bytes.size(), kHeaderBytes);
   if (bytes.size() < kHeaderBytes || std::memcmp(bytes.data(), kMagic, sizeof(kMagic)) != 0)
     ASGD_INPUT_ERROR(
         "checkpoint {}: not an asgd checkpoint (it does not start with "
@@ -299,6 +306,8 @@ Checkpoint decode_checkpoint(const std::string& bytes, const std::string& origin
   c.rank = in.get<std::int32_t>("rank");
   c.ranks = in.get<std::int32_t>("rank count");
   c.elapsed_s = in.get<double>("elapsed time");
+  if (!(c.elapsed_s >= 0 && std::isfinite(c.elapsed_s)))
+    in.fail("elapsed time", "is not a finite number of seconds >= 0");
   c.run_rng = in.get_string("run generator");
   const std::uint64_t workers = in.get_count("worker count", 64);
   for (std::uint64_t i = 0; i < workers; ++i) {

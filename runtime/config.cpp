@@ -4,6 +4,7 @@
 #include <charconv>
 #include <cmath>
 #include <cstdlib>
+#include <filesystem>
 #include <functional>
 #include <limits>
 #include <map>
@@ -120,8 +121,8 @@ const std::map<std::string, Setter>& setters() {
       {"model", custom([](auto& p, auto& k, auto& n, TrainConfig& c) {
          c.model.kind = get_as<std::string>(p, k, n, "a string");
        })},
-      {"hidden", custom([](const std::string& p, const std::string& k, const toml::node& n,
-                           TrainConfig& c) {
+      {"hidden",
+       custom([](const std::string& p, const std::string& k, const toml::node& n, TrainConfig& c) {
          const auto* arr = n.as_array();
          if (!arr) ASGD_INPUT_ERROR("{}: '{}' must be an array of integers", where(p, n), k);
          c.model.hidden.clear();
@@ -142,14 +143,14 @@ const std::map<std::string, Setter>& setters() {
       {"backend", custom([](auto& p, auto& k, auto& n, TrainConfig& c) {
          c.backend = parse_backend(get_as<std::string>(p, k, n, "a string"));
        })},
-      {"device", custom([](auto& p, auto& k, auto& n, TrainConfig& c) {
-         c.device = get_int(p, k, n);
-       })},
-      {"threads", custom([](auto& p, auto& k, auto& n, TrainConfig& c) {
-         c.threads = get_int(p, k, n);
-       })},
+      {"device",
+       custom([](auto& p, auto& k, auto& n, TrainConfig& c) { c.device = get_int(p, k, n); })},
+      {"threads",
+       custom([](auto& p, auto& k, auto& n, TrainConfig& c) { c.threads = get_int(p, k, n); })},
       {"seed", custom([](auto& p, auto& k, auto& n, TrainConfig& c) {
-         c.seed = static_cast<std::uint64_t>(get_as<std::int64_t>(p, k, n, "an integer"));
+         const std::int64_t seed = get_as<std::int64_t>(p, k, n, "an integer");
+         if (seed < 0) ASGD_INPUT_ERROR("{}: '{}' must be >= 0, got {}", where(p, n), k, seed);
+         c.seed = static_cast<std::uint64_t>(seed);
        })},
       {"metrics", custom([](auto& p, auto& k, auto& n, TrainConfig& c) {
          c.metrics_path = get_as<std::string>(p, k, n, "a string");
@@ -157,9 +158,8 @@ const std::map<std::string, Setter>& setters() {
       {"summary", custom([](auto& p, auto& k, auto& n, TrainConfig& c) {
          c.summary_path = get_as<std::string>(p, k, n, "a string");
        })},
-      {"workers", custom([](auto& p, auto& k, auto& n, TrainConfig& c) {
-         c.workers = get_int(p, k, n);
-       })},
+      {"workers",
+       custom([](auto& p, auto& k, auto& n, TrainConfig& c) { c.workers = get_int(p, k, n); })},
       {"algo", custom([](auto& p, auto& k, auto& n, TrainConfig& c) {
          c.algorithm = parse_algorithm(get_as<std::string>(p, k, n, "a string"));
        })},
@@ -190,16 +190,16 @@ const std::map<std::string, Setter>& setters() {
       {"window-warmup", custom([](auto& p, auto& k, auto& n, TrainConfig& c) {
          c.window_warmup = get_int(p, k, n);
        })},
-      {"link-bandwidth", custom([](const std::string& p, const std::string& k,
-                                   const toml::node& n, TrainConfig& c) {
+      {"link-bandwidth",
+       custom([](const std::string& p, const std::string& k, const toml::node& n, TrainConfig& c) {
          if (n.is_array()) {
            c.links.bandwidth_matrix = get_matrix(p, k, n);
          } else {
            c.links.bandwidth = get_as<double>(p, k, n, "a number or a matrix");
          }
        })},
-      {"link-latency", custom([](const std::string& p, const std::string& k,
-                                 const toml::node& n, TrainConfig& c) {
+      {"link-latency",
+       custom([](const std::string& p, const std::string& k, const toml::node& n, TrainConfig& c) {
          if (n.is_array()) {
            c.links.latency_matrix = get_matrix(p, k, n);
          } else {
@@ -257,8 +257,8 @@ const std::map<std::string, Setter>& setters() {
       {"resume", custom([](auto& p, auto& k, auto& n, TrainConfig& c) {
          c.resume_dir = get_as<std::string>(p, k, n, "a string");
        })},
-      {"fault", custom([](const std::string& p, const std::string& k, const toml::node& n,
-                          TrainConfig& c) {
+      {"fault",
+       custom([](const std::string& p, const std::string& k, const toml::node& n, TrainConfig& c) {
          const auto* arr = n.as_array();
          if (!arr) ASGD_INPUT_ERROR("{}: '{}' must be an array of strings", where(p, n), k);
          c.faults.clear();
@@ -342,10 +342,13 @@ void parse_link_change(std::string_view text, LinkSettings& links) {
   links.change_at_s = parse_number(parts[0], "--link-change");
   links.change_bandwidth = parse_number(parts[1], "--link-change");
   links.change_latency = parts.size() == 3 ? parse_number(parts[2], "--link-change") : links.latency;
-  if (links.change_at_s < 0 || links.change_bandwidth <= 0 || links.change_latency < 0)
-    ASGD_INPUT_ERROR("--link-change '{}': the time must be >= 0, the bandwidth > 0 and the "
-                     "latency >= 0",
-                     text);
+  if (!(links.change_at_s >= 0 && std::isfinite(links.change_at_s) && links.change_bandwidth > 0 &&
+        std::isfinite(links.change_bandwidth) && links.change_latency >= 0 &&
+        std::isfinite(links.change_latency)))
+    ASGD_INPUT_ERROR(
+        "--link-change '{}': the time must be >= 0, the bandwidth > 0 and the "
+        "latency >= 0, all finite",
+        text);
 }
 
 BalanceMode parse_balance(std::string_view name) {
@@ -500,6 +503,14 @@ Fault parse_fault(std::string_view text) {
 }
 
 void apply_config_file(const std::string& path, TrainConfig& config) {
+  // Only a regular file: a directory would read as empty and a FIFO could block for ever.
+  std::error_code ec;
+  const auto status = std::filesystem::status(path, ec);
+  if (ec || !std::filesystem::exists(status))
+    ASGD_INPUT_ERROR("config file '{}' does not exist", path);
+  if (!std::filesystem::is_regular_file(status))
+    ASGD_INPUT_ERROR("config file '{}' is not a regular file{}", path,
+                     std::filesystem::is_directory(status) ? " (a directory)" : "");
   toml::table table;
   try {
     table = toml::parse_file(path);
@@ -528,8 +539,9 @@ void validate(const TrainConfig& c) {
   if (!(c.lr > 0.0f) || !std::isfinite(c.lr))
     ASGD_INPUT_ERROR("--lr must be a positive number, got {}", c.lr);
   if (!(c.epochs > 0.0)) ASGD_INPUT_ERROR("--epochs must be positive, got {}", c.epochs);
-  if (c.max_seconds < 0.0) ASGD_INPUT_ERROR("--max-seconds must be >= 0, got {}", c.max_seconds);
-  if (c.target_accuracy < 0.0 || c.target_accuracy > 1.0)
+  if (!(c.max_seconds >= 0.0))
+    ASGD_INPUT_ERROR("--max-seconds must be >= 0 (0: no limit), got {}", c.max_seconds);
+  if (!(c.target_accuracy >= 0.0 && c.target_accuracy <= 1.0))
     ASGD_INPUT_ERROR("--target-accuracy must lie in [0, 1], got {}", c.target_accuracy);
   if (c.eval_every < 1) ASGD_INPUT_ERROR("--eval-every must be at least 1, got {}", c.eval_every);
   if (c.threads < 1) ASGD_INPUT_ERROR("--threads must be at least 1, got {}", c.threads);
@@ -543,17 +555,28 @@ void validate(const TrainConfig& c) {
   if (c.window_history < 1 || c.window_history > kMaxParzenHistory || c.window_warmup < 0)
     ASGD_INPUT_ERROR("--window-history must lie in [1, {}] and --window-warmup be >= 0",
                      kMaxParzenHistory);
-  if (c.links.bandwidth < 0 || c.links.latency < 0)
-    ASGD_INPUT_ERROR("--link-bandwidth and --link-latency must be >= 0");
+  // NaN fails every comparison, so the tests are written to let only what is valid through.
+  auto link_value_ok = [](double v) { return v >= 0.0 && std::isfinite(v); };
+  if (!link_value_ok(c.links.bandwidth) || !link_value_ok(c.links.latency))
+    ASGD_INPUT_ERROR(
+        "--link-bandwidth and --link-latency must be finite and >= 0 (0: an ideal "
+        "link), got {} bytes/s and {} s",
+        c.links.bandwidth, c.links.latency);
   // Under mpirun without --workers, the ranks are the workers.
   const int workers = c.workers == 1 && launcher_ranks() > 1 ? launcher_ranks() : c.workers;
   for (const auto* m : {&c.links.bandwidth_matrix, &c.links.latency_matrix}) {
     if (m->empty()) continue;
     if (static_cast<int>(m->size()) != workers)
       ASGD_INPUT_ERROR("a link matrix has {} rows for {} workers", m->size(), workers);
-    for (const auto& row : *m)
+    for (std::size_t i = 0; i < m->size(); ++i) {
+      const auto& row = (*m)[i];
       if (static_cast<int>(row.size()) != workers)
         ASGD_INPUT_ERROR("a link matrix row has {} entries for {} workers", row.size(), workers);
+      for (std::size_t j = 0; j < row.size(); ++j)
+        if (!link_value_ok(row[j]))
+          ASGD_INPUT_ERROR("link {}->{}: the {} matrix holds {}; entries must be finite and >= 0",
+                           i, j, m == &c.links.bandwidth_matrix ? "bandwidth" : "latency", row[j]);
+    }
   }
   if (c.straggler.worker >= workers)
     ASGD_INPUT_ERROR("--straggler names worker {} but there are {} workers", c.straggler.worker,

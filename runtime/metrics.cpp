@@ -1,7 +1,9 @@
 #include "runtime/metrics.h"
 
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 
 #include <unistd.h>
 
@@ -16,7 +18,7 @@ namespace asgd {
 MetricsLog::MetricsLog(const std::string& path) : path_(path) {
   if (path.empty()) return;
   out_.open(path, std::ios::out | std::ios::trunc);
-  if (!out_) ASGD_INPUT_ERROR("--metrics: cannot create '{}'", path);
+  if (!out_) ASGD_INPUT_ERROR("--metrics: cannot create '{}': {}", path, std::strerror(errno));
 }
 
 void MetricsLog::write(const EvalPoint& p, int worker) {

@@ -2,11 +2,13 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
 #include <csignal>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <limits>
@@ -744,7 +746,10 @@ class Run {
     // probe_ranks().
     if (transport_) {
       const std::int64_t top = std::min<std::int64_t>(n * 4, 1 << 20);
-      probe_ = probe_links(*transport_, c_.workers, {std::min<std::int64_t>(4096, top), top / 4, top}, 3);
+      ProbeLimits limits;
+      limits.timeout_s = c_.peer_timeout_s;
+      probe_ = probe_links(*transport_, c_.workers,
+                           {std::min<std::int64_t>(4096, top), top / 4, top}, 3, limits);
     }
     steps_seen_.assign(static_cast<std::size_t>(c_.workers), StepClock{});
     for (auto& w : workers_) steps_seen_[static_cast<std::size_t>(w->id())].steps = w->steps();
@@ -1392,6 +1397,20 @@ TrainResult train(const TrainConfig& config, const TrainTest& data, const ModelF
   return run.run();
 }
 
+void check_summary_path(const std::string& path) {
+  if (path.empty()) return;
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec))
+    ASGD_INPUT_ERROR("--summary '{}' is a directory; give a file name", path);
+  const bool existed = std::filesystem::exists(path, ec);
+  {
+    // Appending creates the file if need be and leaves an earlier summary as it is.
+    std::ofstream probe(path, std::ios::out | std::ios::app);
+    if (!probe) ASGD_INPUT_ERROR("--summary: cannot create '{}': {}", path, std::strerror(errno));
+  }
+  if (!existed) std::filesystem::remove(path, ec);
+}
+
 void write_summary(const std::string& path, const TrainConfig& c, const TrainResult& r) {
   char host[256] = {};
   gethostname(host, sizeof(host) - 1);
@@ -1471,7 +1490,7 @@ void write_summary(const std::string& path, const TrainConfig& c, const TrainRes
       {"commit", git_commit()},
   };
   std::ofstream out(path, std::ios::out | std::ios::trunc);
-  if (!out) ASGD_INPUT_ERROR("--summary: cannot create '{}'", path);
+  if (!out) ASGD_INPUT_ERROR("--summary: cannot create '{}': {}", path, std::strerror(errno));
   out << j.dump(2) << '\n';
   if (!out) ASGD_THROW("writing the summary to '{}' failed", path);
 }

@@ -474,7 +474,10 @@ void Worker::load_state(const WorkerState& s, bool whole) {
   if (static_cast<std::int64_t>(s.params.size()) != n_)
     ASGD_INPUT_ERROR("the checkpoint holds a state of {} parameters, worker {}'s model has {}",
                      s.params.size(), id_, n_);
-  if (s.steps < 0 || !(s.lr_scale > 0.0f) || !std::isfinite(s.lr_scale) || s.restores < 0)
+  // Restores only ever lower the step-size scale from 1; steps are bounded as in
+  // steps_for_epochs().
+  if (s.steps < 0 || s.steps > (std::int64_t{1} << 53) || !(s.lr_scale > 0.0f) ||
+      !(s.lr_scale <= 1.0f) || s.restores < 0)
     ASGD_INPUT_ERROR("the checkpoint's step count {}, step-size scale {} or restore count {} is "
                      "invalid",
                      s.steps, s.lr_scale, s.restores);
@@ -506,6 +509,17 @@ void Worker::load_state(const WorkerState& s, bool whole) {
   for (const std::int64_t c : {s.sent, s.bytes_sent, s.received, s.malformed})
     counts_ok = counts_ok && c >= 0 && c < kMaxCount;
   if (!counts_ok) ASGD_INPUT_ERROR("the checkpoint's message counters of worker {} are invalid", id_);
+  // A diverged run is never checkpointed (Run::maybe_checkpoint), so every sum is finite; the
+  // window's history holds squared distances, finite and >= 0.
+  bool values_ok = std::isfinite(s.train_loss_sum) && std::isfinite(s.staleness_sum_s) &&
+                   std::isfinite(s.step_gap_sum);
+  for (const float d2 : s.parzen_history)
+    values_ok = values_ok && d2 >= 0 && std::isfinite(d2);
+  if (!values_ok)
+    ASGD_INPUT_ERROR(
+        "the checkpoint's running sums or filter history of worker {} hold NaN, Inf "
+        "or negative values; the file was altered: resume from another checkpoint",
+        id_);
   if (s.parzen_history.size() != history_.size() ||
       s.parzen_counters.size() != static_cast<std::size_t>(kParzenCounterCount))
     ASGD_INPUT_ERROR("the checkpoint's filter history holds {} entries, this run keeps {} "

@@ -87,8 +87,25 @@ std::unique_ptr<Model> make_model(const ModelSpec& spec, std::int64_t input_dim,
       widths.push_back(h);
     }
     widths.push_back(classes);
-    return std::make_unique<FeedForward>("mlp", std::move(widths), classes, OutputLoss::kSoftmax,
-                                         max_batch, stream);
+    // Counted in double so that absurd widths cannot overflow the count they are refused by.
+    double parameters = 0;
+    for (std::size_t i = 1; i < widths.size(); ++i)
+      parameters += static_cast<double>(widths[i - 1] + 1) * static_cast<double>(widths[i]);
+    if (parameters > kMaxModelParameters)
+      ASGD_INPUT_ERROR(
+          "--hidden {}: the MLP would have {:.3g} parameters, more than the {:.3g} "
+          "one state may hold; use narrower layers",
+          fmt::join(spec.hidden, ","), parameters, static_cast<double>(kMaxModelParameters));
+    try {
+      return std::make_unique<FeedForward>("mlp", std::move(widths), classes, OutputLoss::kSoftmax,
+                                           max_batch, stream);
+    } catch (const std::bad_alloc&) {
+      ASGD_INPUT_ERROR(
+          "--hidden {}: the MLP's {:.3g} parameters, gradients and activations "
+          "(batch {}) do not fit in this device's memory; use narrower layers or a "
+          "smaller batch",
+          fmt::join(spec.hidden, ","), parameters, max_batch);
+    }
   }
   ASGD_INPUT_ERROR("unknown model '{}': expected softmax, logistic, mlp or kmeans", spec.kind);
 }

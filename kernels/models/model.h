@@ -85,10 +85,14 @@ struct ModelSpec {
 
 struct Dataset;
 
+// The most parameters a state may have: the load balancer's decisions carry message sizes of
+// up to 40 bits (runtime/balancer.h).
+inline constexpr std::int64_t kMaxModelParameters = (std::int64_t{1} << 40) - 1;
+
 // Builds a built-in model for `input_dim` features and `classes` classes whose scratch memory
 // lives on the stream's device and holds batches of up to `max_batch` rows. `init_data` is the
 // training set, which K-Means draws its initial centres from (others ignore it). Throws
-// InputError for an unknown kind or a bad width.
+// InputError for an unknown kind, a bad width, or an MLP too large to count or to allocate.
 std::unique_ptr<Model> make_model(const ModelSpec& spec, std::int64_t input_dim,
                                   std::int32_t classes, std::int64_t max_batch,
                                   const Stream& stream, const Dataset* init_data = nullptr);

@@ -71,8 +71,9 @@ int run_train(CLI::App& cmd, TrainOptions& o) {
   if (c.backend == Backend::kCuda && cuda_device_count() == 0)
     ASGD_INPUT_ERROR("--backend cuda: {}; use --backend host", cuda_unavailable_reason());
 
-  const TrainTest data = load_dataset(c.data);
   const bool speaks = launcher_rank() == 0;  // under mpirun only rank 0 reports
+  if (speaks) check_summary_path(c.summary_path);  // rank 0 writes it, after the run
+  const TrainTest data = load_dataset(c.data);
   if (speaks)
     std::fprintf(stderr, "asgd: %s: %lld train / %lld test rows, %lld features, %d classes\n",
                c.data.spec.c_str(), static_cast<long long>(data.train.rows),
@@ -187,6 +188,11 @@ void add_train_command(CLI::App& app, TrainOptions& o) {
   cmd->add_option("--threads", c.threads, "host backend: CPU threads for the worker")
       ->capture_default_str();
   cmd->add_option("--seed", c.seed, "seed for initialisation, shuffling and splits")
+      ->check(CLI::Validator(
+          [](std::string& v) {
+            return v.find('-') == std::string::npos ? std::string() : "must be >= 0, got " + v;
+          },
+          "", "non-negative"))
       ->capture_default_str();
   cmd->add_option("--workers", c.workers,
                   "workers (threads of this process; under mpirun one per rank)")

@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <future>
+#include <new>
 #include <numeric>
 #include <random>
 #include <string>
@@ -254,7 +255,7 @@ std::string fashion_mnist_dir() {
   return "/usr/share/datasets/fashion-mnist";
 }
 
-TrainTest load_dataset(const DataOptions& options) {
+static TrainTest read_and_prepare(const DataOptions& options) {
   const Spec train_spec = parse_spec(options.spec, "data set");
   const bool has_test_spec = !options.test_spec.empty();
   // A second generated set would have centres of its own, so it could not test the first.
@@ -329,6 +330,17 @@ TrainTest load_dataset(const DataOptions& options) {
           "{}: {} feature(s) per row, but the training set {} has {}; both must "
           "have the same features",
           data.test.source, data.test.cols, data.train.source, data.train.cols);
+    // A test label the training set never has cannot be learned (the text readers map labels
+    // by name and refuse such rows as they read them; IDX labels are numbers).
+    if (data.test.classes > data.train.classes) {
+      const auto row = std::find_if(data.test.labels.begin(), data.test.labels.end(),
+                                    [&](std::int32_t l) { return l >= data.train.classes; });
+      ASGD_INPUT_ERROR(
+          "{}: row {} has label {}, but the labels of the training set {} lie in [0, {}); the "
+          "two files do not belong together, or one is corrupt",
+          data.test.source, row - data.test.labels.begin(), *row, data.train.source,
+          data.train.classes);
+    }
     const std::int32_t classes = std::max(data.train.classes, data.test.classes);
     data.train.classes = classes;
     data.test.classes = classes;
@@ -344,6 +356,19 @@ TrainTest load_dataset(const DataOptions& options) {
           : options.normalize;
   normalize(data, mode, from_bytes);
   return data;
+}
+
+TrainTest load_dataset(const DataOptions& options) {
+  try {
+    return read_and_prepare(options);
+  } catch (const std::bad_alloc&) {
+    // The readers refuse sizes no machine could hold before allocating; past that, memory can
+    // still run out (the copies made while splitting and normalising, other processes).
+    ASGD_INPUT_ERROR(
+        "{}: not enough memory to load and prepare this data set; use a smaller one (or a "
+        "subset of its rows), or a machine with more memory",
+        options.spec);
+  }
 }
 
 TrainTest split_train_test(const Dataset& all, double test_fraction, std::uint64_t seed) {

@@ -168,7 +168,7 @@ IdxFile read_idx_file(const std::string& path, const std::vector<unsigned>& allo
   if (file.read(&extra, 1) != 0)
     ASGD_INPUT_ERROR(
         "{}: {} bytes of data as the header says, then unexpected trailing bytes; "
-        "the file is corrupt or not a {} file",
+        "the file is corrupt or not an IDX {} file",
         path, bytes, kind);
   return idx;
 }

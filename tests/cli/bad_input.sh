@@ -44,6 +44,33 @@ case "$case" in
     args=(--hidden 256,abc); expect="--hidden" ;;
   unknown_flag)
     args=(--learning-rate 0.1); expect="--learning-rate"; one_line=0 ;;
+  idx_test_label_unseen)
+    # Training labels 0 and 1, a test label 255: a corrupt byte or files that do not belong
+    # together, not a model of 256 classes.
+    mkdir "$dir/idx"
+    { idx_header 8 3 4 2 2; head -c 16 /dev/urandom; } > "$dir/idx/train-images-idx3-ubyte"
+    { idx_header 8 1 4; printf '\x00\x01\x00\x01'; } > "$dir/idx/train-labels-idx1-ubyte"
+    { idx_header 8 3 2 2 2; head -c 8 /dev/urandom; } > "$dir/idx/t10k-images-idx3-ubyte"
+    { idx_header 8 1 2; printf '\x01\xff'; } > "$dir/idx/t10k-labels-idx1-ubyte"
+    args=(--dataset idx:"$dir/idx" --batch 2); expect="row 1 has label 255" ;;
+  link_latency_inf)
+    args=(--dataset blobs:400,2,2 --workers 2 --link-latency inf); expect="--link-latency" ;;
+  link_matrix_negative)
+    printf 'link-bandwidth = [[0, -5], [1e6, 0]]\n' > "$dir/run.toml"
+    args=(--dataset blobs:400,2,2 --workers 2 --config "$dir/run.toml"); expect="link 0->1" ;;
+  max_seconds_nan)
+    args=(--dataset blobs:400,2,2 --max-seconds nan); expect="--max-seconds" ;;
+  config_is_directory)
+    args=(--config "$dir"); expect="not a regular file" ;;
+  summary_unwritable)
+    # Found before training, not after it.
+    args=(--dataset blobs:400,2,2 --summary "$dir/absent/s.json"); expect="--summary" ;;
+  negative_seed)
+    args=(--dataset blobs:400,2,2 --seed -1); expect="--seed"; one_line=0 ;;
+  hidden_too_large)
+    # Known once the data is read (its feature count), after the line that describes it.
+    args=(--dataset blobs:400,2,2 --hidden 4000000000,4000000000); expect="use narrower layers"
+    one_line=0 ;;
   *)
     echo "unknown case $case" >&2; exit 2 ;;
 esac

@@ -1,12 +1,14 @@
 // The load-balancer thread's plumbing, without clocks: the settings board, the first decision
 // published from a probe, and that workers follow the board's per-peer schedule.
 #include <limits>
+#include <string>
 #include <vector>
 
 #include <gtest/gtest.h>
 
 #include "comm/local/local_transport.h"
 #include "runtime/balancer.h"
+#include "runtime/error.h"
 
 namespace asgd {
 namespace {
@@ -124,6 +126,40 @@ TEST(LoadBalancerThread, EstimatesOnlyLeavesTheSettingsAlone) {
   { LoadBalancer balancer(transport, {0, 1}, board, probe, nullptr, nullptr, o); }
   EXPECT_EQ(board.get(0, 1), (PeerSetting{1000, 7}));
   EXPECT_EQ(board.bandwidth(0, 1), 3e8);
+}
+
+// A link too slow for the larger sizes is measured on the ones it carries within the budget:
+// the emulated transfers are timed exactly, so one size gives its bandwidth exactly.
+TEST(ProbeLinks, ASlowLinkIsMeasuredOnTheSizesItCarries) {
+  LocalTransport t(2, {1 << 18, 2, false});
+  LinkModel slow;
+  slow.bandwidth_bytes_per_s = 200e3;  // 4 KiB in 20 ms; 1 MiB would take 5 s
+  t.set_link(0, 1, slow);
+  t.set_link(1, 0, slow);
+  ProbeLimits limits;
+  limits.size_budget_s = 0.1;
+  const auto probe = probe_links(t, 2, {4096, 262144, 1048576}, 1, limits);
+  for (const LinkModel& l : {probe[0][1], probe[1][0]}) {
+    EXPECT_NEAR(l.bandwidth_bytes_per_s, 200e3, 1e-6 * 200e3);
+    EXPECT_EQ(l.latency_s, 0.0);
+  }
+  EXPECT_EQ(t.stats(0, 1).posted, 1);  // the larger sizes were never sent
+}
+
+TEST(ProbeLinks, AMessageThatNeverArrivesIsAClearError) {
+  LocalTransport t(2, {1024, 2, false});
+  LinkModel stuck;
+  stuck.latency_s = 1e6;
+  t.set_link(0, 1, stuck);
+  ProbeLimits limits;
+  limits.timeout_s = 0.05;
+  try {
+    probe_links(t, 2, {1024, 4096}, 1, limits);
+    ADD_FAILURE() << "no error";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("measuring the link 0->1"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("--balance off"), std::string::npos) << e.what();
+  }
 }
 
 }  // namespace

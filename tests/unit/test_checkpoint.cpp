@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
@@ -133,7 +134,7 @@ Checkpoint random_checkpoint(std::uint64_t seed, int workers = 3) {
   c.parameters = kParameters;
   c.ranks = 2 + static_cast<int>(rng() % 6);
   c.rank = 1 + static_cast<int>(rng() % static_cast<std::uint64_t>(c.ranks - 1));
-  c.elapsed_s = nonzero_double(rng);
+  c.elapsed_s = std::abs(nonzero_double(rng));
   c.run_rng = generator_state(rng);
   for (int i = 0; i < workers; ++i)
     c.workers.push_back(random_worker(rng, 1 + i));
@@ -596,6 +597,12 @@ TEST(CheckpointHostile, InconsistentStateBehindAValidChecksumIsRejected) {
     Checkpoint c = random_checkpoint(54);
     c.workers[2].params.pop_back();
     expect_rejected(c, "parameter count");
+  }
+  for (const double elapsed :
+       {-1.0, std::numeric_limits<double>::quiet_NaN(), std::numeric_limits<double>::infinity()}) {
+    Checkpoint c = random_checkpoint(54);
+    c.elapsed_s = elapsed;
+    expect_rejected(c, "elapsed time");
   }
   {
     Checkpoint c = random_checkpoint(54);

@@ -621,7 +621,8 @@ TEST(CsvReader, LargeFileParsedInChunksKeepsOrderAndLineNumbers) {
 // ---------------------------------------------------------------------------------------------
 // load_dataset
 
-void write_idx_dir(const TempDir& dir, bool with_test, bool gzip) {
+void write_idx_dir(const TempDir& dir, bool with_test, bool gzip,
+                   std::vector<int> test_labels = {0, 1, 2, 2, 0, 1, 0, 1, 0, 1}) {
   const auto write = [&](const std::string& name, const Bytes& bytes) {
     if (gzip)
       write_gz(dir.file(name + ".gz"), bytes);
@@ -635,7 +636,7 @@ void write_idx_dir(const TempDir& dir, bool with_test, bool gzip) {
   write("train-labels-idx1-ubyte", idx_labels(train_labels));
   if (with_test) {
     write("t10k-images-idx3-ubyte", idx_images(10, 3, 3));
-    write("t10k-labels-idx1-ubyte", idx_labels({0, 1, 2, 3, 0, 1, 2, 3, 0, 1}));
+    write("t10k-labels-idx1-ubyte", idx_labels(test_labels));
   }
 }
 
@@ -649,9 +650,8 @@ TEST(LoadDataset, IdxDirectoryWithTestFiles) {
   EXPECT_EQ(data.test.rows, 10);
   EXPECT_EQ(data.train.cols, 9);
   EXPECT_EQ(data.test.cols, 9);
-  // The test set has a class the training set lacks: both get the larger count.
-  EXPECT_EQ(data.train.classes, 4);
-  EXPECT_EQ(data.test.classes, 4);
+  EXPECT_EQ(data.train.classes, 3);
+  EXPECT_EQ(data.test.classes, 3);
   // kAuto on bytes is kUnit: the training maximum becomes 1.
   const float train_max = *std::max_element(data.train.features.begin(), data.train.features.end());
   EXPECT_EQ(train_max, 1.0f);
@@ -662,6 +662,17 @@ TEST(LoadDataset, IdxDirectoryWithTestFiles) {
   EXPECT_EQ(data.train.features[1], 1.0f / static_cast<float>(largest));
   EXPECT_EQ(data.test.features[9 + 2], 9.0f / static_cast<float>(largest));
   EXPECT_EQ(data.train.labels[4], 1);
+}
+
+TEST(LoadDataset, IdxTestLabelTheTrainingSetLacksIsRefused) {
+  TempDir dir;
+  // Training labels 0-2; test row 3 has label 3, which no model trained here can predict.
+  write_idx_dir(dir, true, false, {0, 1, 2, 3, 0, 1, 2, 1, 0, 1});
+  DataOptions options;
+  options.spec = "idx:" + dir.str();
+  testing::expect_throw<InputError>(
+      [&] { load_dataset(options); },
+      {"t10k-images-idx3-ubyte", "row 3 has label 3", "lie in [0, 3)"});
 }
 
 TEST(LoadDataset, IdxDirectoryWithoutTestFilesIsSplit) {

@@ -171,6 +171,18 @@ TEST(ResumeTest, ImpossibleContentsAreRefused) {
   bad = good;
   bad.workers[0].send_cursor = 1 << 30;
   expect_refused(bad, "a send cursor outside the state");
+  bad = good;
+  bad.workers[1].lr_scale = 1e30f;  // restores only ever lower it from 1
+  expect_refused(bad, "a step-size scale above 1");
+  bad = good;
+  bad.workers[2].steps = std::int64_t{1} << 62;
+  expect_refused(bad, "a step count beyond what samples can count");
+  bad = good;
+  bad.workers[0].staleness_sum_s = std::nan("");
+  expect_refused(bad, "a NaN running sum");
+  bad = good;
+  bad.workers[3].parzen_history[0] = -1.0f;
+  expect_refused(bad, "a negative squared distance in the filter history");
   write_checkpoint(file, good);
   EXPECT_NO_THROW(run(c));
 }
