@@ -37,11 +37,22 @@ inline std::string read_text_file(const std::string& path) {
   std::string text;
   const auto size = std::filesystem::file_size(path, ec);
   if (!ec) text.reserve(static_cast<std::size_t>(size));
-  // Read in blocks rather than trusting file_size: pipes and /proc files report 0.
+  // Read in blocks rather than trusting file_size: pipes and /proc files report 0. Those have
+  // no size to check against memory, and some never end (/dev/zero): they are read up to a cap.
+  const bool regular = std::filesystem::is_regular_file(path, ec);
+  constexpr std::size_t kMaxStreamBytes = std::size_t{1} << 32;
   char block[1 << 16];
   std::size_t got = 0;
-  while ((got = std::fread(block, 1, sizeof(block), file)) > 0)
+  while ((got = std::fread(block, 1, sizeof(block), file)) > 0) {
     text.append(block, got);
+    if (!regular && text.size() > kMaxStreamBytes) {
+      std::fclose(file);
+      ASGD_INPUT_ERROR(
+          "{}: not a regular file, and more than {} GiB came out of it; save the "
+          "data to a file and load that",
+          path, kMaxStreamBytes >> 30);
+    }
+  }
   const bool failed = std::ferror(file) != 0;
   const int read_errno = errno;
   std::fclose(file);
