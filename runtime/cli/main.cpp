@@ -31,6 +31,11 @@ int leave(int code, bool failed) {
 #endif
   return code;
 }
+// Under mpirun every rank may report; the reader needs to know which one did.
+std::string rank_prefix() {
+  return asgd::launcher_ranks() > 1 ? "rank " + std::to_string(asgd::launcher_rank()) + ": "
+                                    : std::string();
+}
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -57,13 +62,15 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   } catch (const asgd::CollectiveInputError& e) {
-    std::fprintf(stderr, "asgd: error: %s\n", e.what());
-    return leave(2, false);  // every rank failed the same check: all end normally
+    // Every rank failed the same check with the same message: rank 0 says it once, and all
+    // end normally.
+    if (asgd::launcher_rank() == 0) std::fprintf(stderr, "asgd: error: %s\n", e.what());
+    return leave(2, false);
   } catch (const asgd::InputError& e) {
-    std::fprintf(stderr, "asgd: error: %s\n", e.what());
+    std::fprintf(stderr, "asgd: error: %s%s\n", rank_prefix().c_str(), e.what());
     return leave(2, true);
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "asgd: error: %s\n", e.what());
+    std::fprintf(stderr, "asgd: error: %s%s\n", rank_prefix().c_str(), e.what());
     return leave(1, true);
   }
 }
