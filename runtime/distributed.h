@@ -7,14 +7,21 @@
 #pragma once
 
 #include <asgd/config.h>
+
+#include <string>
 #include <utility>
+#include <vector>
+
+namespace asgd::distributed {
+// The settings that must agree across ranks, as (name, value), in the same order on every rank
+// (kept by checkpoints too, so defined with or without MPI).
+using Settings = std::vector<std::pair<std::string, std::string>>;
+}  // namespace asgd::distributed
 
 #if ASGD_HAVE_MPI
 
 #include <cstdint>
-#include <string>
 #include <type_traits>
-#include <vector>
 
 #include "comm/mpi/mpi_session.h"
 
@@ -24,9 +31,6 @@ namespace asgd::distributed {
 // the ranks built different models (parameter count or layout fingerprint).
 void check_same_model(const MpiSession& session, std::int64_t parameters, std::uint64_t fingerprint,
                       const std::string& description);
-
-// The settings that must agree across ranks, as (name, value), in the same order on every rank.
-using Settings = std::vector<std::pair<std::string, std::string>>;
 
 // Throws CollectiveInputError on every rank, with the same message, when the ranks were given
 // different settings (e.g. algorithm, step size, data): for each rank that differs from rank 0,

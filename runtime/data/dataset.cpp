@@ -132,7 +132,11 @@ IdxPair require_idx_pair(const std::string& dir, const std::string& part) {
                                         "or set ASGD_FASHION_MNIST_DIR"
                                       : "";
   if (!std::filesystem::is_directory(dir, ec))
-    ASGD_INPUT_ERROR("{}: no such directory{}", dir, hint);
+    ASGD_INPUT_ERROR("{}: {}{}", dir,
+                     std::filesystem::exists(dir, ec)
+                         ? "not a directory; idx: names the directory that holds the IDX files"
+                         : "no such directory",
+                     hint);
   IdxPair pair = find_idx_pair(dir, part);
   if (!pair.found())
     ASGD_INPUT_ERROR("{}: no {}-images-idx3-ubyte[.gz] and {}-labels-idx1-ubyte[.gz] found{}", dir,
