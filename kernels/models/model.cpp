@@ -58,6 +58,9 @@ std::unique_ptr<Model> make_model(const ModelSpec& spec, std::int64_t input_dim,
     if (spec.clusters < 0)
       ASGD_INPUT_ERROR("kmeans: {} clusters; give K >= 1, or 0 for the data's class count",
                        spec.clusters);
+    if (spec.clusters == 0 && !init_data->label_problem.empty())
+      ASGD_INPUT_ERROR("{}: {}, so the labels cannot give kmeans its K; give --clusters K",
+                       init_data->source, init_data->label_problem);
     const std::int64_t k = spec.clusters > 0 ? spec.clusters : classes;
     if (k < 1 || k > INT32_MAX)
       ASGD_INPUT_ERROR("kmeans: K={} is out of range; it must lie in [1, {}]", k, INT32_MAX);
@@ -70,6 +73,12 @@ std::unique_ptr<Model> make_model(const ModelSpec& spec, std::int64_t input_dim,
     return std::make_unique<KMeans>(k, input_dim, max_batch, init_data->features.data(),
                                     init_data->rows, stream);
   }
+  if (init_data != nullptr && !init_data->label_problem.empty())
+    ASGD_INPUT_ERROR(
+        "{}: {}, which is not a class: model {} needs whole-number class labels; "
+        "pick the column that holds the classes (--csv-label-column for CSV), or "
+        "train --model kmeans, which ignores labels",
+        init_data->source, init_data->label_problem, spec.kind);
   if (classes < 2)
     ASGD_INPUT_ERROR("the data has {} class(es); a classifier needs at least 2", classes);
   if (spec.kind == "softmax")

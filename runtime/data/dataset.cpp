@@ -156,6 +156,7 @@ Dataset take_rows(const Dataset& all, const std::vector<std::int64_t>& rows) {
   out.rows = static_cast<std::int64_t>(rows.size());
   out.cols = all.cols;
   out.classes = all.classes;
+  out.label_problem = all.label_problem;
   out.features.resize(static_cast<std::size_t>(out.rows * out.cols));
   out.labels.resize(rows.size());
   const std::int64_t cols = all.cols;

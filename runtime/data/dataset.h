@@ -20,6 +20,10 @@ struct Dataset {
   std::int32_t classes = 0;          // labels lie in [0, classes)
   std::vector<float> features;       // rows x cols, row-major
   std::vector<std::int32_t> labels;  // rows
+  // Text formats: why the labels may not be classes, e.g. "data row 7 has the label 3.25" (a
+  // value that is not a whole number, as in a regression file); empty when they are. Models
+  // that need classes refuse such data; K-Means ignores labels.
+  std::string label_problem;
 };
 
 struct TrainTest {

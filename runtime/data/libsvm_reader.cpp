@@ -218,6 +218,7 @@ Dataset read_libsvm(const std::string& path, const TextReadOptions& options, Lab
   }
   chunks.clear();
 
+  data.label_problem = text_detail::label_problem(label_values);
   data.labels = text_detail::map_labels(label_values, labels);
   data.classes = static_cast<std::int32_t>(labels.values.size());
   return data;

@@ -65,6 +65,11 @@ case "$case" in
   summary_unwritable)
     # Found before training, not after it.
     args=(--dataset blobs:400,2,2 --summary "$dir/absent/s.json"); expect="--summary" ;;
+  csv_continuous_label)
+    # A regression file: the label column holds measurements, not classes.
+    for i in $(seq 1 40); do echo "$i.25,$((i % 7)),$((i % 5))"; done > "$dir/reg.csv"
+    args=(--dataset csv:"$dir/reg.csv" --model softmax)
+    expect="data row 1 has the label 1.25, which is not a class"; one_line=0 ;;
   negative_seed)
     args=(--dataset blobs:400,2,2 --seed -1); expect="--seed"; one_line=0 ;;
   hidden_too_large)

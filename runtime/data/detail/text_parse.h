@@ -218,6 +218,14 @@ inline std::vector<float> allocate_dense(const std::string& path, std::int64_t r
   }
 }
 
+// Dataset::label_problem for label values as read: the first that is not a whole number.
+inline std::string label_problem(const std::vector<double>& values) {
+  for (std::size_t i = 0; i < values.size(); ++i)
+    if (values[i] != std::nearbyint(values[i]))
+      return fmt::format("data row {} has the label {}", i + 1, values[i]);
+  return {};
+}
+
 // Fills `labels` from the distinct values when it is empty, then maps every value to its class.
 inline std::vector<std::int32_t> map_labels(const std::vector<double>& values, LabelMap& labels) {
   if (labels.values.empty()) {
