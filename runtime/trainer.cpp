@@ -255,7 +255,10 @@ class Run {
     result_.classifier = w0.model().is_classifier();
     result_.train_rows = data.train.rows;
     result_.test_rows = data.test.rows;
-    data_description_ = describe_data(data.train);
+    // A pass over the whole training set: only for what uses it (the ranks' start-up check,
+    // the settings line of checkpoints).
+    if (place_.multiprocess() || !c.checkpoint_dir.empty())
+      data_description_ = describe_data(data.train);
     result_.workers = c.workers;
     result_.rank = place_.rank;
     result_.algorithm = std::string(to_string(c.algorithm));
@@ -492,6 +495,12 @@ class Run {
                  static_cast<double>(w.lr()));
   }
 
+  // Whether w's state may be written: known when the regular check passed at this very step,
+  // else tested without touching the last good state (see Worker::state_is_finite()).
+  bool finite_for_checkpoint(Worker& w) {
+    return checked_at_[local(w)] == w.steps() || w.state_is_finite();
+  }
+
   // Every check_interval_ steps and before each evaluation.
   void guard_divergence_if_due(Worker& w) {
     if (w.steps() % check_interval_ == 0 || eval_due(w)) guard_divergence(w);
@@ -591,7 +600,7 @@ class Run {
     // A state that is not finite is never written: the round stays incomplete and a newer one
     // overtakes it, while the regular checks (not this one, whose timing must not change the
     // run) stop or restore the worker.
-    if (!w.state_is_finite()) return;
+    if (!finite_for_checkpoint(w)) return;
     WorkerState state = w.save_state();
     std::lock_guard<std::mutex> lock(checkpoint_mutex_);
     if (round < checkpoint_round_) return;
@@ -626,7 +635,7 @@ class Run {
     next_checkpoint_step_ = checkpoint_step_after(s0);
     std::vector<WorkerState> states;
     for (auto& w : workers_) {
-      if (!w->state_is_finite()) return;  // never written; see maybe_checkpoint()
+      if (!finite_for_checkpoint(*w)) return;  // never written; see maybe_checkpoint()
       states.push_back(w->save_state());
     }
     submit_checkpoint(std::move(states), c_.deterministic);

@@ -44,6 +44,14 @@ TrainConfig reliability_config(Algorithm algo = Algorithm::kAsgd) {
   return c;
 }
 
+// Deterministic, and a worker that diverges is put back to its last good state.
+TrainConfig restoring_config() {
+  TrainConfig c = reliability_config();
+  c.deterministic = true;
+  c.on_divergence = DivergencePolicy::kRestore;
+  return c;
+}
+
 TrainResult run(const TrainConfig& c) {
   return train(c, testing::separable_train_test());
 }
@@ -213,9 +221,7 @@ TEST(ResumeTest, CorruptedOrMissingCheckpointIsAClearError) {
 
 TEST(DivergenceTest, RestorePolicyRecoversAndLowersTheStepSize) {
   TempDir dir;
-  TrainConfig c = reliability_config();
-  c.deterministic = true;
-  c.on_divergence = DivergencePolicy::kRestore;
+  TrainConfig c = restoring_config();
   c.faults = {parse_fault("nan:1:50")};
   c.metrics_path = dir.file("m.jsonl");
   const TrainResult r = run(c);
@@ -251,9 +257,7 @@ TEST(DivergenceTest, RestoresAreBounded) {
 
 TEST(DivergenceTest, CheckpointsNeverHoldANonFiniteState) {
   TempDir dir;
-  TrainConfig c = reliability_config();
-  c.deterministic = true;
-  c.on_divergence = DivergencePolicy::kRestore;
+  TrainConfig c = restoring_config();
   // Checkpoints at 15 and 30; the NaN of step 30 is not at one of worker 0's divergence checks
   // (every 20 steps), and the run ends before the next one: the checkpoint of step 30 must not
   // be written, and the one of step 15 stays.
@@ -271,9 +275,7 @@ TEST(DivergenceTest, CheckpointsNeverHoldANonFiniteState) {
 
 TEST(DivergenceTest, CheckpointsDoNotChangeTheRun) {
   TempDir dir;
-  TrainConfig c = reliability_config();
-  c.deterministic = true;
-  c.on_divergence = DivergencePolicy::kRestore;
+  TrainConfig c = restoring_config();
   // The NaN of step 50 falls on a checkpoint (every 25) ten steps before the divergence check
   // finds it: whether checkpoints are taken must not change when the worker is restored.
   c.faults = {parse_fault("nan:1:50")};
