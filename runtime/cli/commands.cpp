@@ -310,7 +310,12 @@ void add_info_command(CLI::App& app) {
 }
 
 void preload_config_file(int argc, char** argv, TrainOptions& o) {
-  for (int i = 1; i < argc; ++i) {
+  // The command is the first word that is not a flag (the app's own flags take no values).
+  int command = 1;
+  while (command < argc && argv[command][0] == '-')
+    ++command;
+  if (command >= argc || std::strcmp(argv[command], "train") != 0) return;
+  for (int i = command + 1; i < argc; ++i) {
     const std::string arg = argv[i];
     std::string path;
     if ((arg == "--config" || arg == "-c") && i + 1 < argc)

@@ -38,7 +38,8 @@ void add_checkpoint_command(CLI::App& app, std::string& path);
 int run_checkpoint(const std::string& path);
 void add_bench_link_command(CLI::App& app);  // and run_bench_link(): bench_link_command.cpp
 int run_bench_link(CLI::App& cmd);
-// Finds `--config FILE` (or `-c FILE`, `--config=FILE`) in argv and applies the file.
+// Finds `--config FILE` (or `-c FILE`, `--config=FILE`) among the arguments of `asgd train`
+// and applies the file; other commands take no config, and reject the flag when they parse.
 void preload_config_file(int argc, char** argv, TrainOptions& options);
 // Runs whichever subcommand was parsed; returns the exit code.
 int run_selected(CLI::App& app, TrainOptions& train, const std::string& checkpoint_path);

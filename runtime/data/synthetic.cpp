@@ -65,10 +65,11 @@ Dataset make_blobs(std::int64_t n, std::int64_t d, std::int32_t k, std::uint64_t
                      n, d, k);
   if (k > n)
     ASGD_INPUT_ERROR("blobs: {} blobs need at least one point each, but there are {} points", k, n);
-  if (d > kMaxValues / n)
+  // Each point costs its d features and its label.
+  if (d + 1 > kMaxValues / n)
     ASGD_INPUT_ERROR(
-        "blobs: {} points x {} dimensions is more than the {} values a generated set "
-        "may hold",
+        "blobs: {} points x ({} dimensions + a label) is more than the {} values a generated "
+        "set may hold",
         n, d, kMaxValues);
 
   Dataset out;

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs `asgd train` on one kind of bad input and checks that it fails with a non-zero exit
+# Runs `asgd train` (or another command) on one kind of bad input and checks that it fails with a non-zero exit
 # code and a one-line error on stderr that names what was wrong and where.
 #   bad_input.sh ASGD_BINARY CASE
 set -uo pipefail
@@ -12,6 +12,7 @@ idx_header() { printf "$(printf '\\x%02x\\x%02x\\x%02x\\x%02x' 0 0 "$1" "$2")"; 
   printf "$(printf '\\x%02x\\x%02x\\x%02x\\x%02x' $((v >> 24 & 255)) $((v >> 16 & 255)) $((v >> 8 & 255)) $((v & 255)))"; done; }
 
 one_line=1
+command=(train)
 case "$case" in
   missing_file)
     args=(--dataset libsvm:"$dir/absent.svm"); expect="absent.svm" ;;
@@ -76,17 +77,25 @@ case "$case" in
     # Known once the data is read (its feature count), after the line that describes it.
     args=(--dataset blobs:400,2,2 --hidden 4000000000,4000000000); expect="use narrower layers"
     one_line=0 ;;
+  info_config)
+    # `info` takes no config: the flag is refused as such, the file (whatever it holds) unread.
+    printf 'learning_rate = 0.1\n' > "$dir/run.toml"
+    command=(info); args=(-c "$dir/run.toml"); expect="-c"; one_line=0 ;;
   *)
     echo "unknown case $case" >&2; exit 2 ;;
 esac
 
-"$asgd" train --epochs 0.01 --no-progress "${args[@]}" >"$dir/out" 2>"$dir/err"
+if [[ ${command[0]} == train ]]; then command+=(--epochs 0.01 --no-progress); fi
+"$asgd" "${command[@]}" "${args[@]}" >"$dir/out" 2>"$dir/err"
 status=$?
 if ((status == 0)); then
   echo "FAIL: asgd exited 0 on bad input ($case)"; cat "$dir/err"; exit 1
 fi
 if ! grep -qF -- "$expect" "$dir/err"; then
   echo "FAIL: the error does not mention '$expect':"; cat "$dir/err"; exit 1
+fi
+if grep -qF "unknown key" "$dir/err" && [[ $case != unknown_config_key ]]; then
+  echo "FAIL: the config file was read:"; cat "$dir/err"; exit 1
 fi
 if ((one_line)) && [[ $(grep -c . "$dir/err") -ne 1 ]]; then
   echo "FAIL: expected a one-line error, got:"; cat "$dir/err"; exit 1

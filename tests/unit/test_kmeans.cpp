@@ -656,6 +656,8 @@ TEST(Blobs, RejectsBadArguments) {
   expect_input_error([] { make_blobs(5, 2, 0, 1); }, {"positive"});
   expect_input_error([] { make_blobs(2, 2, 3, 1); }, {"3 blobs", "2 points"});
   expect_input_error([] { make_blobs(1 << 20, 1 << 12, 2, 1); }, {"values"});
+  // One dimension, but 2^30 + 1 labels beside the features: refused before allocating.
+  expect_input_error([] { make_blobs((1 << 30) + 1, 1, 2, 1); }, {"a label", "values"});
 }
 
 TEST(Blobs, LoadDatasetSplitsAndDoesNotNormalise) {
