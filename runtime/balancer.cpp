@@ -172,6 +172,30 @@ void LoadBalancer::loop() {
   }
 }
 
+namespace {
+
+// The length (elements) to measure after `points` when the sweep's next one is `length`; 0 to
+// stop. Two sizes fit the link, and predict the next; one size alone cannot say how much of
+// its time was latency, so the next size is predicted as if none were (the slowest the link
+// can be). Where that prediction exceeds the budget, a size in between that fits it is taken
+// instead when it is at least twice the first: a link of high latency is then still measured
+// on two sizes, where it would otherwise be read as all bandwidth (4 KiB in 5 ms as 0.8 MB/s).
+std::int64_t next_probe_length(const std::vector<TransferSample>& points, std::int64_t length,
+                               double budget_s) {
+  const TransferSample& first = points.front();
+  const auto bytes = static_cast<double>(length * 4);
+  if (bytes <= points.back().bytes) return 0;  // capped at the transport's largest message
+  if (points.size() >= 2) {
+    const LinkModel fit = fit_link(points);
+    return fit.latency_s + bytes / fit.bandwidth_bytes_per_s <= budget_s ? length : 0;
+  }
+  if (first.seconds * bytes / first.bytes <= budget_s) return length;
+  const double fitting = std::floor(budget_s / first.seconds * first.bytes / 4);
+  return fitting * 4 >= 2 * first.bytes ? static_cast<std::int64_t>(fitting) : 0;
+}
+
+}  // namespace
+
 std::vector<std::vector<LinkModel>> probe_links(Transport& transport, int workers,
                                                 const std::vector<std::int64_t>& sizes_bytes,
                                                 int repeats, const ProbeLimits& limits) {
@@ -189,14 +213,14 @@ std::vector<std::vector<LinkModel>> probe_links(Transport& transport, int worker
       if (from == to) continue;
       std::vector<TransferSample> points;
       for (std::int64_t bytes : sizes_bytes) {
-        const std::int64_t length =
+        std::int64_t length =
             std::min<std::int64_t>(std::max<std::int64_t>(1, bytes / 4), transport.max_message());
         // A slow link is measured on the sizes it carries within the budget: the larger ones
-        // would only take longer to say the same.
-        if (!points.empty() &&
-            points.back().seconds * static_cast<double>(length * 4) / points.back().bytes >
-                limits.size_budget_s)
-          break;
+        // would only take longer to say the same. See next_probe_length().
+        if (!points.empty()) {
+          length = next_probe_length(points, length, limits.size_budget_s);
+          if (length == 0) break;
+        }
         // Scheduling delays only ever add time: the fastest of the repeats is the link's.
         double fastest = std::numeric_limits<double>::infinity();
         for (int repeat = 0; repeat < repeats; ++repeat) {

@@ -129,7 +129,8 @@ TEST(LoadBalancerThread, EstimatesOnlyLeavesTheSettingsAlone) {
 }
 
 // A link too slow for the larger sizes is measured on the ones it carries within the budget:
-// the emulated transfers are timed exactly, so one size gives its bandwidth exactly.
+// the first, and one in between that fits the budget (the emulated transfers are timed
+// exactly, so the fit is exact).
 TEST(ProbeLinks, ASlowLinkIsMeasuredOnTheSizesItCarries) {
   LocalTransport t(2, {1 << 18, 2, false});
   LinkModel slow;
@@ -141,9 +142,35 @@ TEST(ProbeLinks, ASlowLinkIsMeasuredOnTheSizesItCarries) {
   const auto probe = probe_links(t, 2, {4096, 262144, 1048576}, 1, limits);
   for (const LinkModel& l : {probe[0][1], probe[1][0]}) {
     EXPECT_NEAR(l.bandwidth_bytes_per_s, 200e3, 1e-6 * 200e3);
-    EXPECT_EQ(l.latency_s, 0.0);
+    EXPECT_NEAR(l.latency_s, 0.0, 1e-9);
   }
-  EXPECT_EQ(t.stats(0, 1).posted, 1);  // the larger sizes were never sent
+  // 4 KiB, then 0.1 s worth (20,000 bytes) instead of 256 KiB; 1 MiB never.
+  EXPECT_EQ(t.stats(0, 1).posted, 2);
+  EXPECT_GT(t.stats(0, 1).bytes_delivered, 4096 + 19000);
+  EXPECT_LE(t.stats(0, 1).bytes_delivered, 4096 + 20000);
+}
+
+// Latency that takes most of the budget: 4 KiB costs 10 ms, which read as bandwidth alone
+// predicts 0.64 s for 256 KiB. A size in between separates latency from bandwidth, and the
+// fit then shows the larger sizes to be cheap.
+TEST(ProbeLinks, AHighLatencyLinkIsMeasuredOnTwoSizesAtLeast) {
+  LocalTransport t(2, {1 << 18, 2, false});
+  LinkModel far;
+  far.bandwidth_bytes_per_s = 1e9;
+  far.latency_s = 10e-3;
+  t.set_link(0, 1, far);
+  t.set_link(1, 0, far);
+  ProbeLimits limits;
+  limits.size_budget_s = 0.25;
+  const auto probe = probe_links(t, 2, {4096, 262144, 1048576}, 1, limits);
+  for (const LinkModel& l : {probe[0][1], probe[1][0]}) {
+    EXPECT_NEAR(l.bandwidth_bytes_per_s, 1e9, 1e-3 * 1e9);
+    EXPECT_NEAR(l.latency_s, 10e-3, 1e-3 * 10e-3);
+  }
+  // 4 KiB; about 100 KB (what 0.25 s carries if 10 ms were all bandwidth) instead of 256 KiB;
+  // 1 MiB, which the fit predicts at 11 ms.
+  EXPECT_EQ(t.stats(0, 1).posted, 3);
+  EXPECT_GT(t.stats(0, 1).bytes_delivered, 4096 + 2 * 4096 + 1048576);
 }
 
 TEST(ProbeLinks, AMessageThatNeverArrivesIsAClearError) {
