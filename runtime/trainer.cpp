@@ -1396,6 +1396,8 @@ TrainResult train(const TrainConfig& config, const TrainTest& data) {
 
 TrainResult train(const TrainConfig& config, const TrainTest& data, const ModelFactory& factory) {
   validate(config);
+  check_dataset(data.train, "training set");
+  check_dataset(data.test, "test set");
   if (data.train.cols != data.test.cols)
     ASGD_INPUT_ERROR("train and test sets differ in width: {} has {} features, {} has {}",
                      data.train.source, data.train.cols, data.test.source, data.test.cols);

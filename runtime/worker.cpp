@@ -44,6 +44,14 @@ std::int64_t steps_for_epochs(double epochs, std::int64_t steps_per_epoch, std::
   return static_cast<std::int64_t>(std::clamp(steps, 1.0, most));
 }
 
+namespace {
+std::unique_ptr<Model> checked_model(std::unique_ptr<Model> model, const Dataset& shard,
+                                     const Dataset& test, std::int64_t batch) {
+  check_model(model.get(), shard.cols, std::max(shard.classes, test.classes), batch);
+  return model;
+}
+}  // namespace
+
 ModelFactory builtin_model_factory(const ModelSpec& spec) {
   return [spec](const Stream& stream, std::int64_t input_dim, std::int32_t classes,
                 std::int64_t max_batch, const Dataset& train) {
@@ -58,8 +66,9 @@ Worker::Worker(int id, int device, const TrainConfig& config, const Dataset& tra
       stream_(worker_stream(config, device)),
       train_(shard, stream_),
       test_(test, stream_),
-      model_(factory(stream_, shard.cols, std::max(shard.classes, test.classes),
-                     std::max<std::int64_t>(config.batch, kEvalChunk), train)),
+      model_(checked_model(factory(stream_, shard.cols, std::max(shard.classes, test.classes),
+                                   std::max<std::int64_t>(config.batch, kEvalChunk), train),
+                           shard, test, config.batch)),
       n_(model_->parameter_count()),
       max_steps_(steps_for_epochs(config.epochs, shard.rows / config.batch, config.batch)),
       params_(stream_.backend(), stream_.device(), static_cast<std::size_t>(n_)),
@@ -79,9 +88,6 @@ Worker::Worker(int id, int device, const TrainConfig& config, const Dataset& tra
                static_cast<std::size_t>(config.window_history)),
       history_seen_(stream_.backend(), stream_.device(), 1),
       parzen_counters_(stream_.backend(), stream_.device(), kParzenCounterCount) {
-  if (model_->input_dim() != shard.cols)
-    ASGD_INPUT_ERROR("the model '{}' expects {} features but the data has {}",
-                     model_->describe(), model_->input_dim(), shard.cols);
   // Every worker starts from the same state: the seed, not the worker, picks it.
   model_->init(params_.data(), config.seed, stream_);
   loss_.zero(stream_);

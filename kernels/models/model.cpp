@@ -46,6 +46,43 @@ void Model::init(float* params, std::uint64_t seed, const Stream& stream) const 
   stream.synchronize();  // `host` dies here
 }
 
+void check_model(const Model* model, std::int64_t input_dim, std::int32_t classes,
+                 std::int64_t batch) {
+  if (model == nullptr) ASGD_INPUT_ERROR("the model factory returned no model (a null pointer)");
+  const std::string name = model->describe();
+  const std::vector<TensorInfo>& layout = model->layout();
+  if (layout.empty()) ASGD_INPUT_ERROR("model '{}': its layout lists no tensors", name);
+  for (const TensorInfo& t : layout) {
+    if (t.offset < 0 || t.offset > kMaxModelParameters)
+      ASGD_INPUT_ERROR("model '{}': tensor '{}' starts at offset {}, outside [0, {}]", name, t.name,
+                       t.offset, kMaxModelParameters);
+    std::int64_t size = 1;
+    for (std::int64_t d : t.shape) {
+      if (d < 1)
+        ASGD_INPUT_ERROR("model '{}': tensor '{}' has a dimension of {}; each must be >= 1", name,
+                         t.name, d);
+      // Both factors are at most kMaxModelParameters (< 2^40) before this, so no overflow.
+      if (d > kMaxModelParameters || size * d > kMaxModelParameters - t.offset)
+        ASGD_INPUT_ERROR(
+            "model '{}': tensor '{}' ends beyond {} parameters, the most a state may "
+            "have",
+            name, t.name, kMaxModelParameters);
+      size *= d;
+    }
+  }
+  if (model->input_dim() != input_dim)
+    ASGD_INPUT_ERROR("the model '{}' expects {} features but the data has {}", name,
+                     model->input_dim(), input_dim);
+  if (model->max_batch() < batch)
+    ASGD_INPUT_ERROR("model '{}' takes batches of up to {} rows, but training uses {} (--batch)",
+                     name, model->max_batch(), batch);
+  if (model->is_classifier() && model->num_classes() < classes)
+    ASGD_INPUT_ERROR(
+        "model '{}' has {} classes, but the data's labels run to {}; a label beyond "
+        "the model's outputs cannot be scored",
+        name, model->num_classes(), classes - 1);
+}
+
 std::unique_ptr<Model> make_model(const ModelSpec& spec, std::int64_t input_dim,
                                   std::int32_t classes, std::int64_t max_batch,
                                   const Stream& stream, const Dataset* init_data) {

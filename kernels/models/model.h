@@ -89,6 +89,14 @@ struct Dataset;
 // up to 40 bits (runtime/balancer.h).
 inline constexpr std::int64_t kMaxModelParameters = (std::int64_t{1} << 40) - 1;
 
+// Checks a model (a built-in or one from research code) against what training will ask of it:
+// present, a layout of tensors with positive dimensions at non-negative offsets and 1 to
+// kMaxModelParameters parameters, `input_dim` features, batches of `batch` rows, and, for a
+// classifier, at least `classes` outputs. Throws InputError naming the model and what is wrong,
+// so that a faulty model is refused before any memory is sized from it.
+void check_model(const Model* model, std::int64_t input_dim, std::int32_t classes,
+                 std::int64_t batch);
+
 // Builds a built-in model for `input_dim` features and `classes` classes whose scratch memory
 // lives on the stream's device and holds batches of up to `max_batch` rows. `init_data` is the
 // training set, which K-Means draws its initial centres from (others ignore it). Throws

@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <future>
+#include <limits>
 #include <new>
 #include <numeric>
 #include <random>
@@ -413,6 +414,29 @@ void normalize(TrainTest& data, Normalize mode, bool from_bytes) {
   } else {
     normalize_standard(data);
   }
+}
+
+void check_dataset(const Dataset& d, std::string_view role) {
+  const std::string name =
+      d.source.empty() ? std::string(role) : fmt::format("{} ({})", role, d.source);
+  if (d.rows < 1 || d.cols < 1)
+    ASGD_INPUT_ERROR("{}: {} rows of {} features; a data set needs at least one of each", name,
+                     d.rows, d.cols);
+  if (d.rows > std::numeric_limits<std::int64_t>::max() / d.cols ||
+      d.features.size() != static_cast<std::size_t>(d.rows * d.cols))
+    ASGD_INPUT_ERROR("{}: {} rows x {} features need {} values, but features holds {}", name,
+                     d.rows, d.cols, static_cast<double>(d.rows) * static_cast<double>(d.cols),
+                     d.features.size());
+  if (d.labels.size() != static_cast<std::size_t>(d.rows))
+    ASGD_INPUT_ERROR("{}: {} rows but {} labels; every row needs one", name, d.rows,
+                     d.labels.size());
+  if (d.classes < 1)
+    ASGD_INPUT_ERROR("{}: {} classes; labels lie in [0, classes), so classes must be >= 1", name,
+                     d.classes);
+  for (std::size_t i = 0; i < d.labels.size(); ++i)
+    if (d.labels[i] < 0 || d.labels[i] >= d.classes)
+      ASGD_INPUT_ERROR("{}: row {} has the label {}, outside [0, {}) (its classes)", name, i,
+                       d.labels[i], d.classes);
 }
 
 Dataset shard(const Dataset& data, int index, int count, std::uint64_t seed) {

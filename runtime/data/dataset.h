@@ -73,6 +73,11 @@ TrainTest load_dataset(const DataOptions& options);
 // parts get at least one row.
 TrainTest split_train_test(const Dataset& all, double test_fraction, std::uint64_t seed);
 
+// Checks a data set, e.g. one built by hand for train(): at least one row and one feature,
+// rows x cols features, one label per row, each in [0, classes). `role` ("training set",
+// "test set") and the set's source name it in the InputError.
+void check_dataset(const Dataset& data, std::string_view role);
+
 // Normalises both sets in place with statistics of `data.train` only.
 void normalize(TrainTest& data, Normalize mode, bool from_bytes);
 

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <limits>
 #include <string>
 #include <vector>
@@ -212,7 +213,9 @@ class TinySoftmax final : public Model {
   std::int64_t input_dim() const override { return d_; }
   std::int32_t num_classes() const override { return k_; }
   const std::vector<TensorInfo>& layout() const override { return layout_; }
-  std::int64_t max_batch() const override { return max_batch_; }
+  std::int64_t max_batch() const override {
+    return reported_max_batch > 0 ? reported_max_batch : max_batch_;
+  }
   void loss_and_gradient(const float* w, const Batch& b, float* g, double* loss,
                          const Stream& s) override {
     ++calls;
@@ -233,12 +236,13 @@ class TinySoftmax final : public Model {
   }
   int fail_at = 0;
   int calls = 0;
+  std::int64_t reported_max_batch = 0;  // > 0: what max_batch() claims instead
+  std::vector<TensorInfo> layout_;
 
  private:
   std::int64_t d_;
   std::int32_t k_;
   std::int64_t max_batch_;
-  std::vector<TensorInfo> layout_;
   DeviceBuffer<float> logits_;
 };
 
@@ -251,6 +255,76 @@ TEST(CustomModelTest, TrainsWithAsgdOnSeveralWorkers) {
       train(engine_config(Algorithm::kAsgd, 2), testing::separable_train_test(), factory);
   EXPECT_EQ(r.model, "tiny-softmax");
   EXPECT_GE(r.final_test_accuracy, 0.95);
+}
+
+// Research code can get a model wrong in ways that would otherwise write or read out of bounds;
+// each is refused before training, naming the model and what is wrong.
+TEST(CustomModelTest, AFaultyModelIsRefusedBeforeTraining) {
+  struct Case {
+    const char* expect;
+    std::function<void(TinySoftmax&)> spoil;  // null: the factory returns no model
+    std::int32_t classes = 0;                 // > 0: the model's class count instead
+  };
+  const std::vector<Case> cases = {
+      {"returned no model", nullptr},
+      {"starts at offset -4", [](TinySoftmax& m) { m.layout_[0].offset = -4; }},
+      {"lists no tensors", [](TinySoftmax& m) { m.layout_.clear(); }},
+      {"has a dimension of 0",
+       [](TinySoftmax& m) {
+         m.layout_[0].shape = {3, 0};
+       }},
+      {"ends beyond",
+       [](TinySoftmax& m) {
+         m.layout_[0].shape = {1 << 30, 1 << 30};
+       }},
+      {"takes batches of up to 4 rows", [](TinySoftmax& m) { m.reported_max_batch = 4; }},
+      {"has 1 classes", nullptr, 1},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.expect);
+    const bool null_model = !c.spoil && c.classes == 0;
+    const ModelFactory factory = [&](const Stream& s, std::int64_t d, std::int32_t k,
+                                     std::int64_t max_batch, const Dataset&) {
+      if (null_model) return std::unique_ptr<TinySoftmax>();
+      auto m = std::make_unique<TinySoftmax>(d, c.classes > 0 ? c.classes : k, max_batch, s);
+      if (c.spoil) c.spoil(*m);
+      return m;
+    };
+    try {
+      train(engine_config(Algorithm::kAsgd, 2), testing::separable_train_test(), factory);
+      ADD_FAILURE() << "no error";
+    } catch (const InputError& e) {
+      EXPECT_THAT(e.what(), HasSubstr(c.expect));
+      if (!null_model) EXPECT_THAT(e.what(), HasSubstr("tiny-softmax"));
+    }
+  }
+}
+
+// A data set built by hand for train() is checked as the readers' output is.
+TEST(TrainApiTest, AHandBuiltDataSetIsChecked) {
+  struct Case {
+    const char* expect;
+    std::function<void(TrainTest&)> spoil;
+  };
+  const std::vector<Case> cases = {
+      {"features holds", [](TrainTest& d) { d.train.features.resize(10); }},
+      {"labels; every row", [](TrainTest& d) { d.train.labels.pop_back(); }},
+      {"row 5 has the label 7, outside [0, 4)", [](TrainTest& d) { d.train.labels[5] = 7; }},
+      {"test set (separable): row 0 has the label -1", [](TrainTest& d) { d.test.labels[0] = -1; }},
+      {"test set", [](TrainTest& d) { d.test = Dataset{}; }},
+      {"classes must be >= 1", [](TrainTest& d) { d.train.classes = 0; }},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.expect);
+    TrainTest data = testing::separable_train_test();
+    c.spoil(data);
+    try {
+      train(engine_config(Algorithm::kAsgd, 2), data);
+      ADD_FAILURE() << "no error";
+    } catch (const InputError& e) {
+      EXPECT_THAT(e.what(), HasSubstr(c.expect));
+    }
+  }
 }
 
 class WorkerFailureTest : public ::testing::TestWithParam<std::pair<Algorithm, bool>> {};
