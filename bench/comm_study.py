@@ -260,6 +260,11 @@ class Runner:
                 rec.update(error="timed out", summary=None, curve=None, _metrics=[])
                 return rec
             if done.returncode != 0 or not os.path.exists(summary):
+                if "training diverged" not in done.stderr:
+                    # Not an outcome of the setting but a run that could not run: stop
+                    # before a table or result file with missing figures is written.
+                    raise SystemExit(f"{rec['command']}\nfailed (exit code {done.returncode}); "
+                                     f"the study stops:\n{done.stderr}")
                 lines = [l for l in done.stderr.splitlines() if l.strip()]
                 # mpirun ends with its own banner: the rank's error is the line to keep
                 lines = [l for l in lines if "error" in l.lower()] or lines

@@ -297,8 +297,12 @@ def run_asgd(binary, lr, seed, args):
             rec.update(error="mpirun timed out", time_to_target_s=None, _metrics=[])
             return rec
         if done.returncode != 0 or not os.path.exists(summary_path):
+            if "training diverged" not in done.stderr:
+                raise SystemExit(f"{rec['command']}\nfailed (exit code {done.returncode}); the "
+                                 f"comparison stops:\n{done.stderr}")
             lines = [l for l in done.stderr.splitlines() if l.strip()]
-            rec.update(error=(lines[-1] if lines else f"exit status {done.returncode}"),
+            lines = [l for l in lines if "error" in l.lower()] or lines
+            rec.update(error=lines[0] if lines else f"exit status {done.returncode}",
                        time_to_target_s=None, _metrics=[])
             return rec
         with open(summary_path) as f:

@@ -31,6 +31,7 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include "bench/json_output.h"
 #include "comm/mpi/mpi_session.h"
 #include "comm/mpi/mpi_transport.h"
 #include "comm/nccl/round_transport.h"
@@ -159,6 +160,13 @@ int main(int argc, char** argv) {
     MpiSession::finalize();
     return 2;
   }
+  // Rank 0 writes the results; both ranks leave together if it cannot.
+  int writable = s.rank() == 0 ? asgd::bench::json_path_writable(json_path) : 1;
+  MPI_Bcast(&writable, 1, MPI_INT, 0, s.comm());
+  if (!writable) {
+    MpiSession::finalize();
+    return 1;
+  }
   std::vector<std::int64_t> sizes;
   for (std::size_t at = 0; at <= sizes_text.size();) {
     const std::size_t end = std::min(sizes_text.find(',', at), sizes_text.size());
@@ -234,7 +242,7 @@ int main(int argc, char** argv) {
         {"chunk_bytes", chunk_bytes},
         {"repeats", repeats},
         {"rows", rows}};
-    std::ofstream(json_path) << out.dump(2) << '\n';
+    if (!asgd::bench::write_json(json_path, out)) total_wrong = -1;  // a failed run
   }
   MpiSession::finalize();
   return total_wrong == 0 ? 0 : 1;

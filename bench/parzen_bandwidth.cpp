@@ -21,6 +21,7 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include "bench/json_output.h"
 #include "kernels/parzen.h"
 #include "runtime/buffer.h"
 #include "runtime/build_info.h"
@@ -55,6 +56,7 @@ int main(int argc, char** argv) {
   app.add_option("--threads", threads)->capture_default_str();
   app.add_option("--json", json_path, "also write the results here");
   CLI11_PARSE(app, argc, argv);
+  if (!asgd::bench::json_path_writable(json_path)) return 1;
 
   const asgd::Backend backend = asgd::parse_backend(backend_name);
   const bool on_host = backend == asgd::Backend::kHost;
@@ -145,6 +147,5 @@ int main(int argc, char** argv) {
                               {"gb_per_s", gbs},
                               {"fraction_of_copy", gbs / copy_gbs}});
   }
-  if (!json_path.empty()) std::ofstream(json_path) << out.dump(2) << '\n';
-  return 0;
+  return asgd::bench::write_json(json_path, out) ? 0 : 1;
 }

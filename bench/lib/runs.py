@@ -5,6 +5,7 @@ import os
 import platform
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -16,6 +17,29 @@ def asgd_binary(build):
     if not os.path.exists(path):
         raise SystemExit(f"{path} not found: build first (scripts/build.sh)")
     return path
+
+
+class RunFailed(RuntimeError):
+    """`asgd train` exited non-zero. `diverged` tells a run that diverged (an outcome a
+    study records: a step size too large) from one that could not run at all (bad options, a
+    missing device or file), which must stop the study."""
+
+    def __init__(self, cmd, code, stderr):
+        lines = [l.strip() for l in stderr.splitlines() if l.strip()]
+        errors = [l for l in lines if "error" in l.lower()]
+        self.reason = errors[0] if errors else (lines[-1] if lines else f"exit code {code}")
+        self.diverged = "training diverged" in stderr
+        super().__init__(f"{' '.join(cmd)} failed (exit code {code}):\n{stderr}")
+
+
+# The commits the measured binaries report in their summaries: the JSON names them beside the
+# source tree's, since a stale build measures other code than the tree holds.
+_BINARY_COMMITS = set()
+
+
+def note_binary_commit(value):
+    if value:
+        _BINARY_COMMITS.add(value)
 
 
 def train(binary, args, metrics=False):
@@ -33,9 +57,10 @@ def train(binary, args, metrics=False):
             cmd += ["--metrics", os.path.join(tmp, "metrics.jsonl")]
         run = subprocess.run(cmd, capture_output=True, text=True)
         if run.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd)} failed:\n{run.stderr}")
+            raise RunFailed(cmd, run.returncode, run.stderr)
         with open(summary) as f:
             result = json.load(f)
+        note_binary_commit(result.get("commit"))
         if metrics:
             with open(os.path.join(tmp, "metrics.jsonl")) as f:
                 result["metrics"] = [json.loads(line) for line in f]
@@ -75,6 +100,12 @@ def commit():
 def write_result(path, benchmark, payload):
     doc = {"benchmark": benchmark, "commit": commit(), "machine": machine(),
            "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **payload}
+    if _BINARY_COMMITS:
+        doc["binary_commits"] = sorted(_BINARY_COMMITS)
+        if _BINARY_COMMITS != {commit()}:
+            print(f"warning: the binaries measured report {', '.join(sorted(_BINARY_COMMITS))}, "
+                  f"the source tree is at {commit()}: rebuild to measure the tree",
+                  file=sys.stderr)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
         json.dump(doc, f, indent=2)

@@ -97,14 +97,18 @@ def curve(metrics, workers=(0, -1)):
 
 
 def run_one(binary, cfg, round_index, seed, keep_dir=None):
-    """One `asgd train` run; a failed run (e.g. diverged) is recorded with its error."""
+    """One `asgd train` run. A run that diverged is recorded with its error (an outcome of
+    its step size); any other failure (bad options, no device, missing data) ends the study
+    with asgd's error, before a result file with missing figures can be written."""
     rec = {k: v for k, v in cfg.items() if k != "args"}
     rec.update(round=round_index, seed=seed, args=cfg["args"] + ["--seed", str(seed)])
     try:
         summary = runs.train(binary, rec["args"], metrics=True)
-    except RuntimeError as e:
-        lines = [l for l in str(e).splitlines() if l.strip()]
-        rec.update(error=lines[-1] if lines else str(e), summary=None, curve=None, _metrics=[])
+    except runs.RunFailed as e:
+        if not e.diverged:
+            raise SystemExit(f"{cfg['name']} round {round_index} could not run; the study "
+                             f"stops (nothing written):\n{e}")
+        rec.update(error=e.reason, summary=None, curve=None, _metrics=[])
         return rec
     metrics = summary.pop("metrics")
     rec.update(summary=summary, curve=curve(metrics), _metrics=metrics)
