@@ -59,7 +59,7 @@ def rate(points, t0, t1):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--build", default="build")
+    ap.add_argument("--build", default=os.path.join(runs.ROOT, "build"))
     ap.add_argument("--ranks", type=int, default=4)
     ap.add_argument("--stalled", type=int, default=2, help="the rank to stop")
     ap.add_argument("--stop-at", type=float, default=8.0, help="seconds after start-up")
@@ -83,8 +83,16 @@ def main():
         job = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True)
         pids = rank_pids(job.pid, args.ranks, time.time() + 30)
-        # The ranks' training clocks start after data loading; wait for the first evaluation.
+        # The ranks' training clocks start after data loading; wait for the first evaluation,
+        # or for the job to end early (an error: say it, with the job's output).
+        deadline = time.time() + 120
         while not os.path.exists(metrics) or os.path.getsize(metrics) == 0:
+            if job.poll() is not None or time.time() > deadline:
+                if job.poll() is None:
+                    job.kill()
+                output, _ = job.communicate()
+                raise SystemExit(f"{' '.join(cmd)}\nended (exit code {job.returncode}) or sent "
+                                 f"no evaluation within 120 s:\n{output}")
             time.sleep(0.05)
         first_eval = time.time()
         time.sleep(args.stop_at)

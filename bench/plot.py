@@ -80,9 +80,27 @@ def ensure_matplotlib():
 
 
 def load_metrics(path):
-    """The records of a metrics JSON-lines file."""
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """The records of a metrics JSON-lines file; ValueError naming the file (and line) for
+    one that cannot be read or is not one JSON object per line."""
+    try:
+        with open(path) as f:
+            lines = f.readlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: cannot read it: {e}") from None
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{number}: not JSON ({e}); expected an `asgd train "
+                             "--metrics` file, one JSON object per line") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}:{number}: a JSON {type(record).__name__}, not an object; "
+                             "expected an `asgd train --metrics` file") from None
+        records.append(record)
+    return records
 
 
 def _number(v):
@@ -124,6 +142,12 @@ def plot_runs(runs, out, labels=None, x="time", y="auto", target=None, logy=Fals
                   for i, r in enumerate(runs)]
     if len(labels) != len(loaded):
         raise ValueError(f"{len(labels)} labels for {len(loaded)} runs")
+    for records, label in zip(loaded, labels):
+        if not any(r.get("worker") in (0, -1) and "event" not in r and
+                   (_number(r.get("test_accuracy")) or _number(r.get("test_loss")))
+                   for r in records):
+            raise ValueError(f"{label}: no evaluations of worker 0 in it (an `asgd train "
+                             "--metrics` file holds one line per evaluation)")
     if y == "auto":
         y = "accuracy" if any(is_classifier_run(r) for r in loaded) else "objective"
     y_key = {"accuracy": "test_accuracy", "objective": "test_loss"}[y]
@@ -244,6 +268,9 @@ def plot_balance(runs, out, labels=None, change_at=None, title=None, ranks=True)
         labels = [_run_label(r, i) for i, r in enumerate(runs)]
     if len(labels) != len(loaded):
         raise ValueError(f"{len(labels)} labels for {len(loaded)} runs")
+    if not any(balance_lines(r) for r in loaded):
+        raise ValueError(f"{', '.join(labels)}: no load-balancer decisions in them (written by "
+                         "`asgd train --metrics` with --balance auto, the default)")
     changes = (list(change_at) if isinstance(change_at, (list, tuple))
                else [change_at] * len(loaded))
     if len(changes) != len(loaded):
@@ -440,20 +467,20 @@ def main():
     labels = args.labels.split(",") if args.labels else None
     if labels is not None and len(labels) != len(args.runs):
         ap.error(f"--labels has {len(labels)} names for {len(args.runs)} runs")
-    if args.mode == "balance":
-        plot_balance(args.runs, args.out, labels=labels, change_at=args.change_at,
-                     title=args.title, ranks=not args.no_ranks)
-    elif args.mode == "matrix":
-        if args.last < 1:
-            ap.error("--last must be at least 1")
-        try:
+    if args.mode == "matrix" and args.last < 1:
+        ap.error("--last must be at least 1")
+    try:
+        if args.mode == "balance":
+            plot_balance(args.runs, args.out, labels=labels, change_at=args.change_at,
+                         title=args.title, ranks=not args.no_ranks)
+        elif args.mode == "matrix":
             plot_matrix(args.runs, args.out, labels=labels, last=args.last, title=args.title,
                         ranks=not args.no_ranks)
-        except ValueError as e:
-            sys.exit(f"plot.py --mode matrix: {e}")
-    else:
-        plot_runs(args.runs, args.out, labels=labels, x=args.x, y=args.y, target=args.target,
-                  logy=args.logy, title=args.title)
+        else:
+            plot_runs(args.runs, args.out, labels=labels, x=args.x, y=args.y,
+                      target=args.target, logy=args.logy, title=args.title)
+    except ValueError as e:
+        sys.exit(f"plot.py --mode {args.mode}: {e}")
     print(f"wrote {args.out}")
 
 

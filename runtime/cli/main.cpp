@@ -53,6 +53,20 @@ int main(int argc, char** argv) {
   std::string checkpoint_path;
   asgd::cli::add_checkpoint_command(app, checkpoint_path);
 
+  // CLI11 would report an unknown command as a missing one ("A subcommand is required").
+  if (argc >= 2 && argv[1][0] != '-') {
+    std::string known;
+    bool found = false;
+    for (const CLI::App* sub : app.get_subcommands([](CLI::App*) { return true; })) {
+      found = found || sub->get_name() == argv[1];
+      known += (known.empty() ? "" : ", ") + sub->get_name();
+    }
+    if (!found) {
+      std::fprintf(stderr, "asgd: error: unknown command '%s'; the commands are %s\n", argv[1],
+                   known.c_str());
+      return leave(2, false);
+    }
+  }
   try {
     // The config file is read before the flags are parsed so that flags override it.
     asgd::cli::preload_config_file(argc, argv, train);

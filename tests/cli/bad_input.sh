@@ -81,6 +81,8 @@ case "$case" in
     # `info` takes no config: the flag is refused as such, the file (whatever it holds) unread.
     printf 'learning_rate = 0.1\n' > "$dir/run.toml"
     command=(info); args=(-c "$dir/run.toml"); expect="-c"; one_line=0 ;;
+  unknown_command)
+    command=(trian); args=(); expect="unknown command 'trian'" ;;
   *)
     echo "unknown case $case" >&2; exit 2 ;;
 esac
