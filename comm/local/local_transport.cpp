@@ -7,6 +7,10 @@
 namespace asgd {
 namespace {
 constexpr double kNever = std::numeric_limits<double>::infinity();
+// The communication thread sleeps at most this long: an arrival planned further out (a link
+// of absurd latency) is looked at again later rather than turned into a time point that
+// overflows the clock.
+constexpr double kLongestSleep_s = 1.0;
 }
 
 LocalTransport::LocalTransport(int workers, const LocalTransportOptions& options)
@@ -51,7 +55,9 @@ void LocalTransport::set_link(int from, int to, const LinkModel& model) {
              "link {}->{}: bandwidth must be positive and latency non-negative", from, to);
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    link_at(from, to).model = model;
+    Link& l = link_at(from, to);
+    advance(l, now());  // what the old link has started by now, it carries to the end
+    l.model = model;
     if (!model.ideal()) emulating_.store(true, std::memory_order_relaxed);
     ++generation_;
   }
@@ -115,7 +121,7 @@ bool LocalTransport::publish_arrived(int from, int to, double t, double cutoff,
     deliver(to, p.message->header, p.message->payload.data());
     lock.lock();
     l.publishing = false;
-    l.pool.push_back(std::move(p.message));
+    recycle(l, std::move(p.message));
   }
   return true;
 }
@@ -139,13 +145,11 @@ void LocalTransport::post(int peer, const MessageHeader& header, const float* da
     std::lock_guard<std::mutex> lock(mutex_);
     Link& l = link_at(from, peer);
     ++l.stats.posted;
-    if (options_.deterministic || l.model.ideal()) {
-      // Delivered below, on this thread, without the lock.
-    } else if (!l.pool.empty()) {
-      buffer = std::move(l.pool.back());
-      l.pool.pop_back();
+    if (options_.deterministic || (l.model.ideal() && l.queue.empty() && l.in_flight.empty())) {
+      // Delivered below, on this thread, without the lock (on a link made ideal while
+      // messages were still on it, those go first, in order).
     } else {
-      buffer = std::make_unique<Message>(options_.max_message);
+      buffer = take_buffer(l, header.length);
     }
   }
   if (!buffer) {
@@ -166,7 +170,7 @@ void LocalTransport::post(int peer, const MessageHeader& header, const float* da
     advance(l, t);  // what the link has started by now is no longer in the queue
     if (static_cast<int>(l.queue.size()) >= options_.queue_capacity) {
       // Stale states are worth less than fresh ones: the oldest unsent one makes room.
-      l.pool.push_back(std::move(l.queue.front().message));
+      recycle(l, std::move(l.queue.front().message));
       l.queue.pop_front();
       ++l.stats.superseded;
     }
@@ -187,11 +191,38 @@ void LocalTransport::post(int peer, const MessageHeader& header, const float* da
   if (wake) wake_.notify_all();
 }
 
+std::unique_ptr<Message> LocalTransport::take_buffer(Link& l, std::int64_t length) {
+  for (auto it = l.pool.begin(); it != l.pool.end(); ++it)
+    if ((*it)->capacity() >= length) {
+      std::unique_ptr<Message> m = std::move(*it);
+      l.pool.erase(it);
+      return m;
+    }
+  // Sized to the message, not the state: partial messages on many links stay small.
+  return std::make_unique<Message>(length);
+}
+
+void LocalTransport::recycle(Link& l, std::unique_ptr<Message> m) {
+  l.pool.push_back(std::move(m));
+  // No more buffers than a link can hold at once (its queue and its window); the smallest go.
+  const auto most = static_cast<std::size_t>(options_.queue_capacity) + kMaxInFlight;
+  if (l.pool.size() > most) {
+    auto smallest = std::min_element(
+        l.pool.begin(), l.pool.end(),
+        [](const auto& a, const auto& b) { return a->capacity() < b->capacity(); });
+    l.pool.erase(smallest);
+  }
+}
+
 void LocalTransport::advance(Link& l, double t) {
   // In virtual time, so a late pass does not slow the link.
   while (!l.queue.empty()) {
     Pending& head = l.queue.front();
-    const double start = std::max(l.busy_until_s, head.ready_s);
+    double start = std::max(l.busy_until_s, head.ready_s);
+    // At most kMaxInFlight messages on the link at once: the next starts when the one
+    // kMaxInFlight places ahead of it has arrived (a sender's window, as the MPI transport's).
+    if (l.in_flight.size() >= kMaxInFlight)
+      start = std::max(start, l.in_flight[l.in_flight.size() - kMaxInFlight].arrive_s);
     if (start > t) return;
     head.start_s = start;
     l.busy_until_s = start + static_cast<double>(head.message->header.length * sizeof(float)) /
@@ -275,7 +306,7 @@ void LocalTransport::communication_loop() {
         }
       }
       // At most one pass per grace period while messages flow.
-      if (next != kNever) next = std::max(next, t + kPullGrace_s);
+      if (next != kNever) next = std::clamp(next, t + kPullGrace_s, t + kLongestSleep_s);
       const auto changed = [&] { return stop_ || generation_ != generation; };
       thread_state_ = next == kNever ? ThreadState::kIdle : ThreadState::kPlanned;
       if (next == kNever) {

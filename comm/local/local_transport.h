@@ -2,7 +2,8 @@
 // between buffers. It can emulate links: each directed pair has a bandwidth and a latency,
 // settable at start and changeable while running, and a message is delivered when a real link
 // of that speed would have delivered it (transfers on one link go one at a time; latency
-// overlaps). So slow and uneven networks can be studied on one machine.
+// overlaps, for up to kMaxInFlight messages). So slow and uneven networks can be studied on one
+// machine.
 //
 // Ideal links (infinite bandwidth, no latency), and every link in deterministic mode, deliver
 // inside post() on the sender's thread. On emulated links a message that has arrived (in
@@ -52,7 +53,8 @@ class LocalTransport final : public Transport {
   LinkStats stats(int from, int to) const override;
   std::vector<TransferRecord> take_transfers() override;
 
-  // Sets the emulated link from -> to; messages that start transmitting later use it.
+  // Sets the emulated link from -> to; messages that start transmitting later use it (those
+  // the old link has started by now, in its virtual time, finish on it).
   void set_link(int from, int to, const LinkModel& link);
   LinkModel link(int from, int to) const;
 
@@ -61,6 +63,10 @@ class LocalTransport final : public Transport {
   // How long an arrived message may wait for its receiver's collect() before the
   // communication thread publishes it.
   static constexpr double kPullGrace_s = 2e-3;
+  // Messages an emulated link carries at once (started, not arrived): beyond it the next one
+  // waits in the bounded queue, where a newer one supersedes it. Without a window a link of
+  // long latency would hold every message sent during that latency, each a buffer.
+  static constexpr std::size_t kMaxInFlight = 8;
 
   // Deterministic mode only (one thread drives every worker): what a checkpoint keeps so that
   // a resumed run reads exactly what the uninterrupted one would — each delivered message no
@@ -104,6 +110,10 @@ class LocalTransport final : public Transport {
   // Starts, in virtual time, the queued messages of `l` that the link has begun sending by
   // time t: they move in flight with their arrival times. Called with mutex_ held.
   static void advance(Link& l, double t);
+  // A buffer for a message of `length` elements from the link's pool, or a new one; and back.
+  // Called with mutex_ held.
+  static std::unique_ptr<Message> take_buffer(Link& l, std::int64_t length);
+  void recycle(Link& l, std::unique_ptr<Message> m);
   void communication_loop();
   void check_pair(int from, int to) const;
 

@@ -196,6 +196,44 @@ TEST(LocalTransportTest, FullQueueSupersedesTheOldestUnsentMessage) {
   EXPECT_EQ(t.collect(1, got, 1), 0);
 }
 
+// A link of long latency holds at most kMaxInFlight messages (each a buffer); the rest wait
+// in the bounded queue, where newer ones supersede them.
+TEST(LocalTransportTest, ALongLatencyLinkCarriesAWindowOfMessages) {
+  LocalTransport t(2, {1024, 2, false});
+  t.set_link(0, 1, {1e12, 1000.0});  // nothing arrives during the test
+  std::vector<float> data(1024, 0.5f);
+  MessageHeader h;
+  h.sender = 0;
+  h.length = 1024;
+  const int posts = 20;
+  for (int i = 0; i < posts; ++i) {
+    h.sender_step = i;
+    t.post(1, h, data.data());
+  }
+  const LinkStats s = t.stats(0, 1);
+  EXPECT_EQ(s.delivered, 0);
+  EXPECT_EQ(s.superseded, posts - static_cast<int>(LocalTransport::kMaxInFlight) - 2);
+}
+
+// A link made ideal while a message is still on it delivers the newer message after that
+// one, not over it.
+TEST(LocalTransportTest, ALinkMadeIdealKeepsTheOrderOfItsMessages) {
+  LocalTransport t(2, {16, 2, false});
+  t.set_link(0, 1, {1e12, 1000.0});
+  std::vector<float> data(16, 1.0f);
+  MessageHeader h;
+  h.sender = 0;
+  h.length = 16;
+  h.sender_step = 1;
+  t.post(1, h, data.data());
+  t.set_link(0, 1, LinkModel{});  // ideal
+  h.sender_step = 2;
+  t.post(1, h, data.data());
+  const Message* got[1];
+  EXPECT_EQ(t.collect(1, got, 1), 0);  // step 2 waits behind step 1, 1000 s out
+  EXPECT_EQ(t.stats(0, 1).delivered, 0);
+}
+
 TEST(LocalTransportTest, RejectsBadMessagesAndLinks) {
   LocalTransport t(2, {8, 2, false});
   std::vector<float> data(16);
