@@ -177,9 +177,10 @@ namespace {
 // The length (elements) to measure after `points` when the sweep's next one is `length`; 0 to
 // stop. Two sizes fit the link, and predict the next; one size alone cannot say how much of
 // its time was latency, so the next size is predicted as if none were (the slowest the link
-// can be). Where that prediction exceeds the budget, a size in between that fits it is taken
-// instead when it is at least twice the first: a link of high latency is then still measured
-// on two sizes, where it would otherwise be read as all bandwidth (4 KiB in 5 ms as 0.8 MB/s).
+// can be). Where that prediction exceeds the budget, a size in between is taken instead: what
+// the budget carries at that rate, or twice the first size if that is more (at worst twice
+// the first's time). A link of high latency is so measured on two sizes, where it would
+// otherwise be read as all bandwidth (4 KiB in 5 ms as 0.8 MB/s).
 std::int64_t next_probe_length(const std::vector<TransferSample>& points, std::int64_t length,
                                double budget_s) {
   const TransferSample& first = points.front();
@@ -190,8 +191,12 @@ std::int64_t next_probe_length(const std::vector<TransferSample>& points, std::i
     return fit.latency_s + bytes / fit.bandwidth_bytes_per_s <= budget_s ? length : 0;
   }
   if (first.seconds * bytes / first.bytes <= budget_s) return length;
-  const double fitting = std::floor(budget_s / first.seconds * first.bytes / 4);
-  return fitting * 4 >= 2 * first.bytes ? static_cast<std::int64_t>(fitting) : 0;
+  if (first.seconds > budget_s) return 0;  // even the smallest size took longer
+  // At least twice the first size (at worst twice its time, were it all bandwidth), so that
+  // a link of latency near the budget is fitted too.
+  const double fitting = std::max(std::floor(budget_s / first.seconds * first.bytes / 4),
+                                  std::ceil(2 * first.bytes / 4));
+  return std::min(length, static_cast<std::int64_t>(fitting));
 }
 
 }  // namespace
@@ -208,58 +213,111 @@ std::vector<std::vector<LinkModel>> probe_links(Transport& transport, int worker
   std::vector<float> payload(
       static_cast<std::size_t>(*std::max_element(sizes_bytes.begin(), sizes_bytes.end()) / 4),
       1.0f);
+  // Every link is measured at once, one message each per round: the links of the transport
+  // are independent (each its own emulated clock), so with latency L the probe takes about
+  // sizes x repeats x L whatever the number of workers (one link at a time, 64 workers at
+  // 0.1 s took 20 minutes).
+  struct Probe {
+    int from = 0, to = 0;
+    std::vector<TransferSample> points;
+    std::size_t next_size = 0;
+    std::int64_t length = 0;  // this round's
+    double fastest = 0;
+    double post_s = 0;
+    bool arrived = false;
+  };
+  std::vector<Probe> probes;
   for (int from = 0; from < workers; ++from)
-    for (int to = 0; to < workers; ++to) {
-      if (from == to) continue;
-      std::vector<TransferSample> points;
-      for (std::int64_t bytes : sizes_bytes) {
+    for (int to = 0; to < workers; ++to)
+      if (from != to) probes.push_back({from, to});
+  auto index = [&](int from, int to) {
+    return static_cast<std::size_t>(from * (workers - 1) + (to < from ? to : to - 1));
+  };
+  std::vector<Probe*> active;
+  const Message* got[64];
+  for (;;) {
+    // Each link's next size: the sweep's, or what the budget leaves of it (next_probe_length).
+    active.clear();
+    for (Probe& p : probes) {
+      while (p.next_size < sizes_bytes.size()) {
+        const std::int64_t bytes = sizes_bytes[p.next_size++];
         std::int64_t length =
             std::min<std::int64_t>(std::max<std::int64_t>(1, bytes / 4), transport.max_message());
-        // A slow link is measured on the sizes it carries within the budget: the larger ones
-        // would only take longer to say the same. See next_probe_length().
-        if (!points.empty()) {
-          length = next_probe_length(points, length, limits.size_budget_s);
-          if (length == 0) break;
+        if (!p.points.empty()) length = next_probe_length(p.points, length, limits.size_budget_s);
+        if (length == 0) {
+          p.next_size = sizes_bytes.size();  // a slow link: the larger sizes say nothing new
+          break;
         }
-        // Scheduling delays only ever add time: the fastest of the repeats is the link's.
-        double fastest = std::numeric_limits<double>::infinity();
-        for (int repeat = 0; repeat < repeats; ++repeat) {
-          MessageHeader h;
-          h.sender = from;
-          h.length = length;
-          transport.take_transfers();  // only this message's record below
-          const auto t0 = Clock::now();
-          transport.post(to, h, payload.data());
-          const Message* got[1];
-          // The probe owns the receiver's slots before training: nothing else collects.
-          while (transport.collect(to, got, 1) == 0) {
-            if (std::chrono::duration<double>(Clock::now() - t0).count() > limits.timeout_s)
-              ASGD_INPUT_ERROR(
-                  "measuring the link {}->{}: a message of {} bytes did not arrive within {} s; "
-                  "check the link settings (--link-bandwidth, --link-latency, the link matrices) "
-                  "or start with --balance off",
-                  from, to, length * 4, limits.timeout_s);
-            std::this_thread::yield();
-          }
-          double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
-          // The transport's own timing of the transfer, where it has one, leaves out the
-          // probe's thread wake-ups (tens of microseconds, which would swamp fast links).
-          for (const TransferRecord& record : transport.take_transfers())
-            if (record.from == from && record.to == to) seconds = record.seconds;
-          fastest = std::min(fastest, seconds);
-        }
-        points.push_back({static_cast<double>(length * 4), fastest});
-      }
-      LinkModel& link = out[static_cast<std::size_t>(from)][static_cast<std::size_t>(to)];
-      if (points.size() >= 2 && points.front().bytes != points.back().bytes) {
-        link = fit_link(points);
-      } else {
-        // One size only (a slow link): all of its time is taken as bandwidth, the cautious
-        // reading; the running estimate refines it from the transfers of training.
-        link.latency_s = 0;
-        link.bandwidth_bytes_per_s = points.front().bytes / std::max(points.front().seconds, 1e-12);
+        p.length = length;
+        p.fastest = std::numeric_limits<double>::infinity();
+        active.push_back(&p);
+        break;
       }
     }
+    if (active.empty()) break;
+    for (int repeat = 0; repeat < repeats; ++repeat) {
+      transport.take_transfers();  // only this round's records below
+      const auto t0 = Clock::now();
+      for (Probe* p : active) {
+        MessageHeader h;
+        h.sender = p->from;
+        h.length = p->length;
+        const auto posted = Clock::now();
+        transport.post(p->to, h, payload.data());
+        // An ideal link delivers inside post(), so that is its transfer.
+        p->post_s = std::chrono::duration<double>(Clock::now() - posted).count();
+        p->arrived = false;
+      }
+      // The probe owns the receivers' slots before training: nothing else collects.
+      std::size_t waiting = active.size();
+      while (waiting > 0) {
+        for (int to = 0; to < workers; ++to) {
+          const int n = transport.collect(to, got, std::min(workers, 64));
+          for (int i = 0; i < n; ++i) {
+            Probe& p = probes[index(got[i]->header.sender, to)];
+            if (!p.arrived) {
+              p.arrived = true;
+              --waiting;
+            }
+          }
+        }
+        if (waiting == 0) break;
+        if (std::chrono::duration<double>(Clock::now() - t0).count() > limits.timeout_s) {
+          const auto late = std::find_if(active.begin(), active.end(),
+                                         [](const Probe* p) { return !p->arrived; });
+          ASGD_INPUT_ERROR(
+              "measuring the link {}->{}: a message of {} bytes did not arrive within {} s; "
+              "check the link settings (--link-bandwidth, --link-latency, the link matrices) "
+              "or start with --balance off",
+              (*late)->from, (*late)->to, (*late)->length * 4, limits.timeout_s);
+        }
+        std::this_thread::yield();
+      }
+      // The transport's own timing of a transfer, where it keeps one (emulated links), is
+      // the link's; scheduling delays only ever add, so the fastest repeat counts.
+      std::vector<double> recorded(probes.size(), -1);
+      for (const TransferRecord& r : transport.take_transfers())
+        if (r.from != r.to) recorded[index(r.from, r.to)] = r.seconds;
+      for (Probe* p : active) {
+        const double r = recorded[index(p->from, p->to)];
+        p->fastest = std::min(p->fastest, r >= 0 ? r : p->post_s);
+      }
+    }
+    for (Probe* p : active)
+      p->points.push_back({static_cast<double>(p->length * 4), std::max(p->fastest, 1e-12)});
+  }
+  for (const Probe& p : probes) {
+    LinkModel& link = out[static_cast<std::size_t>(p.from)][static_cast<std::size_t>(p.to)];
+    if (p.points.size() >= 2) {
+      link = fit_link(p.points);
+    } else {
+      // One size only (a slow link): all of its time is taken as bandwidth, the cautious
+      // reading; the running estimate refines it from the transfers of training.
+      link.latency_s = 0;
+      link.bandwidth_bytes_per_s =
+          p.points.front().bytes / std::max(p.points.front().seconds, 1e-12);
+    }
+  }
   return out;
 }
 

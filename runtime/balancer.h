@@ -108,8 +108,9 @@ class LoadBalancer {
   ErrorSlot error_;
 };
 
-// Measures the links of an in-process transport before training: for every ordered pair, a
-// few messages of each size in `sizes_bytes` go from one worker to the other and are timed
+// Measures the links of an in-process transport before training: for every ordered pair (all
+// pairs at once, one message each per round), a few messages of each size in `sizes_bytes`
+// go from one worker to the other and are timed
 // from post() to their arrival in the receiver's slot (or by the transport's own record of
 // the transfer, where it keeps one, which leaves out thread wake-ups); fit_link() turns the
 // fastest of each size (delays from scheduling only ever add) into a
@@ -117,7 +118,8 @@ class LoadBalancer {
 // before any worker collects (it consumes what it sends), and its messages count in the
 // transport's statistics. [from][to]; the diagonal is ideal.
 // Sizes whose transfer the smaller ones predict to take longer than size_budget_s are not
-// measured (a link measured on one size gets latency 0 and that size's bandwidth); a message
+// measured, but a second size is, when the first took no longer than the budget (a link
+// measured on one size gets latency 0 and that size's bandwidth); a message
 // that has not arrived after timeout_s ends the probe with an InputError naming the link.
 struct ProbeLimits {
   double size_budget_s = 0.25;

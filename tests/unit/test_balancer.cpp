@@ -173,6 +173,34 @@ TEST(ProbeLinks, AHighLatencyLinkIsMeasuredOnTwoSizesAtLeast) {
   EXPECT_GT(t.stats(0, 1).bytes_delivered, 4096 + 2 * 4096 + 1048576);
 }
 
+// All links are measured at once; each gets its own figures, however the messages of a round
+// interleave at the receivers.
+TEST(ProbeLinks, EveryLinkOfSeveralWorkersGetsItsOwnFigures) {
+  constexpr int kWorkers = 4;
+  LocalTransport t(kWorkers, {1 << 16, 2, false});
+  auto model = [](int from, int to) {
+    LinkModel l;
+    l.bandwidth_bytes_per_s = 1e8 * (1 + from);
+    l.latency_s = 1e-3 * (1 + to + kWorkers * from);
+    return l;
+  };
+  for (int from = 0; from < kWorkers; ++from)
+    for (int to = 0; to < kWorkers; ++to)
+      if (from != to) t.set_link(from, to, model(from, to));
+  const auto probe = probe_links(t, kWorkers, {4096, 65536, 262144}, 2);
+  for (int from = 0; from < kWorkers; ++from)
+    for (int to = 0; to < kWorkers; ++to) {
+      if (from == to) continue;
+      SCOPED_TRACE(testing::Message() << from << "->" << to);
+      const LinkModel want = model(from, to);
+      const LinkModel& got = probe[static_cast<std::size_t>(from)][static_cast<std::size_t>(to)];
+      EXPECT_NEAR(got.bandwidth_bytes_per_s, want.bandwidth_bytes_per_s,
+                  1e-3 * want.bandwidth_bytes_per_s);
+      EXPECT_NEAR(got.latency_s, want.latency_s, 1e-3 * want.latency_s);
+      EXPECT_EQ(t.stats(from, to).posted, 6);  // 3 sizes x 2 repeats, nothing more
+    }
+}
+
 TEST(ProbeLinks, AMessageThatNeverArrivesIsAClearError) {
   LocalTransport t(2, {1024, 2, false});
   LinkModel stuck;
