@@ -9,6 +9,8 @@
 
 namespace asgd {
 namespace {
+// A link congested again and again keeps at least this busy bound (its messages still go).
+constexpr double kMinBusyCap = 1e-3;
 
 constexpr double kBytesPerElement = 4.0;  // float32 payload
 // Messages are whole multiples of this many elements (4 KiB): an estimate that moves a little
@@ -69,11 +71,13 @@ double relative_change(std::int64_t from, std::int64_t to) {
 }
 
 PeerSetting decide(const PeerState& peer, const PeerSetting& previous, double step_s,
-                   const BalanceLimits& l) {
+                   const BalanceLimits& limits) {
   if (!peer.link_known) {
-    if (previous.message == 0) return {largest_message(l), l.min_interval};
+    if (previous.message == 0) return {largest_message(limits), limits.min_interval};
     return previous;
   }
+  BalanceLimits l = limits;
+  if (peer.busy_cap > 0 && peer.busy_cap < l.rho) l.rho = peer.busy_cap;
   PeerSetting target = ideal_setting(peer.link, step_s, l);
   const bool congested = peer.backlog > l.max_backlog;
   if (congested) {
@@ -235,6 +239,14 @@ void LinkEstimator::add(const TransferSample& sample) {
   // A lone suspect counts as if it were just inside the outlier factor: it moves the estimate
   // no more than the most distant believable sample would.
   bandwidth *= std::exp(options_.weight * direction * log_factor);
+}
+
+double next_busy_cap(double cap, bool congested, const BalanceLimits& limits) {
+  check_limits(limits);
+  const double in_force = std::min(cap, limits.rho);
+  if (congested) return std::max(in_force / (1 + limits.hysteresis), kMinBusyCap);
+  const double raised = in_force + kBusyCapRecovery * limits.rho;
+  return raised >= limits.rho ? std::numeric_limits<double>::infinity() : raised;
 }
 
 double busy_fraction(const LinkModel& link, const PeerSetting& setting, double step_s) {

@@ -14,6 +14,7 @@
 #pragma once
 
 #include <cstdint>
+#include <limits>
 #include <vector>
 
 #include "comm/transport.h"
@@ -102,7 +103,20 @@ struct PeerState {
   LinkModel link;            // the current estimate
   bool link_known = false;   // false: no estimate yet (the peer keeps its previous setting)
   std::int64_t backlog = 0;  // messages posted to it and not completed
+  // The busy bound this link has earned, when below rho: see next_busy_cap().
+  double busy_cap = std::numeric_limits<double>::infinity();
 };
+
+// The busy bound of a link after a decision that saw it `congested` (backlog above its bound)
+// or not, from its previous cap: congestion lowers the bound in force (min(cap, rho)) by the
+// factor 1 + hysteresis; each calm decision raises it by kBusyCapRecovery x rho, and at rho the
+// cap is lifted (infinity). A link whose estimate says it carries the sends but whose backlog
+// says it does not (jitter at a busy fraction near 1) so settles below the bound where it
+// congested, instead of thinning its sends and taking them back every other decision; the
+// cap is a controller state the caller keeps per link (the controller itself stays a pure
+// function). Multiplicative decrease, additive increase, as in TCP's congestion control.
+inline constexpr double kBusyCapRecovery = 0.01;
+double next_busy_cap(double cap, bool congested, const BalanceLimits& limits);
 
 struct PeerSetting {
   std::int64_t message = 0;   // m_p, elements
@@ -124,7 +138,8 @@ struct PeerSetting {
 // asgd::Error.
 PeerSetting ideal_setting(const LinkModel& link, double step_s, const BalanceLimits& limits);
 
-// One decision for every peer: the ideal setting, thinned out when the backlog exceeds the
+// One decision for every peer: the ideal setting (under min(rho, busy_cap) as the busy bound),
+// thinned out when the backlog exceeds the
 // bound (the interval is multiplied by backlog / max_backlog, rounded up, at most
 // max_interval), and kept at `previous` unless the change is worth it: it sends more often by
 // more than the hysteresis (relative), or more per message by more than the hysteresis at no

@@ -73,6 +73,8 @@ LoadBalancer::LoadBalancer(Transport& transport, std::vector<int> local_workers,
       epoch_(std::chrono::steady_clock::now()),
       estimators_(static_cast<std::size_t>(workers_ * workers_)),
       settings_(static_cast<std::size_t>(workers_ * workers_)),
+      busy_caps_(static_cast<std::size_t>(workers_ * workers_),
+                 std::numeric_limits<double>::infinity()),
       last_logged_s_(static_cast<std::size_t>(workers_ * workers_), -1.0) {
   ASGD_CHECK(options.limits.max_message >= 1, "the balancer needs max_message >= 1");
   for (int from : local_)
@@ -121,6 +123,7 @@ void LoadBalancer::step(bool force_log) {
       p.link_known = estimators_[i].valid();
       p.link = estimators_[i].estimate();
       p.backlog = transport_.backlog(from, to);
+      p.busy_cap = busy_caps_[i];
       previous[static_cast<std::size_t>(to)] = settings_[i];
     }
     BalanceLimits limits = options_.limits;
@@ -135,6 +138,9 @@ void LoadBalancer::step(bool force_log) {
       if (to == from) continue;
       const auto i = static_cast<std::size_t>(from * workers_ + to);
       const PeerSetting& s = next[static_cast<std::size_t>(to)];
+      const PeerState& state = peers[static_cast<std::size_t>(to)];
+      if (options_.adjust_settings && state.link_known)
+        busy_caps_[i] = next_busy_cap(busy_caps_[i], state.backlog > limits.max_backlog, limits);
       const bool changed = s != settings_[i];
       if (changed && s.message > 0) board_.set(from, to, s);
       settings_[i] = s;
@@ -150,6 +156,7 @@ void LoadBalancer::step(bool force_log) {
         d.setting = s;
         d.busy = busy_fraction(d.estimate, s, step_s);
         d.seconds_per_element = limits.seconds_per_element;
+        d.busy_bound = std::min(limits.rho, state.busy_cap);
         log_(d);
         last_logged_s_[i] = t;
       }

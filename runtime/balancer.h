@@ -55,6 +55,7 @@ struct BalanceDecision {
   PeerSetting setting;
   double busy = 0;                 // the busy fraction the setting implies
   double seconds_per_element = 0;  // the compute cost the decision assumed
+  double busy_bound = 0;           // min(rho, the link's busy cap) the decision kept to
 };
 
 struct BalancerOptions {
@@ -100,6 +101,7 @@ class LoadBalancer {
   const std::chrono::steady_clock::time_point epoch_;
   std::vector<LinkEstimator> estimators_;  // [from][to]
   std::vector<PeerSetting> settings_;      // [from][to], as published
+  std::vector<double> busy_caps_;          // [from][to], see next_busy_cap()
   std::vector<double> last_logged_s_;      // [from][to]
   std::mutex mutex_;
   std::condition_variable wake_;

@@ -50,18 +50,20 @@ void MetricsLog::write(const EvalPoint& p, int worker) {
 void MetricsLog::write(const BalanceDecision& d, double time_s) {
   if (!out_.is_open()) return;
   const double bw = d.estimate.bandwidth_bytes_per_s;
-  nlohmann::json line = {{"event", "balance"},
-                         {"time_s", time_s},
-                         {"worker", d.worker},
-                         {"peer", d.peer},
-                         {"bandwidth_bytes_per_s", std::isfinite(bw) ? nlohmann::json(bw) : nlohmann::json()},
-                         {"latency_s", d.estimate.latency_s},
-                         {"backlog", d.backlog},
-                         {"step_s", d.step_s},
-                         {"message", d.setting.message},
-                         {"interval", d.setting.interval},
-                         {"busy", d.busy},
-                         {"seconds_per_element", d.seconds_per_element}};
+  nlohmann::json line = {
+      {"event", "balance"},
+      {"time_s", time_s},
+      {"worker", d.worker},
+      {"peer", d.peer},
+      {"bandwidth_bytes_per_s", std::isfinite(bw) ? nlohmann::json(bw) : nlohmann::json()},
+      {"latency_s", d.estimate.latency_s},
+      {"backlog", d.backlog},
+      {"step_s", d.step_s},
+      {"message", d.setting.message},
+      {"interval", d.setting.interval},
+      {"busy", d.busy},
+      {"seconds_per_element", d.seconds_per_element},
+      {"busy_bound", d.busy_bound}};
   out_ << line.dump() << '\n';
   out_.flush();
   if (!out_) ASGD_THROW("writing metrics to '{}' failed", path_);

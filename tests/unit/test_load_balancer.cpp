@@ -470,6 +470,53 @@ TEST(Balance, BacklogAboveTheBoundThinsTheSends) {
   EXPECT_EQ(decide(link, 0, PeerSetting{749568, 8}, step_s, limits), ideal);
 }
 
+TEST(Balance, CongestionLowersTheBusyCapWhichCalmRaisesBack) {
+  BalanceLimits l = test_limits();
+  l.rho = 0.9;
+  l.hysteresis = 0.25;
+  const double inf = std::numeric_limits<double>::infinity();
+  EXPECT_DOUBLE_EQ(next_busy_cap(inf, true, l), 0.72);
+  EXPECT_DOUBLE_EQ(next_busy_cap(0.72, true, l), 0.576);
+  EXPECT_DOUBLE_EQ(next_busy_cap(0.72, false, l), 0.729);
+  EXPECT_EQ(next_busy_cap(0.895, false, l), inf);  // back at rho: lifted
+  EXPECT_EQ(next_busy_cap(inf, false, l), inf);
+  EXPECT_GT(next_busy_cap(1e-9, true, l), 0);  // never closes the link
+}
+
+// A link that congests above 80% busy (jitter), run at rho 0.9 with a backlog bound of 1: the
+// backlog alone made k flip every decision (thinned, then taken back at once); with the cap
+// the controller settles below the congestion point and tries higher only now and then.
+TEST(Balance, ALinkThatCongestsBelowRhoSettlesInsteadOfFlipping) {
+  BalanceLimits l = test_limits();
+  l.rho = 0.9;
+  l.max_backlog = 1;
+  const LinkModel link = make_link(1e8, 0);
+  const double step_s = 1e-3;
+  auto run = [&](bool with_cap) {
+    PeerState p;
+    p.link = link;
+    p.link_known = true;
+    PeerSetting setting = ideal_setting(link, step_s, l);
+    int changes = 0, congested = 0;
+    for (int i = 0; i < 200; ++i) {
+      p.backlog = busy_fraction(link, setting, step_s) > 0.8 ? 2 : 0;
+      congested += p.backlog > l.max_backlog;
+      const PeerSetting next = balance({p}, {setting}, step_s, l)[0];
+      changes += next != setting;
+      if (with_cap) p.busy_cap = next_busy_cap(p.busy_cap, p.backlog > l.max_backlog, l);
+      setting = next;
+    }
+    return std::make_pair(changes, congested);
+  };
+  const auto [flips, congested_before] = run(false);
+  EXPECT_GE(flips, 150);  // the behaviour this guards against
+  const auto [changes, congested] = run(true);
+  SCOPED_TRACE(testing::Message() << changes << " changes, " << congested << " congested");
+  EXPECT_LE(changes, 40);
+  EXPECT_LE(congested, 20);
+  EXPECT_LT(congested, congested_before / 4);
+}
+
 // The compute bound is followed like the link's: a setting that costs more than the share
 // (the cost per element was measured higher) is cut at once, not kept by the hysteresis; one
 // within the hysteresis of the share stays; and a cheaper cost lets the volume grow again.
