@@ -176,7 +176,31 @@ TrainConfig for_placement(TrainConfig c, const Placement& p) {
 // checkpoints as one line for people reading them). `data` describes the loaded training data.
 distributed::Settings shared_setting_list(const TrainConfig& c, const std::string& data) {
   const DataOptions& d = c.data;
+  const LinkSettings& links = c.links;
+  auto matrix = [](const std::vector<std::vector<double>>& m) {
+    std::string text;
+    for (const auto& row : m)
+      text += fmt::format("[{}]", fmt::join(row, ","));
+    return text;
+  };
+  // Under mpirun auto is mpi: the ranks agree whichever of the two each was given.
+  const std::string transport = launcher_ranks() > 1 && c.transport == TransportKind::kAuto
+                                    ? std::string("mpi")
+                                    : std::string(to_string(c.transport));
   return {{"algo", std::string(to_string(c.algorithm))},
+          // These decide which collective calls a rank makes (the link probe, the NCCL
+          // set-up, the trace's clock alignment): ranks that differ would wait on each other.
+          {"transport", transport},
+          {"balance", std::string(to_string(resolved_balance(c)))},
+          {"trace", c.trace_path.empty() ? "off" : "on"},
+          {"window-history", std::to_string(c.window_history)},
+          {"window-warmup", std::to_string(c.window_warmup)},
+          {"link-bandwidth", fmt::format("{}", links.bandwidth)},
+          {"link-latency", fmt::format("{}", links.latency)},
+          {"link-bandwidth matrix", matrix(links.bandwidth_matrix)},
+          {"link-latency matrix", matrix(links.latency_matrix)},
+          {"link-change", fmt::format("{}:{}:{}", links.change_at_s, links.change_bandwidth,
+                                      links.change_latency)},
           {"lr", fmt::format("{}", c.lr)},
           {"batch", std::to_string(c.batch)},
           {"message-size", std::to_string(c.message_size)},
@@ -1212,7 +1236,9 @@ class Run {
       else
         run_async(w);
     } catch (...) {
-      // The others are not waiting for this rank in a collective; the CLI ends the job.
+      // The others are not waiting for this rank in a collective; the CLI ends the job. The
+      // balancer's thread reads the transport: it goes first.
+      balancer_.reset();
       mpi_.reset();
       throw;
     }

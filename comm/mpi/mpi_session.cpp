@@ -1,6 +1,8 @@
 #include "comm/mpi/mpi_session.h"
 
+#include <chrono>
 #include <mutex>
+#include <thread>
 
 namespace asgd {
 namespace {
@@ -77,6 +79,19 @@ MpiSession::~MpiSession() {
   int finalized = 0;
   MPI_Finalized(&finalized);
   if (!finalized) MPI_Finalize();
+}
+
+bool settle_requests(std::vector<MPI_Request>& requests, double seconds) {
+  const auto until = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+  while (true) {
+    int done = 0;
+    if (MPI_Testall(static_cast<int>(requests.size()), requests.data(), &done,
+                    MPI_STATUSES_IGNORE) != MPI_SUCCESS)
+      return false;
+    if (done) return true;
+    if (std::chrono::steady_clock::now() >= until) return false;
+    std::this_thread::yield();
+  }
 }
 
 }  // namespace asgd

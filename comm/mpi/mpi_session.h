@@ -11,6 +11,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 #include <mpi.h>
 
@@ -56,6 +57,13 @@ class MpiSession {
   std::string host_;
   MPI_Comm comm_ = MPI_COMM_NULL;
 };
+
+// Lets MPI progress `requests` until all have completed or `seconds` have passed (yielding the
+// core between tests); true when all completed. For teardown, where a request that cannot be
+// cancelled (a send, a matched receive) may still be finishing.
+bool settle_requests(std::vector<MPI_Request>& requests, double seconds);
+// How long a teardown lets transfers that cannot be cancelled finish before it gives up on them.
+constexpr double kTeardownGrace_s = 1.0;
 
 namespace detail {
 // The text of an MPI error code.

@@ -101,6 +101,7 @@ struct MpiTransport::Peer {
   std::deque<Chunk> chunks;
   PayloadHasher hasher;
   std::int64_t last_step = std::numeric_limits<std::int64_t>::min();
+  double last_heard_s = 0;  // when a frame from it last arrived (finish() times out from it)
   std::atomic<bool> done_received{false};
   std::atomic<std::int64_t> delivered{0};
   std::atomic<std::int64_t> bytes_delivered{0};
@@ -155,9 +156,30 @@ MpiTransport::~MpiTransport() {
     wake_.notify_all();
     thread_.join();
   }
-  // A transport destroyed without finish() (an error elsewhere) may leave requests behind;
-  // freeing the communicator then would be erroneous, so it is left to MPI_Finalize.
-  if (finishing_ && !error_.has_error()) MPI_Comm_free(&comm_);
+  if (finishing_ && !error_.has_error()) {
+    MPI_Comm_free(&comm_);
+    return;
+  }
+  // Destroyed without finish() (an error elsewhere) or after it failed: chunks matched into
+  // receive slots and sends from the queue's buffers may still be under way, and those cannot
+  // be cancelled. They get a grace period; if MPI may still touch a buffer after it, the
+  // buffers are never freed (the process is about to end anyway), nor is the communicator
+  // (left to MPI_Finalize).
+  std::vector<MPI_Request> pending;
+  for (auto& p : peers_) {
+    for (auto& c : p->chunks)
+      if (c.request != MPI_REQUEST_NULL) pending.push_back(c.request);
+    for (auto& f : p->in_flight)
+      for (MPI_Request r : f.requests)
+        if (r != MPI_REQUEST_NULL) pending.push_back(r);
+    for (MPI_Request r : p->done_request)
+      if (r != MPI_REQUEST_NULL) pending.push_back(r);
+  }
+  if (pending.empty() || settle_requests(pending, kTeardownGrace_s)) return;
+  // Kept reachable, so that leak checkers see a choice rather than a leak.
+  static auto* abandoned = new std::vector<std::unique_ptr<Peer>>;
+  for (auto& p : peers_)
+    abandoned->push_back(std::move(p));
 }
 
 double MpiTransport::now() const {
@@ -543,6 +565,7 @@ bool MpiTransport::pump_receives() {
     ASGD_CHECK_MPI(MPI_Get_count(&status, MPI_BYTE, &count));
     const int source = status.MPI_SOURCE;
     Peer& p = *peers_[static_cast<std::size_t>(source)];
+    p.last_heard_s = now();
 
     if (status.MPI_TAG == kChunkTag || status.MPI_TAG == kLastChunkTag) {
       const bool last = status.MPI_TAG == kLastChunkTag;
@@ -698,14 +721,20 @@ void MpiTransport::communication_loop() {
       if (finishing_) {
         if (finish_started_s < 0) finish_started_s = t;
         if (all_finished()) break;
-        if (t - finish_started_s > options_.peer_timeout_s) {
-          std::string missing;
-          for (int peer = 0; peer < size_; ++peer)
-            if (peer != rank_ && !peers_[static_cast<std::size_t>(peer)]->done_received)
-              missing += fmt::format("{}{}", missing.empty() ? "" : ", ", peer);
+        // A peer still training (a straggler, a slower GPU, a larger shard) keeps sending: only
+        // one silent for the whole timeout, since this rank finished or since its last frame,
+        // is taken for stalled or dead.
+        std::string missing;
+        for (int peer = 0; peer < size_; ++peer) {
+          const Peer& p = *peers_[static_cast<std::size_t>(peer)];
+          if (peer != rank_ && !p.done_received &&
+              t - std::max(finish_started_s, p.last_heard_s) > options_.peer_timeout_s)
+            missing += fmt::format("{}{}", missing.empty() ? "" : ", ", peer);
+        }
+        if (!missing.empty()) {
           ASGD_THROW(
-              "rank {}: ranks [{}] did not finish within {} s (stalled or dead); "
-              "raise the peer timeout if they are only slow",
+              "rank {}: ranks [{}] sent nothing for {} s and did not finish (stalled or "
+              "dead); raise the peer timeout if they are only slow",
               rank_, missing, options_.peer_timeout_s);
         }
       }

@@ -88,7 +88,8 @@ struct MpiTransportOptions {
   int queue_capacity = 2;              // unsent messages per peer before the oldest is superseded
   ModelFingerprint model;              // every message must carry this
   std::int64_t chunk_bytes = 1 << 20;  // payload pieces: hashed on arrival while in cache
-  double peer_timeout_s = 120;         // finish(): how long to wait for the peers' done frames
+  double peer_timeout_s = 120;         // finish(): how long a peer may send nothing before its
+                                       // done frame (a slower peer still sending is waited for)
   // How often the communication thread looks for arrivals when nothing is moving (post()
   // wakes it at once for sends). Each look costs a wake-up; see idle_poll_seconds().
   double idle_poll_s = 400e-6;
@@ -131,8 +132,8 @@ class MpiTransport final : public RankTransport {
   void wait_delivered(int peer, std::int64_t count) override;
 
   // Ends this rank's part of the exchange (see the file comment); `stop_everyone` asks every
-  // peer to stop training. Blocks until done; throws if a peer's done frame does not come
-  // within the timeout, or the communication thread failed.
+  // peer to stop training. Blocks until done; throws if a peer sends nothing for the timeout
+  // without its done frame, or the communication thread failed.
   void finish(bool stop_everyone) override;
   // A peer asked everyone to stop (its done frame carried the stop flag).
   bool stop_requested() const override { return stop_requested_.load(std::memory_order_acquire); }

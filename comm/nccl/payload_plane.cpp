@@ -7,19 +7,6 @@
 
 namespace asgd {
 
-bool settle_requests(std::vector<MPI_Request>& requests, double seconds) {
-  const auto until = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
-  while (true) {
-    int done = 0;
-    if (MPI_Testall(static_cast<int>(requests.size()), requests.data(), &done,
-                    MPI_STATUSES_IGNORE) != MPI_SUCCESS)
-      return false;
-    if (done) return true;
-    if (std::chrono::steady_clock::now() >= until) return false;
-    std::this_thread::yield();
-  }
-}
-
 MpiPayloadPlane::MpiPayloadPlane(const MpiSession& session) {
   ASGD_CHECK_MPI(MPI_Comm_dup(session.comm(), &comm_));
   ASGD_CHECK_MPI(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN));

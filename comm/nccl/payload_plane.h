@@ -60,12 +60,7 @@ class PayloadPlane {
   virtual bool abandon() = 0;
 };
 
-// Lets MPI progress `requests` until all have completed or `seconds` have passed (yielding the
-// core between tests); true when all completed. For teardown, where a request that cannot be
-// cancelled (a send) may still be finishing.
-bool settle_requests(std::vector<MPI_Request>& requests, double seconds);
-// How long a teardown lets sends that cannot be cancelled finish before it gives up on them.
-constexpr double kTeardownGrace_s = 1.0;
+// settle_requests() and kTeardownGrace_s: comm/mpi/mpi_session.h.
 
 // Payloads in pinned host memory, moved with MPI_Isend/MPI_Irecv on a communicator of its own.
 class MpiPayloadPlane final : public PayloadPlane {

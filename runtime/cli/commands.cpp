@@ -99,7 +99,7 @@ int run_train(CLI::App& cmd, TrainOptions& o) {
                r.workers, std::string(to_string(c.backend)).c_str(), quality.c_str(),
                static_cast<long long>(r.steps), r.train_seconds, r.samples_per_s,
                r.stop_reason.c_str());
-  if (communicates(c.algorithm) && c.workers > 1)
+  if (communicates(c.algorithm) && r.workers > 1)  // under mpirun c.workers is this rank's
     std::fprintf(stderr, "; messages sent %lld, accepted %lld, rejected %lld, non-finite %lld",
                  static_cast<long long>(r.messages_sent),
                  static_cast<long long>(r.messages_accepted),

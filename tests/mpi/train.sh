@@ -116,6 +116,30 @@ for i in range(300):
   fi
   grep -q "rank 1: test-fraction '0.25' where rank 0 has '0.1'" "$work/out" ||
     fail "the error does not name the setting that differs"
+  # Settings that decide which collective calls a rank makes (the link probe runs only with
+  # the balancer, the trace aligns clocks): a difference hung the job; now it is named.
+  if launch 1 -wdir "$work/a" "$asgd" "${args[@]}" --send-interval 1 : -np 1 -wdir "$work/a" \
+       "$asgd" "${args[@]}"; then
+    fail "ranks with and without the balancer were accepted"
+  fi
+  grep -q "rank 1: balance 'auto' where rank 0 has 'off'" "$work/out" ||
+    fail "the error does not name the balancer"
+  if launch 1 -wdir "$work/a" "$asgd" "${args[@]}" --trace "$work/t.json" : -np 1 \
+       -wdir "$work/a" "$asgd" "${args[@]}"; then
+    fail "ranks with and without a trace were accepted"
+  fi
+  grep -q "rank 1: trace 'off' where rank 0 has 'on'" "$work/out" ||
+    fail "the error does not name the trace"
+  ;;
+straggler_finishes)
+  # Rank 0 five times slower: rank 1 ends its epochs long before and waits for rank 0's done
+  # frame. Rank 0 keeps sending, so it is not taken for dead however long it takes (the wait
+  # timed out from rank 1's own end, after --peer-timeout).
+  launch 2 "$asgd" train --dataset blobs:20000,50,4 --model mlp --hidden 64 --epochs 30 \
+    --eval-every 2000 --straggler 0:5 --peer-timeout 0.5 --no-progress \
+    --summary "$work/s.json" || fail "exit $?"
+  [[ $(summary 'd["stop_reason"]') == epochs ]] || fail "did not end by its epochs"
+  grep -q "messages sent" "$work/out" || fail "the end line leaves out the messages"
   ;;
 transport_local_under_mpirun)
   if launch 2 "$asgd" "${common[@]}" --transport local; then fail "accepted"; fi
