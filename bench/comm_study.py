@@ -273,6 +273,7 @@ class Runner:
                 return rec
             with open(summary) as f:
                 rec["summary"] = json.load(f)
+            runs.note_binary_commit(rec["summary"].get("commit"))
             records = plot.load_run(metrics) if os.path.exists(metrics) else []
         if rec["summary"].get("workers") != cfg["workers"]:
             raise SystemExit(f"{rec['command']}\nran {rec['summary'].get('workers')} "

@@ -307,6 +307,7 @@ def run_asgd(binary, lr, seed, args):
             return rec
         with open(summary_path) as f:
             summary = json.load(f)
+        runs.note_binary_commit(summary.get("commit"))
         with open(metrics_path) as f:
             metrics = [json.loads(l) for l in f if l.strip()]
     if summary.get("workers") != RANKS:
