@@ -5,30 +5,26 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
-#include <filesystem>
 #include <fstream>
 #include <string>
 
 #include <nlohmann/json.hpp>
 
+#include "runtime/error.h"
+#include "runtime/output_path.h"
+
 namespace asgd::bench {
 
-// True if `path` (empty: no JSON wanted) can be written; an earlier file there is left as it
-// is. Says why not on stderr.
+// True if `path` (empty: no JSON wanted) can be written (check_output_path()); says why not on
+// stderr.
 inline bool json_path_writable(const std::string& path) {
-  if (path.empty()) return true;
-  std::error_code ec;
-  const bool existed = std::filesystem::exists(path, ec);
-  {
-    std::ofstream probe(path, std::ios::out | std::ios::app);
-    if (!probe || std::filesystem::is_directory(path, ec)) {
-      std::fprintf(stderr, "--json %s: cannot write there: %s\n", path.c_str(),
-                   std::filesystem::is_directory(path, ec) ? "a directory" : std::strerror(errno));
-      return false;
-    }
+  try {
+    check_output_path(path, "--json");
+    return true;
+  } catch (const InputError& e) {
+    std::fprintf(stderr, "%s\n", e.what());
+    return false;
   }
-  if (!existed) std::filesystem::remove(path, ec);
-  return true;
 }
 
 // Writes `doc` to `path` (empty: nothing); false, with the reason on stderr, if it failed.

@@ -77,7 +77,7 @@ PeerSetting decide(const PeerState& peer, const PeerSetting& previous, double st
     return previous;
   }
   BalanceLimits l = limits;
-  if (peer.busy_cap > 0 && peer.busy_cap < l.rho) l.rho = peer.busy_cap;
+  l.rho = std::min(limits.rho, peer.busy_cap);
   PeerSetting target = ideal_setting(peer.link, step_s, l);
   const bool congested = peer.backlog > l.max_backlog;
   if (congested) {

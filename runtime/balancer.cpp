@@ -236,7 +236,11 @@ std::vector<std::vector<LinkModel>> probe_links(Transport& transport, int worker
   std::vector<Probe> probes;
   for (int from = 0; from < workers; ++from)
     for (int to = 0; to < workers; ++to)
-      if (from != to) probes.push_back({from, to});
+      if (from != to) {
+        Probe& p = probes.emplace_back();
+        p.from = from;
+        p.to = to;
+      }
   auto index = [&](int from, int to) {
     return static_cast<std::size_t>(from * (workers - 1) + (to < from ? to : to - 1));
   };
@@ -246,20 +250,18 @@ std::vector<std::vector<LinkModel>> probe_links(Transport& transport, int worker
     // Each link's next size: the sweep's, or what the budget leaves of it (next_probe_length).
     active.clear();
     for (Probe& p : probes) {
-      while (p.next_size < sizes_bytes.size()) {
-        const std::int64_t bytes = sizes_bytes[p.next_size++];
-        std::int64_t length =
-            std::min<std::int64_t>(std::max<std::int64_t>(1, bytes / 4), transport.max_message());
-        if (!p.points.empty()) length = next_probe_length(p.points, length, limits.size_budget_s);
-        if (length == 0) {
-          p.next_size = sizes_bytes.size();  // a slow link: the larger sizes say nothing new
-          break;
-        }
-        p.length = length;
-        p.fastest = std::numeric_limits<double>::infinity();
-        active.push_back(&p);
-        break;
+      if (p.next_size == sizes_bytes.size()) continue;
+      const std::int64_t bytes = sizes_bytes[p.next_size++];
+      std::int64_t length =
+          std::min<std::int64_t>(std::max<std::int64_t>(1, bytes / 4), transport.max_message());
+      if (!p.points.empty()) length = next_probe_length(p.points, length, limits.size_budget_s);
+      if (length == 0) {
+        p.next_size = sizes_bytes.size();  // a slow link: the larger sizes say nothing new
+        continue;
       }
+      p.length = length;
+      p.fastest = std::numeric_limits<double>::infinity();
+      active.push_back(&p);
     }
     if (active.empty()) break;
     for (int repeat = 0; repeat < repeats; ++repeat) {

@@ -1434,20 +1434,6 @@ TrainResult train(const TrainConfig& config, const TrainTest& data, const ModelF
   return run.run();
 }
 
-void check_summary_path(const std::string& path) {
-  if (path.empty()) return;
-  std::error_code ec;
-  if (std::filesystem::is_directory(path, ec))
-    ASGD_INPUT_ERROR("--summary '{}' is a directory; give a file name", path);
-  const bool existed = std::filesystem::exists(path, ec);
-  {
-    // Appending creates the file if need be and leaves an earlier summary as it is.
-    std::ofstream probe(path, std::ios::out | std::ios::app);
-    if (!probe) ASGD_INPUT_ERROR("--summary: cannot create '{}': {}", path, std::strerror(errno));
-  }
-  if (!existed) std::filesystem::remove(path, ec);
-}
-
 void write_summary(const std::string& path, const TrainConfig& c, const TrainResult& r) {
   char host[256] = {};
   gethostname(host, sizeof(host) - 1);

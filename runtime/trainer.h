@@ -93,10 +93,8 @@ TrainResult train(const TrainConfig& config, const TrainTest& data);
 TrainResult train(const TrainConfig& config, const TrainTest& data,
                   const ModelFactory& factory);
 
-// Writes `result` and the configuration as one JSON object to `path`.
-// Throws InputError, before any training, when the summary could not be written to `path`
-// (a directory, a missing directory, no permission); an existing file is left as it is.
-void check_summary_path(const std::string& path);
+// Writes `result` and the configuration as one JSON object to `path` (check it before
+// training with check_output_path(), runtime/output_path.h).
 void write_summary(const std::string& path, const TrainConfig& config, const TrainResult& result);
 
 }  // namespace asgd

@@ -1,9 +1,7 @@
 #include "comm/nccl/payload_plane.h"
 
-#include <chrono>
 #include <climits>
 #include <cstring>
-#include <thread>
 
 namespace asgd {
 

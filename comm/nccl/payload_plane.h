@@ -60,8 +60,6 @@ class PayloadPlane {
   virtual bool abandon() = 0;
 };
 
-// settle_requests() and kTeardownGrace_s: comm/mpi/mpi_session.h.
-
 // Payloads in pinned host memory, moved with MPI_Isend/MPI_Irecv on a communicator of its own.
 class MpiPayloadPlane final : public PayloadPlane {
  public:

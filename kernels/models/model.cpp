@@ -61,8 +61,8 @@ void check_model(const Model* model, std::int64_t input_dim, std::int32_t classe
       if (d < 1)
         ASGD_INPUT_ERROR("model '{}': tensor '{}' has a dimension of {}; each must be >= 1", name,
                          t.name, d);
-      // Both factors are at most kMaxModelParameters (< 2^40) before this, so no overflow.
-      if (d > kMaxModelParameters || size * d > kMaxModelParameters - t.offset)
+      // size * d > room, tested without forming the product (it could overflow).
+      if (d > (kMaxModelParameters - t.offset) / size)
         ASGD_INPUT_ERROR(
             "model '{}': tensor '{}' ends beyond {} parameters, the most a state may "
             "have",

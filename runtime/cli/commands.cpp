@@ -8,9 +8,10 @@
 
 #include <asgd/config.h>
 
-#include "runtime/device.h"
 #include "runtime/build_info.h"
+#include "runtime/device.h"
 #include "runtime/error.h"
+#include "runtime/output_path.h"
 #include "runtime/trainer.h"
 
 namespace asgd::cli {
@@ -72,7 +73,7 @@ int run_train(CLI::App& cmd, TrainOptions& o) {
     ASGD_INPUT_ERROR("--backend cuda: {}; use --backend host", cuda_unavailable_reason());
 
   const bool speaks = launcher_rank() == 0;  // under mpirun only rank 0 reports
-  if (speaks) check_summary_path(c.summary_path);  // rank 0 writes it, after the run
+  if (speaks) check_output_path(c.summary_path, "--summary");  // rank 0 writes it, after the run
   const TrainTest data = load_dataset(c.data);
   if (speaks)
     std::fprintf(stderr, "asgd: %s: %lld train / %lld test rows, %lld features, %d classes\n",

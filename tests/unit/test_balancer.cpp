@@ -128,6 +128,17 @@ TEST(LoadBalancerThread, EstimatesOnlyLeavesTheSettingsAlone) {
   EXPECT_EQ(board.bandwidth(0, 1), 3e8);
 }
 
+// Probes two workers joined both ways by `link`, with the trainer's sizes for a state of 1 MiB,
+// once each, within `budget_s` per size.
+std::vector<std::vector<LinkModel>> probe_two(LocalTransport& t, const LinkModel& link,
+                                              double budget_s) {
+  t.set_link(0, 1, link);
+  t.set_link(1, 0, link);
+  ProbeLimits limits;
+  limits.size_budget_s = budget_s;
+  return probe_links(t, 2, {4096, 262144, 1048576}, 1, limits);
+}
+
 // A link too slow for the larger sizes is measured on the ones it carries within the budget:
 // the first, and one in between that fits the budget (the emulated transfers are timed
 // exactly, so the fit is exact).
@@ -135,11 +146,7 @@ TEST(ProbeLinks, ASlowLinkIsMeasuredOnTheSizesItCarries) {
   LocalTransport t(2, {1 << 18, 2, false});
   LinkModel slow;
   slow.bandwidth_bytes_per_s = 200e3;  // 4 KiB in 20 ms; 1 MiB would take 5 s
-  t.set_link(0, 1, slow);
-  t.set_link(1, 0, slow);
-  ProbeLimits limits;
-  limits.size_budget_s = 0.1;
-  const auto probe = probe_links(t, 2, {4096, 262144, 1048576}, 1, limits);
+  const auto probe = probe_two(t, slow, 0.1);
   for (const LinkModel& l : {probe[0][1], probe[1][0]}) {
     EXPECT_NEAR(l.bandwidth_bytes_per_s, 200e3, 1e-6 * 200e3);
     EXPECT_NEAR(l.latency_s, 0.0, 1e-9);
@@ -158,11 +165,7 @@ TEST(ProbeLinks, AHighLatencyLinkIsMeasuredOnTwoSizesAtLeast) {
   LinkModel far;
   far.bandwidth_bytes_per_s = 1e9;
   far.latency_s = 10e-3;
-  t.set_link(0, 1, far);
-  t.set_link(1, 0, far);
-  ProbeLimits limits;
-  limits.size_budget_s = 0.25;
-  const auto probe = probe_links(t, 2, {4096, 262144, 1048576}, 1, limits);
+  const auto probe = probe_two(t, far, 0.25);
   for (const LinkModel& l : {probe[0][1], probe[1][0]}) {
     EXPECT_NEAR(l.bandwidth_bytes_per_s, 1e9, 1e-3 * 1e9);
     EXPECT_NEAR(l.latency_s, 10e-3, 1e-3 * 10e-3);

@@ -174,18 +174,23 @@ TEST(LocalTransportTest, EmulatedLinksPublishInOrderWhileTheReceiverCollects) {
   }
 }
 
-TEST(LocalTransportTest, FullQueueSupersedesTheOldestUnsentMessage) {
-  LocalTransport t(2, {1024, 2, false});
-  t.set_link(0, 1, {1.0, 0.0});  // one byte per second: nothing arrives during the test
-  std::vector<float> data(1024, 0.5f);
+// Worker 0 posts `posts` messages of 1024 elements to worker 1, steps 0, 1, ...
+void post_to_worker_1(LocalTransport& t, int posts) {
+  const std::vector<float> data(1024, 0.5f);
   MessageHeader h;
   h.sender = 0;
   h.length = 1024;
-  const int posts = 6;
   for (int i = 0; i < posts; ++i) {
     h.sender_step = i;
     t.post(1, h, data.data());
   }
+}
+
+TEST(LocalTransportTest, FullQueueSupersedesTheOldestUnsentMessage) {
+  LocalTransport t(2, {1024, 2, false});
+  t.set_link(0, 1, {1.0, 0.0});  // one byte per second: nothing arrives during the test
+  const int posts = 6;
+  post_to_worker_1(t, posts);
   const LinkStats s = t.stats(0, 1);
   EXPECT_EQ(s.posted, posts);
   EXPECT_EQ(s.delivered, 0);
@@ -201,15 +206,8 @@ TEST(LocalTransportTest, FullQueueSupersedesTheOldestUnsentMessage) {
 TEST(LocalTransportTest, ALongLatencyLinkCarriesAWindowOfMessages) {
   LocalTransport t(2, {1024, 2, false});
   t.set_link(0, 1, {1e12, 1000.0});  // nothing arrives during the test
-  std::vector<float> data(1024, 0.5f);
-  MessageHeader h;
-  h.sender = 0;
-  h.length = 1024;
   const int posts = 20;
-  for (int i = 0; i < posts; ++i) {
-    h.sender_step = i;
-    t.post(1, h, data.data());
-  }
+  post_to_worker_1(t, posts);
   const LinkStats s = t.stats(0, 1);
   EXPECT_EQ(s.delivered, 0);
   EXPECT_EQ(s.superseded, posts - static_cast<int>(LocalTransport::kMaxInFlight) - 2);

@@ -295,7 +295,9 @@ TEST(CustomModelTest, AFaultyModelIsRefusedBeforeTraining) {
       ADD_FAILURE() << "no error";
     } catch (const InputError& e) {
       EXPECT_THAT(e.what(), HasSubstr(c.expect));
-      if (!null_model) EXPECT_THAT(e.what(), HasSubstr("tiny-softmax"));
+      if (!null_model) {
+        EXPECT_THAT(e.what(), HasSubstr("tiny-softmax"));
+      }
     }
   }
 }
