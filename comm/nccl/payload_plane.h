@@ -52,6 +52,13 @@ class PayloadPlane {
   // reused and its receive buffers hold the data (for a kCuda plane, ordered before any work
   // submitted to any stream after this returns true).
   virtual bool round_complete() = 0;
+  // After round_complete() returned true: whether receive `i` (in the order start_round() was
+  // given them) took exactly the count it was posted for. A peer that sends a payload of
+  // another length than its frame announced is broken or hostile; its payload must not reach
+  // the model, and the exchange stays in step (one payload per pair and round either way).
+  // NCCL cannot tell (its receives have no status): a length mismatch there is undefined, and
+  // only the payload checksum can catch what it leaves behind.
+  virtual bool received_whole(std::size_t i) const = 0;
   // Gives up on the round in flight, if any, for a teardown that cannot wait for it (an error,
   // or the transport destroyed without finish()): cancels what can be cancelled (MPI) or aborts
   // the communicator (NCCL: the plane is unusable afterwards). Returns true when nothing can
@@ -75,6 +82,7 @@ class MpiPayloadPlane final : public PayloadPlane {
   void start_round(const std::vector<Transfer>& sends,
                    const std::vector<Transfer>& receives) override;
   bool round_complete() override;
+  bool received_whole(std::size_t i) const override { return received_whole_.at(i) != 0; }
   bool abandon() override;
 
   // The plane's communicator: a test that speaks the protocol by hand sends payloads here
@@ -86,6 +94,9 @@ class MpiPayloadPlane final : public PayloadPlane {
   MPI_Comm comm_ = MPI_COMM_NULL;
   std::vector<MPI_Request> requests_;  // the round's receives, then its sends
   std::size_t receives_ = 0;
+  std::vector<MPI_Status> statuses_;
+  std::vector<std::int64_t> expected_;  // floats, per receive of the round
+  std::vector<char> received_whole_;    // per receive of the last completed round
 };
 
 }  // namespace asgd

@@ -54,6 +54,7 @@ struct RoundTransport::Peer {
   std::unique_ptr<Message> scratch;           // a rejected frame's payload lands here
   WireHeader incoming;
   bool receiving = false;  // into `writer` this round
+  std::size_t receive_index = 0;  // of that receive in the round's list (the plane's order)
   std::int64_t last_step = std::numeric_limits<std::int64_t>::min();
   bool done = false;  // its kDone frame has been seen
   std::atomic<std::int64_t> delivered{0};
@@ -461,6 +462,7 @@ void RoundTransport::start_round() {
       p.incoming = h;
       p.writer.emplace(*p.slot);
       p.receiving = true;
+      p.receive_index = receives.size();
       receives.push_back({source, p.writer->message().data(), h.length});
       continue;
     }
@@ -513,6 +515,11 @@ void RoundTransport::complete_round(double t) {
     if (!p.receiving) continue;
     p.receiving = false;
     const WireHeader& h = p.incoming;
+    if (!plane_->received_whole(p.receive_index)) {
+      p.writer.reset();
+      rejected_[static_cast<std::size_t>(WireError::kLengthMismatch)].fetch_add(1);
+      continue;
+    }
     if (plane_->backend() == Backend::kHost &&
         payload_checksum(p.writer->message().data(), static_cast<std::size_t>(h.payload_bytes())) !=
             h.payload_checksum) {

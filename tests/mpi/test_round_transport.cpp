@@ -329,6 +329,13 @@ TEST(RoundTransportHandPeer, EveryRejectionIsCountedItsPayloadDroppedAndTheRound
     h = state_frame(6, 100, corrupt);
     corrupt[1234] += 1.0f;  // the payload is not what the checksum says
     peer.round(encode_header(h), corrupt);
+    // Payloads of another length than the frame announced: shorter, then longer.
+    const std::vector<float> v7 = payload(1, 7, 3000);
+    peer.round(encode_header(state_frame(7, 100, v7)),
+               std::vector<float>(v7.begin(), v7.begin() + 2000));
+    std::vector<float> longer = v7;
+    longer.resize(4000, 1.0f);
+    peer.round(encode_header(state_frame(7, 100, v7)), longer);
     WireHeader idle;
     idle.kind = FrameKind::kIdle;
     idle.model = kModel;
@@ -360,7 +367,8 @@ TEST(RoundTransportHandPeer, EveryRejectionIsCountedItsPayloadDroppedAndTheRound
     const bool once = e == WireError::kWrongFingerprint || e == WireError::kBadSender ||
                       e == WireError::kRangeOutOfBounds || e == WireError::kStale ||
                       e == WireError::kChecksumMismatch;
-    EXPECT_EQ(r[static_cast<std::size_t>(k)], once ? 1 : 0) << to_string(e);
+    const int expected = e == WireError::kLengthMismatch ? 2 : once ? 1 : 0;
+    EXPECT_EQ(r[static_cast<std::size_t>(k)], expected) << to_string(e);
   }
   EXPECT_EQ(t->stats(1, 0).delivered, 1);
 }
