@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <thread>
 
 namespace asgd {
 namespace {
@@ -166,6 +167,7 @@ MpiTransport::~MpiTransport() {
   // buffers are never freed (the process is about to end anyway), nor is the communicator
   // (left to MPI_Finalize).
   std::vector<MPI_Request> pending;
+  if (drain_request_ != MPI_REQUEST_NULL) pending.push_back(drain_request_);
   for (auto& p : peers_) {
     for (auto& c : p->chunks)
       if (c.request != MPI_REQUEST_NULL) pending.push_back(c.request);
@@ -180,6 +182,8 @@ MpiTransport::~MpiTransport() {
   static auto* abandoned = new std::vector<std::unique_ptr<Peer>>;
   for (auto& p : peers_)
     abandoned->push_back(std::move(p));
+  static auto* abandoned_scratch = new std::vector<std::vector<std::byte>>;
+  abandoned_scratch->push_back(std::move(scratch_));
 }
 
 double MpiTransport::now() const {
@@ -534,17 +538,37 @@ bool MpiTransport::pump_sends(double t) {
   return progress;
 }
 
-void MpiTransport::drain(MPI_Message* message, int count) {
+void MpiTransport::wait_on_peer(MPI_Request* request, int source, const char* what) {
+  const double start = now();
+  for (int looks = 0;; ++looks) {
+    int done = 0;
+    ASGD_CHECK_MPI(MPI_Test(request, &done, MPI_STATUS_IGNORE));
+    if (done) return;
+    if (quit_)
+      ASGD_THROW("rank {}: transport destroyed while {} from rank {}", rank_, what, source);
+    if (now() - start > options_.peer_timeout_s)
+      ASGD_THROW(
+          "rank {}: rank {} stopped in the middle of a message: {} has waited {} s for the rest "
+          "of it (stalled or dead); raise the peer timeout if it is only slow",
+          rank_, source, what, options_.peer_timeout_s);
+    // Landing a chunk already on its way takes microseconds; a peer that takes longer is
+    // stopped, and is looked at without taking a core from the worker.
+    if (looks >= 1000) std::this_thread::sleep_for(std::chrono::microseconds(100));
+  }
+}
+
+void MpiTransport::drain(MPI_Message* message, int count, int source) {
   if (scratch_.size() < static_cast<std::size_t>(std::max(count, 1)))
     scratch_.resize(static_cast<std::size_t>(std::max(count, 1)));
-  ASGD_CHECK_MPI(MPI_Mrecv(scratch_.data(), count, MPI_BYTE, message, MPI_STATUS_IGNORE));
+  ASGD_CHECK_MPI(MPI_Imrecv(scratch_.data(), count, MPI_BYTE, message, &drain_request_));
+  wait_on_peer(&drain_request_, source, "dropping a frame");
 }
 
 void MpiTransport::abandon_incoming(int source, WireError reason) {
   Peer& p = *peers_[static_cast<std::size_t>(source)];
   // Chunks already handed to MPI must land before the buffer is reused.
   for (auto& c : p.chunks)
-    ASGD_CHECK_MPI(MPI_Wait(&c.request, MPI_STATUS_IGNORE));
+    wait_on_peer(&c.request, source, "abandoning a message");
   p.chunks.clear();
   p.writer.reset();  // unpublished: the slot's back buffer is simply written again later
   p.receiving = false;
@@ -581,7 +605,7 @@ bool MpiTransport::pump_receives() {
         p.chunks.push_back(c);
         p.posted_bytes += count;
       } else {
-        drain(&message, count);
+        drain(&message, count, source);
         // The message this chunk belongs to is lost and counted once: the one being received
         // (its claim and its payload part here), or a run of chunks that no header announced;
         // the rest of its payload is then dropped uncounted, as are the chunks after a
@@ -599,13 +623,13 @@ bool MpiTransport::pump_receives() {
     }
 
     if (status.MPI_TAG != kHeaderTag) {  // not part of the protocol: dropped, counted
-      drain(&message, count);
+      drain(&message, count, source);
       rejected_[static_cast<std::size_t>(WireError::kBadKind)].fetch_add(1,
                                                                          std::memory_order_relaxed);
       continue;
     }
     if (count != static_cast<int>(kWireHeaderBytes)) {
-      drain(&message, count);
+      drain(&message, count, source);
       if (p.receiving) abandon_incoming(source, WireError::kLengthMismatch);
       p.discarding = true;  // the chunks of whatever it announced follow
       rejected_[static_cast<std::size_t>(WireError::kTruncated)].fetch_add(
@@ -619,7 +643,7 @@ bool MpiTransport::pump_receives() {
         // The previous message is complete on the wire and its chunks are matched: let them
         // land and publish it before the next one claims the slot's buffer.
         for (auto& c : p.chunks)
-          ASGD_CHECK_MPI(MPI_Wait(&c.request, MPI_STATUS_IGNORE));
+          wait_on_peer(&c.request, source, "completing a message");
         complete_chunks(source, /*all_landed=*/true);
       } else {
         abandon_incoming(source, WireError::kLengthMismatch);  // it came short

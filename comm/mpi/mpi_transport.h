@@ -171,7 +171,12 @@ class MpiTransport final : public RankTransport {
   void release(Peer& p, Outgoing* message);
   void start_done(int peer);
   void abandon_incoming(int source, WireError reason);
-  void drain(MPI_Message* message, int count);
+  void drain(MPI_Message* message, int count, int source);
+  // Waits for a receive whose data `source` still has to push: over a network a large message
+  // moves only while its sender's MPI makes progress, so a peer stopped in the middle of one
+  // would hold this thread for as long as it stays stopped. Bounded by the peer timeout: after
+  // it, an error names the peer. Leaves *request pending when it throws.
+  void wait_on_peer(MPI_Request* request, int source, const char* what);
   bool all_finished() const;
   double now() const;
 
@@ -196,6 +201,7 @@ class MpiTransport final : public RankTransport {
   std::mutex transfers_mutex_;
   std::deque<TransferRecord> transfers_;
   std::vector<std::byte> scratch_;  // frames that are drained and dropped
+  MPI_Request drain_request_ = MPI_REQUEST_NULL;  // into scratch_, pending only after an error
   TraceLane trace_;                 // the communication thread's lane
   std::array<std::atomic<std::int64_t>, kWireErrorCount> rejected_{};
   std::atomic<std::int64_t> faults_injected_{0};

@@ -3,7 +3,10 @@
 // exact message accounting, the start-up model check, and link emulation. Each test is
 // collective: every rank builds the transport and finishes it.
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <string>
 #include <thread>
 #include <utility>
@@ -460,6 +463,66 @@ TEST(MpiTransportFault, ReplayIsRejectedAsStale) {
 // are reused under load. Which messages go on the wire is up to timing, but each receiver must
 // still reject exactly one in kEvery of those that reached it from rank 1, and take every other
 // one intact.
+// Over TCP a large message moves only while its sender's MPI makes progress, so a sender
+// stopped in the middle of one holds the receiver's wait for its rest. That wait is bounded by
+// the peer timeout and ends in an error naming the peer (it held the communication thread, and
+// with it the run's end, for as long as the peer stayed stopped). Rank 1 speaks the protocol by
+// hand on a communicator duplicated as the transport's is: a header, a payload larger than
+// TCP's eager size (sent with MPI_Isend, which moves its first part only), the next header;
+// then it makes no MPI call until rank 0 has seen the error (a file rank 0 creates). Registered
+// as mpi.transport_stalled_peer, which runs it with Open MPI's TCP transport only; shared memory
+// moves the whole payload without the sender.
+TEST(MpiTransportFault, PeerStoppedInTheMiddleOfAMessageEndsTheWaitWithAnErrorNamingIt) {
+  if (!std::getenv("ASGD_TEST_STALLED_PEER"))
+    GTEST_SKIP() << "run by mpi.transport_stalled_peer (Open MPI over TCP)";
+  if (session().size() != 2) GTEST_SKIP() << "needs exactly 2 ranks (run with -np 2)";
+  const int rank = session().rank();
+  char path[128] = {};
+  if (rank == 0)
+    std::snprintf(path, sizeof path, "%s/asgd_stalled_peer_%ld",
+                  std::filesystem::temp_directory_path().c_str(), static_cast<long>(getpid()));
+  ASGD_CHECK_MPI(MPI_Bcast(path, sizeof path, MPI_CHAR, 0, session().comm()));
+  const std::int64_t bytes = kParams * 4;  // 80,000: beyond TCP's eager 64 KiB
+  if (rank == 1) {
+    MPI_Comm comm = MPI_COMM_NULL;
+    ASGD_CHECK_MPI(MPI_Comm_dup(session().comm(), &comm));
+    const Forger f{comm};
+    const std::vector<float> data = payload(1, 5, kParams);
+    WireHeader h = valid_header(5, 0, kParams);
+    h.payload_checksum = payload_checksum(data.data(), static_cast<std::size_t>(bytes));
+    f.header(encode_header(h));
+    MPI_Request requests[2];
+    ASGD_CHECK_MPI(MPI_Isend(data.data(), static_cast<int>(bytes), MPI_BYTE, 0,
+                             MpiTransport::kLastChunkTag, comm, &requests[0]));
+    h.sender_step = 6;
+    const EncodedHeader next = encode_header(h);
+    ASGD_CHECK_MPI(MPI_Isend(next.data(), static_cast<int>(kWireHeaderBytes), MPI_BYTE, 0,
+                             MpiTransport::kHeaderTag, comm, &requests[1]));
+    while (!std::filesystem::exists(path))
+      std::this_thread::yield();  // stopped
+    ASGD_CHECK_MPI(MPI_Waitall(2, requests, MPI_STATUSES_IGNORE));
+    std::filesystem::remove(path);
+  } else {
+    MpiTransportOptions o = options(bytes);
+    o.peer_timeout_s = 0.5;
+    {
+      MpiTransport t(session(), o);
+      try {
+        for (;;) {
+          t.check();
+          std::this_thread::yield();
+        }
+      } catch (const std::exception& e) {
+        const std::string what = e.what();
+        EXPECT_NE(what.find("rank 1 stopped in the middle of a message"), std::string::npos)
+            << what;
+      }
+      { std::ofstream{path}; }  // rank 1 may go on: its payload can land while t settles
+    }
+  }
+  ASGD_CHECK_MPI(MPI_Barrier(session().comm()));
+}
+
 TEST(MpiTransportFault, BackedUpSendsKeepExactAccountingForEveryKind) {
   constexpr std::int64_t kPosts = 200;
   constexpr std::int64_t kEvery = 2;
