@@ -23,22 +23,35 @@ struct MessageHeader {
 struct Message {
   explicit Message(std::int64_t capacity) : payload(static_cast<std::size_t>(capacity)) {}
   // On `backend`'s device `device` (kHost: the pinned host buffer, as above).
-  Message(std::int64_t capacity, Backend backend, int device) {
-    if (backend == Backend::kHost)
-      payload = PinnedBuffer<float>(static_cast<std::size_t>(capacity));
-    else
-      device_payload = DeviceBuffer<float>(backend, device, static_cast<std::size_t>(capacity));
+  Message(std::int64_t capacity, Backend backend, int device) : backend_(backend), device_(device) {
+    reserve(capacity);
   }
   MessageHeader header;
   PinnedBuffer<float> payload;         // host memory (empty when the payload is on a GPU)
   DeviceBuffer<float> device_payload;  // GPU memory (empty when the payload is on the host)
 
-  bool on_device() const { return !device_payload.empty(); }
+  bool on_device() const { return backend_ != Backend::kHost; }
   float* data() { return on_device() ? device_payload.data() : payload.data(); }
   const float* data() const { return on_device() ? device_payload.data() : payload.data(); }
   std::int64_t capacity() const {
     return static_cast<std::int64_t>(on_device() ? device_payload.size() : payload.size());
   }
+  // Room for at least `elements`: a smaller buffer is replaced (its contents are not kept).
+  void reserve(std::int64_t elements) {
+    if (elements <= capacity()) return;
+    const auto n = static_cast<std::size_t>(elements);
+    if (on_device()) {
+      device_payload = DeviceBuffer<float>();  // the old one goes before the new one comes
+      device_payload = DeviceBuffer<float>(backend_, device_, n);
+    } else {
+      payload = PinnedBuffer<float>();
+      payload = PinnedBuffer<float>(n);
+    }
+  }
+
+ private:
+  Backend backend_ = Backend::kHost;
+  int device_ = 0;
 };
 
 }  // namespace asgd

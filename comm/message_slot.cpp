@@ -1,10 +1,31 @@
 #include "comm/message_slot.h"
 
+#include <algorithm>
+
+#include "runtime/error.h"
+
 namespace asgd {
 
-MessageSlot::MessageSlot(std::int64_t capacity, Backend backend, int device) {
+MessageSlot::MessageSlot(std::int64_t capacity, Backend backend, int device) : capacity_(capacity) {
+  ASGD_CHECK(capacity >= 1, "a receive slot for messages of {} elements", capacity);
   for (auto& b : buffers_)
-    b = std::make_unique<Message>(capacity, backend, device);
+    b = std::make_unique<Message>(0, backend, device);
+}
+
+Message& MessageSlot::Writer::message(std::int64_t length) {
+  ASGD_CHECK(length >= 0 && length <= slot_.capacity_,
+             "a message of {} elements for a receive slot of {}", length, slot_.capacity_);
+  Message& m = *slot_.buffers_[slot_.back_];
+  if (length > m.capacity())
+    m.reserve(std::min(slot_.capacity_, std::max(length, m.capacity() + m.capacity() / 2)));
+  return m;
+}
+
+std::int64_t MessageSlot::reserved() const {
+  std::int64_t n = 0;
+  for (const auto& b : buffers_)
+    n += b->capacity();
+  return n;
 }
 
 bool MessageSlot::Writer::publish() {

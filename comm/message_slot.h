@@ -9,8 +9,13 @@
 // path never blocks on communication. Writers are serialised among themselves by a mutex
 // (normally there is one writer, the sender or the communication thread).
 //
-// Thread-safety: any number of writer threads (write_buffer() ... publish() under the writer
-// lock, see Writer), one reader thread.
+// Memory: a buffer grows to the largest message written into it, up to the slot's capacity, so
+// a slot costs three times the messages its sender actually sends (the load balancer's m_p, a
+// fraction of the state by default), not three whole states: n workers in one process hold
+// n(n-1) slots.
+//
+// Thread-safety: any number of writer threads (message() ... publish() under the writer lock,
+// see Writer), one reader thread.
 #pragma once
 
 #include <array>
@@ -25,8 +30,8 @@ namespace asgd {
 
 class MessageSlot {
  public:
-  // Buffers for messages of up to `capacity` elements, in pinned host memory or (kCuda) in the
-  // memory of GPU `device`.
+  // For messages of up to `capacity` elements, in pinned host memory or (kCuda) in the memory
+  // of GPU `device`. Allocates nothing until the first message.
   explicit MessageSlot(std::int64_t capacity, Backend backend = Backend::kHost, int device = 0);
   MessageSlot(const MessageSlot&) = delete;
   MessageSlot& operator=(const MessageSlot&) = delete;
@@ -35,7 +40,10 @@ class MessageSlot {
   class Writer {
    public:
     explicit Writer(MessageSlot& slot) : slot_(slot), lock_(slot.writer_mutex_) {}
-    Message& message() { return *slot_.buffers_[slot_.back_]; }
+    // The buffer to fill, with room for `length` elements (<= the slot's capacity; a smaller
+    // buffer is replaced, its contents lost, growing by at least half so that a sender whose
+    // messages grow step by step does not reallocate at every step).
+    Message& message(std::int64_t length);
     // Makes the message the latest. Returns true when it replaced one the reader never took.
     bool publish();
 
@@ -51,12 +59,17 @@ class MessageSlot {
   // writer runs (a checkpoint of a deterministic run, where one thread does everything).
   const Message* peek_unread() const;
 
+  std::int64_t capacity() const { return capacity_; }
+  // Elements allocated in the three buffers; only while no writer runs.
+  std::int64_t reserved() const;
+
   std::int64_t published() const { return published_.load(std::memory_order_relaxed); }
   std::int64_t overwritten() const { return overwritten_.load(std::memory_order_relaxed); }
 
  private:
   static constexpr std::uint8_t kFresh = 0x4;  // in middle_: the buffer there is unread
 
+  std::int64_t capacity_;
   std::array<std::unique_ptr<Message>, 3> buffers_;
   std::mutex writer_mutex_;
   std::uint8_t back_ = 0;                // writers' buffer (under writer_mutex_)

@@ -92,7 +92,7 @@ LinkStats LocalTransport::stats(int from, int to) const {
 
 void LocalTransport::deliver(int to, const MessageHeader& header, const float* data) {
   MessageSlot::Writer writer(slot(to, header.sender));
-  Message& out = writer.message();
+  Message& out = writer.message(header.length);
   out.header = header;
   std::memcpy(out.payload.data(), data, static_cast<std::size_t>(header.length) * sizeof(float));
   writer.publish();

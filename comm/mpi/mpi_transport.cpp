@@ -599,7 +599,7 @@ bool MpiTransport::pump_receives() {
       // payload exactly where the claim does.
       if (p.receiving && want > 0 && count == want &&
           last == (p.posted_bytes + count == p.expected_bytes)) {
-        auto* base = reinterpret_cast<char*>(p.writer->message().payload.data());
+        auto* base = reinterpret_cast<char*>(p.writer->message(p.incoming.length).payload.data());
         Peer::Chunk c{MPI_REQUEST_NULL, p.posted_bytes, count};
         ASGD_CHECK_MPI(MPI_Imrecv(base + p.posted_bytes, count, MPI_BYTE, &message, &c.request));
         p.chunks.push_back(c);
@@ -691,7 +691,8 @@ bool MpiTransport::complete_chunks(int source, bool all_landed) {
     int done = all_landed ? 1 : 0;
     if (!all_landed) ASGD_CHECK_MPI(MPI_Test(&c.request, &done, MPI_STATUS_IGNORE));
     if (!done) break;
-    const auto* base = reinterpret_cast<const char*>(p.writer->message().payload.data());
+    const auto* base =
+        reinterpret_cast<const char*>(p.writer->message(p.incoming.length).payload.data());
     p.hasher.update(base + c.offset, static_cast<std::size_t>(c.bytes));
     p.chunks.pop_front();
     progress = true;
@@ -704,7 +705,7 @@ bool MpiTransport::complete_chunks(int source, bool all_landed) {
           1, std::memory_order_relaxed);
       return true;
     }
-    p.writer->message().header = p.incoming.message_header();
+    p.writer->message(p.incoming.length).header = p.incoming.message_header();
     p.writer->publish();
     trace_.complete("receive", p.header_trace_ns, trace_.now_ns(),
                     {"peer", source, "bytes", p.expected_bytes});

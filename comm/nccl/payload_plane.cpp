@@ -1,5 +1,6 @@
 #include "comm/nccl/payload_plane.h"
 
+#include <algorithm>
 #include <climits>
 #include <cstring>
 
@@ -13,7 +14,7 @@ MpiPayloadPlane::MpiPayloadPlane(const MpiSession& session) {
 MpiPayloadPlane::~MpiPayloadPlane() {
   // Requests still pending (abandon() could not end them) would make freeing the communicator
   // erroneous; MPI_Finalize takes care of it then.
-  if (requests_.empty()) MPI_Comm_free(&comm_);
+  if (requests_.empty() && receives_.empty()) MPI_Comm_free(&comm_);
 }
 
 void MpiPayloadPlane::copy_in(float* dst, const float* src, std::int64_t count) {
@@ -22,16 +23,11 @@ void MpiPayloadPlane::copy_in(float* dst, const float* src, std::int64_t count) 
 
 void MpiPayloadPlane::start_round(const std::vector<Transfer>& sends,
                                   const std::vector<Transfer>& receives) {
-  ASGD_CHECK(requests_.empty(), "a round started before the previous one completed");
-  receives_ = receives.size();
-  expected_.clear();
+  ASGD_CHECK(requests_.empty() && receives_.empty(),
+             "a round started before the previous one completed");
   for (const Transfer& r : receives) {
     ASGD_CHECK(r.count >= 1 && r.count <= INT_MAX, "receive of {} floats", r.count);
-    MPI_Request q;
-    ASGD_CHECK_MPI(
-        MPI_Irecv(r.data, static_cast<int>(r.count), MPI_FLOAT, r.peer, kPayloadTag, comm_, &q));
-    requests_.push_back(q);
-    expected_.push_back(r.count);
+    receives_.push_back({r, MPI_REQUEST_NULL, false, true, {}});
   }
   for (const Transfer& s : sends) {
     ASGD_CHECK(s.count >= 1 && s.count <= INT_MAX, "send of {} floats", s.count);
@@ -40,50 +36,67 @@ void MpiPayloadPlane::start_round(const std::vector<Transfer>& sends,
         MPI_Isend(s.data, static_cast<int>(s.count), MPI_FLOAT, s.peer, kPayloadTag, comm_, &q));
     requests_.push_back(q);
   }
+  match_receives();
+}
+
+// A payload is received only once its size is known (probed): Open MPI 4.1 writes a message
+// longer than its receive past the end of the buffer, so a receive posted ahead would let a
+// peer that sends more than it announced overwrite this rank's memory. One of another size
+// than announced lands in a buffer of its own size and is reported as not whole.
+void MpiPayloadPlane::match_receives() {
+  for (Receive& r : receives_) {
+    if (r.matched) continue;
+    int flag = 0;
+    MPI_Message message = MPI_MESSAGE_NULL;
+    MPI_Status status;
+    ASGD_CHECK_MPI(MPI_Improbe(r.transfer.peer, kPayloadTag, comm_, &flag, &message, &status));
+    if (!flag) continue;
+    int bytes = 0;
+    ASGD_CHECK_MPI(MPI_Get_count(&status, MPI_BYTE, &bytes));
+    r.matched = true;
+    r.whole = static_cast<std::int64_t>(bytes) ==
+              r.transfer.count * static_cast<std::int64_t>(sizeof(float));
+    void* into = r.transfer.data;
+    if (!r.whole) {
+      r.drop.resize(static_cast<std::size_t>(std::max(bytes, 1)));
+      into = r.drop.data();
+    }
+    ASGD_CHECK_MPI(MPI_Imrecv(into, bytes, MPI_BYTE, &message, &r.request));
+  }
 }
 
 bool MpiPayloadPlane::round_complete() {
-  if (requests_.empty()) return true;
+  if (requests_.empty() && receives_.empty()) return true;
+  match_receives();
+  for (const Receive& r : receives_)
+    if (!r.matched) return false;
+  std::vector<MPI_Request> all = requests_;
+  for (const Receive& r : receives_)
+    all.push_back(r.request);
   int done = 0;
-  statuses_.resize(requests_.size());
-  const int rc =
-      MPI_Testall(static_cast<int>(requests_.size()), requests_.data(), &done, statuses_.data());
-  if (rc != MPI_SUCCESS && rc != MPI_ERR_IN_STATUS) ASGD_CHECK_MPI(rc);
+  ASGD_CHECK_MPI(MPI_Testall(static_cast<int>(all.size()), all.data(), &done, MPI_STATUSES_IGNORE));
+  // Testall completes all or none; until then the requests stay as they were.
   if (!done) return false;
-  // A payload longer than its receive ends that receive with MPI_ERR_TRUNCATE (and the round
-  // with MPI_ERR_IN_STATUS); a shorter one completes with a smaller count. Both are the
-  // sender's fault and cost only that payload; any other error is the transport's own.
-  received_whole_.assign(receives_, 1);
-  for (std::size_t i = 0; i < requests_.size(); ++i) {
-    const int error = rc == MPI_ERR_IN_STATUS ? statuses_[i].MPI_ERROR : MPI_SUCCESS;
-    int error_class = MPI_SUCCESS;
-    if (error != MPI_SUCCESS) MPI_Error_class(error, &error_class);
-    if (i < receives_ && error_class == MPI_ERR_TRUNCATE) {
-      received_whole_[i] = 0;
-    } else if (error != MPI_SUCCESS) {
-      ASGD_CHECK_MPI(error);
-    } else if (i < receives_) {
-      int count = 0;
-      ASGD_CHECK_MPI(MPI_Get_count(&statuses_[i], MPI_FLOAT, &count));
-      received_whole_[i] = count == expected_[i];
-    }
-    // A request that completed with an error may be left allocated (MPI leaves that to the
-    // implementation); one still not null is freed so the communicator can be.
-    if (requests_[i] != MPI_REQUEST_NULL) MPI_Request_free(&requests_[i]);
-  }
+  received_whole_.clear();
+  for (const Receive& r : receives_)
+    received_whole_.push_back(r.whole ? 1 : 0);
   requests_.clear();
+  receives_.clear();
   return true;
 }
 
 bool MpiPayloadPlane::abandon() {
-  if (requests_.empty()) return true;
-  // A receive not yet matched is cancelled at once. Sends are left to finish (cancelling a
-  // send is deprecated, and where it works a peer that was told of the payload would wait for
-  // it forever): one whose peer takes it ends within the grace period.
-  for (std::size_t i = 0; i < receives_; ++i)
-    if (requests_[i] != MPI_REQUEST_NULL) MPI_Cancel(&requests_[i]);
-  if (!settle_requests(requests_, kTeardownGrace_s)) return false;
+  if (requests_.empty() && receives_.empty()) return true;
+  // A receive not yet matched has nothing posted; a matched one takes a payload that is on its
+  // way. Sends are left to finish (cancelling a send is deprecated, and where it works a peer
+  // that was told of the payload would wait for it forever): one whose peer takes it ends
+  // within the grace period.
+  std::vector<MPI_Request> pending = requests_;
+  for (const Receive& r : receives_)
+    if (r.matched) pending.push_back(r.request);
+  if (!settle_requests(pending, kTeardownGrace_s)) return false;
   requests_.clear();
+  receives_.clear();
   return true;
 }
 

@@ -3,7 +3,7 @@
 //
 //   NcclPayloadPlane (comm/nccl/nccl_plane.h)  GPU memory, NCCL point-to-point on a stream of
 //                                               its own: GPU to GPU, no host copies.
-//   MpiPayloadPlane (here)                      pinned host memory, MPI_Isend/MPI_Irecv: the
+//   MpiPayloadPlane (here)                      pinned host memory, MPI_Isend/MPI_Imrecv: the
 //                                               same protocol on machines without a GPU, which
 //                                               is how the protocol is tested in CI.
 //
@@ -53,7 +53,7 @@ class PayloadPlane {
   // submitted to any stream after this returns true).
   virtual bool round_complete() = 0;
   // After round_complete() returned true: whether receive `i` (in the order start_round() was
-  // given them) took exactly the count it was posted for. A peer that sends a payload of
+  // given them) was exactly the count announced for it. A peer that sends a payload of
   // another length than its frame announced is broken or hostile; its payload must not reach
   // the model, and the exchange stays in step (one payload per pair and round either way).
   // NCCL cannot tell (its receives have no status): a length mismatch there is undefined, and
@@ -67,7 +67,8 @@ class PayloadPlane {
   virtual bool abandon() = 0;
 };
 
-// Payloads in pinned host memory, moved with MPI_Isend/MPI_Irecv on a communicator of its own.
+// Payloads in pinned host memory, moved with MPI_Isend and (once probed) MPI_Imrecv on a
+// communicator of its own.
 class MpiPayloadPlane final : public PayloadPlane {
  public:
   explicit MpiPayloadPlane(const MpiSession& session);
@@ -91,12 +92,19 @@ class MpiPayloadPlane final : public PayloadPlane {
   static constexpr int kPayloadTag = 0x5B0;
 
  private:
+  struct Receive {
+    Transfer transfer;
+    MPI_Request request = MPI_REQUEST_NULL;  // posted once matched
+    bool matched = false;
+    bool whole = true;       // the matched payload has the size announced
+    std::vector<char> drop;  // where a payload of another size lands
+  };
+  void match_receives();
+
   MPI_Comm comm_ = MPI_COMM_NULL;
-  std::vector<MPI_Request> requests_;  // the round's receives, then its sends
-  std::size_t receives_ = 0;
-  std::vector<MPI_Status> statuses_;
-  std::vector<std::int64_t> expected_;  // floats, per receive of the round
-  std::vector<char> received_whole_;    // per receive of the last completed round
+  std::vector<MPI_Request> requests_;  // the round's sends
+  std::vector<Receive> receives_;      // the round's receives, in start_round()'s order
+  std::vector<char> received_whole_;   // per receive of the last completed round
 };
 
 }  // namespace asgd

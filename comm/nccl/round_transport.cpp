@@ -46,8 +46,6 @@ struct RoundTransport::Peer {
   MPI_Request frame_send = MPI_REQUEST_NULL;
 
   // Receive side, owned by the communication thread (the slot's reader is the worker).
-  EncodedHeader frame_in{};
-  MPI_Request frame_receive = MPI_REQUEST_NULL;
   std::deque<EncodedHeader> frames;  // arrived, for this round and the next
   std::unique_ptr<MessageSlot> slot;
   std::optional<MessageSlot::Writer> writer;  // held while a message is being received
@@ -84,12 +82,6 @@ RoundTransport::RoundTransport(const MpiSession& session, const RoundTransportOp
                                             plane_->device()));
   for (auto& r : rejected_)
     r.store(0);
-  for (int p = 0; p < size_; ++p) {
-    if (p == rank_) continue;
-    Peer& peer = *peers_[static_cast<std::size_t>(p)];
-    ASGD_CHECK_MPI(MPI_Irecv(peer.frame_in.data(), static_cast<int>(kWireHeaderBytes), MPI_BYTE, p,
-                             kFrameTag, comm_, &peer.frame_receive));
-  }
   if (options.trace && options.trace->enabled())
     trace_ = options.trace->lane(options.trace->add_lane(rank_, 1, "communication"));
   thread_ = std::thread([this] { communication_loop(); });
@@ -104,16 +96,11 @@ RoundTransport::~RoundTransport() {
     wake_.notify_all();
     thread_.join();
   }
-  // Nothing may be freed that MPI or NCCL can still write or read: the frame receives (always
-  // posted), frame sends, and a round's payloads when the transport did not end cleanly.
+  // Nothing may be freed that MPI or NCCL can still write or read: frame sends, and a round's
+  // payloads when the transport did not end cleanly.
   bool quiet = (ended_ && !error_.has_error()) || plane_->abandon();
   std::vector<MPI_Request> sends;
   for (auto& p : peers_) {
-    if (p->frame_receive != MPI_REQUEST_NULL) {
-      // An 80-byte frame is either unmatched (cancelled) or already here: this cannot block.
-      MPI_Cancel(&p->frame_receive);
-      MPI_Wait(&p->frame_receive, MPI_STATUS_IGNORE);
-    }
     if (p->frame_send != MPI_REQUEST_NULL) {
       sends.push_back(p->frame_send);  // the request now lives in `sends` only
       p->frame_send = MPI_REQUEST_NULL;
@@ -295,7 +282,10 @@ void RoundTransport::finish(bool stop_everyone) {
 
 // --- the communication thread -----------------------------------------------------------
 
-// Frames that have arrived go to their peer's list in order; a receive is always posted.
+// Frames that have arrived go to their peer's list in order. Each is probed before it is
+// received, so that its size is known first: Open MPI 4.1 writes a message longer than its
+// receive past the end of the buffer (measured with shared memory and with TCP, from a few KiB
+// up), so a receive posted ahead for 80 bytes would let a peer overwrite this rank's memory.
 bool RoundTransport::receive_frames() {
   bool progress = false;
   for (int source = 0; source < size_; ++source) {
@@ -303,28 +293,25 @@ bool RoundTransport::receive_frames() {
     Peer& p = *peers_[static_cast<std::size_t>(source)];
     while (true) {
       int arrived = 0;
+      MPI_Message message = MPI_MESSAGE_NULL;
       MPI_Status status;
-      const int rc = MPI_Test(&p.frame_receive, &arrived, &status);
-      int error_class = MPI_SUCCESS;
-      if (rc != MPI_SUCCESS) MPI_Error_class(rc, &error_class);
-      if (error_class == MPI_ERR_TRUNCATE) {
-        rejected_[static_cast<std::size_t>(WireError::kTruncated)].fetch_add(1);
-        ASGD_THROW(
-            "rank {}: a round frame from rank {} is longer than a frame ({} bytes); the "
-            "exchange with it cannot stay in step",
-            rank_, source, kWireHeaderBytes);
-      }
-      ASGD_CHECK_MPI(rc);
+      ASGD_CHECK_MPI(MPI_Improbe(source, kFrameTag, comm_, &arrived, &message, &status));
       if (!arrived) break;
       int count = 0;
       ASGD_CHECK_MPI(MPI_Get_count(&status, MPI_BYTE, &count));
       if (count != static_cast<int>(kWireHeaderBytes)) {
+        // Taken off the wire first, so that the peer's send completes and nothing is left
+        // pending when this transport ends.
+        std::vector<std::byte> dropped(static_cast<std::size_t>(std::max(count, 1)));
+        ASGD_CHECK_MPI(MPI_Mrecv(dropped.data(), count, MPI_BYTE, &message, MPI_STATUS_IGNORE));
         rejected_[static_cast<std::size_t>(WireError::kTruncated)].fetch_add(1);
         ASGD_THROW(
             "rank {}: a round frame of {} bytes from rank {} (a frame has {}); the exchange "
             "with it cannot stay in step",
             rank_, count, source, kWireHeaderBytes);
       }
+      EncodedHeader frame;
+      ASGD_CHECK_MPI(MPI_Mrecv(frame.data(), count, MPI_BYTE, &message, MPI_STATUS_IGNORE));
       // A peer announces a round only after the previous one, which needs this rank's frame:
       // one frame for the round under way and one for the next are all it can have sent.
       if (p.frames.size() >= 2)
@@ -332,9 +319,7 @@ bool RoundTransport::receive_frames() {
             "rank {}: rank {} sent a third round frame before this rank joined its rounds; it "
             "does not follow the round protocol",
             rank_, source);
-      p.frames.push_back(p.frame_in);
-      ASGD_CHECK_MPI(MPI_Irecv(p.frame_in.data(), static_cast<int>(kWireHeaderBytes), MPI_BYTE,
-                               source, kFrameTag, comm_, &p.frame_receive));
+      p.frames.push_back(frame);
       progress = true;
     }
   }
@@ -463,7 +448,7 @@ void RoundTransport::start_round() {
       p.writer.emplace(*p.slot);
       p.receiving = true;
       p.receive_index = receives.size();
-      receives.push_back({source, p.writer->message().data(), h.length});
+      receives.push_back({source, p.writer->message(h.length).data(), h.length});
       continue;
     }
     // Rejected for what it says: its payload still comes, and is dropped.
@@ -521,13 +506,13 @@ void RoundTransport::complete_round(double t) {
       continue;
     }
     if (plane_->backend() == Backend::kHost &&
-        payload_checksum(p.writer->message().data(), static_cast<std::size_t>(h.payload_bytes())) !=
-            h.payload_checksum) {
+        payload_checksum(p.writer->message(h.length).data(),
+                         static_cast<std::size_t>(h.payload_bytes())) != h.payload_checksum) {
       p.writer.reset();  // unpublished: the back buffer is written again later
       rejected_[static_cast<std::size_t>(WireError::kChecksumMismatch)].fetch_add(1);
       continue;
     }
-    p.writer->message().header = h.message_header();
+    p.writer->message(h.length).header = h.message_header();
     p.writer->publish();
     p.writer.reset();
     p.last_step = h.sender_step;

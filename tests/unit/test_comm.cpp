@@ -15,7 +15,7 @@ namespace {
 
 void write(MessageSlot& slot, int sender, std::int64_t seq, std::int64_t length) {
   MessageSlot::Writer w(slot);
-  Message& m = w.message();
+  Message& m = w.message(length);
   m.header.sender = sender;
   m.header.sender_step = seq;
   m.header.length = length;
@@ -42,6 +42,34 @@ TEST(MessageSlotTest, LatestWinsAndConsumeOnce) {
   EXPECT_EQ(slot.overwritten(), 1);
 }
 
+// A slot allocates on demand: its buffers grow to the messages written into them (by at least
+// half each time), never past the slot's capacity, and a grown buffer carries whole messages.
+TEST(MessageSlotTest, BuffersGrowToTheMessagesWrittenUpToTheCapacity) {
+  MessageSlot slot(1000);
+  EXPECT_EQ(slot.reserved(), 0);
+  write(slot, 1, 0, 100);
+  EXPECT_EQ(slot.reserved(), 100);
+  EXPECT_EQ(slot.acquire()->header.sender_step, 0);
+  write(slot, 1, 1, 100);
+  write(slot, 1, 2, 100);  // the third buffer: the reader holds the first
+  EXPECT_EQ(slot.reserved(), 300);
+  EXPECT_EQ(slot.acquire()->header.sender_step, 2);
+  write(slot, 1, 3, 120);  // grows by half: 150
+  write(slot, 1, 4, 900);  // 900
+  write(slot, 1, 5, 999);  // 999, not 1.5 x 150
+  EXPECT_EQ(slot.reserved(), 100 + 900 + 999);
+  const Message* m = slot.acquire();
+  ASSERT_NE(m, nullptr);
+  ASSERT_EQ(m->header.length, 999);
+  for (std::int64_t i = 0; i < 999; ++i)
+    ASSERT_EQ(m->payload[static_cast<std::size_t>(i)], static_cast<float>(1000003 + 5 + i));
+  write(slot, 1, 6, 1000);
+  EXPECT_LE(slot.reserved(), 3 * 1000);
+  MessageSlot::Writer w(slot);
+  EXPECT_THROW(w.message(1001), Error);
+  EXPECT_THROW(w.message(-1), Error);
+}
+
 // Several writers and one reader hammer one slot. Every message the reader gets must be whole
 // (its payload matches its header), none twice, each writer's in increasing order, and every
 // published message is either read or counted as overwritten.
@@ -53,7 +81,9 @@ TEST(MessageSlotTest, ConcurrentWritersStress) {
   std::vector<std::thread> writers;
   for (int w = 0; w < kWriters; ++w)
     writers.emplace_back([&, w] {
-      for (std::int64_t s = 0; s < kPerWriter; ++s) write(slot, w, s, kLength);
+      // Lengths vary, so that buffers grow while the reader holds others.
+      for (std::int64_t s = 0; s < kPerWriter; ++s)
+        write(slot, w, s, 1 + (s * 37 + w) % kLength);
       ++done;
     });
   std::set<std::pair<int, std::int64_t>> seen;
@@ -64,7 +94,11 @@ TEST(MessageSlotTest, ConcurrentWritersStress) {
       ++read;
       const int s = m->header.sender;
       const std::int64_t q = m->header.sender_step;
-      for (std::int64_t i = 0; i < kLength; ++i)
+      if (m->header.length != 1 + (q * 37 + s) % kLength || m->capacity() < m->header.length) {
+        ++torn;
+        continue;
+      }
+      for (std::int64_t i = 0; i < m->header.length; ++i)
         if (m->payload[static_cast<std::size_t>(i)] != static_cast<float>(s * 1000003 + q + i)) {
           ++torn;
           break;
