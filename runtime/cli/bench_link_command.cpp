@@ -33,6 +33,7 @@
 #include "comm/mpi/mpi_session.h"
 #include "runtime/build_info.h"
 #include "runtime/device.h"
+#include "runtime/distributed.h"
 #endif
 
 namespace asgd::cli {
@@ -352,6 +353,16 @@ int run_bench_link(CLI::App& cmd) {
     if (root) ASGD_INPUT_ERROR("--json {}: cannot open the file for writing", json_path);
     return 2;
   }
+
+  // Ranks launched with different flags (an MPMD command line) would exchange messages of
+  // different sizes, and Open MPI writes a message longer than its receive past the buffer.
+  distributed::check_same_settings(mpi, {{"--min-size", std::to_string(o.min_bytes)},
+                                         {"--max-size", std::to_string(o.max_bytes)},
+                                         {"--factor", std::to_string(o.factor)},
+                                         {"--iterations", std::to_string(o.iterations)},
+                                         {"--min-iterations", std::to_string(o.min_iterations)},
+                                         {"--warmup", std::to_string(o.warmup)},
+                                         {"--inject-corruption", std::to_string(o.corrupt_every)}});
 
   describe_device(mpi, o);
   try {

@@ -7,6 +7,9 @@
 #                                                #wrong > 0 (the data check is live)
 #   bench_link.sh no_mpirun ASGD                 without mpirun: non-zero exit and a one-line
 #                                                error that says how to launch it
+#   bench_link.sh mismatch  MPIEXEC ASGD         2 ranks given different sizes (an MPMD
+#                                                launch): non-zero exit and one error naming
+#                                                the flag, before anything is sent
 set -uo pipefail
 mode=$1
 shift
@@ -100,6 +103,17 @@ EOF
     ((status != 0)) || fail "bench-link exited 0 without mpirun"
     grep -qF 'mpirun -np N asgd bench-link' "$dir/err" || fail "the error does not say how to launch it"
     [[ $(grep -c '^asgd: error:' "$dir/err") -eq 1 ]] || fail "expected one error line"
+    ;;
+  mismatch)
+    mpiexec=$1 asgd=$2
+    "$mpiexec" --oversubscribe --bind-to none -np 1 "$asgd" bench-link --quick --max-size 64K : \
+      -np 1 "$asgd" bench-link --quick --max-size 1M >"$dir/out" 2>"$dir/err"
+    status=$?
+    ((status != 0)) || fail "bench-link exited 0 with different sizes on the two ranks"
+    grep -q -- '--max-size' "$dir/err" || fail "the error does not name --max-size"
+    grep -q -- '1048576' "$dir/err" || fail "the error does not give rank 1's value"
+    [[ $(grep -c '^asgd: error:' "$dir/err") -eq 1 ]] || fail "expected one error line"
+    grep -q '^# rank' "$dir/out" && fail "pairs were measured"
     ;;
   *)
     echo "unknown mode $mode" >&2
