@@ -88,8 +88,10 @@ struct MpiTransportOptions {
   int queue_capacity = 2;              // unsent messages per peer before the oldest is superseded
   ModelFingerprint model;              // every message must carry this
   std::int64_t chunk_bytes = 1 << 20;  // payload pieces: hashed on arrival while in cache
-  double peer_timeout_s = 120;         // finish(): how long a peer may send nothing before its
-                                       // done frame (a slower peer still sending is waited for)
+  // finish(): how long a peer may send nothing before its done frame (a slower peer still
+  // sending is waited for); and how long the rest of a message may take once its sender has
+  // stopped in the middle of it.
+  double peer_timeout_s = 120;
   // How often the communication thread looks for arrivals when nothing is moving (post()
   // wakes it at once for sends). Each look costs a wake-up; see idle_poll_seconds().
   double idle_poll_s = 400e-6;

@@ -267,7 +267,8 @@ void add_train_command(CLI::App& app, TrainOptions& o) {
                   "uniform | bandwidth: the peer of each message with a fixed schedule")
       ->capture_default_str();
   cmd->add_option("--peer-timeout", c.peer_timeout_s,
-                  "multi-process: seconds to wait for a silent peer when the run ends")
+                  "multi-process: seconds to wait for a silent peer when the run ends, or for the "
+                  "rest of a message a peer stopped sending")
       ->capture_default_str();
   cmd->add_option("--comm-poll", c.comm_poll_s,
                   "multi-process: seconds between the communication thread's looks for arrivals "
