@@ -81,6 +81,13 @@ MpiSession::~MpiSession() {
   if (!finalized) MPI_Finalize();
 }
 
+int improbe(int source, int tag, MPI_Comm comm, int* flag, MPI_Message* message,
+            MPI_Status* status) {
+  int rc = MPI_Improbe(source, tag, comm, flag, message, status);
+  if (rc == MPI_SUCCESS && !*flag) rc = MPI_Improbe(source, tag, comm, flag, message, status);
+  return rc;
+}
+
 bool settle_requests(std::vector<MPI_Request>& requests, double seconds) {
   const auto until = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
   while (true) {

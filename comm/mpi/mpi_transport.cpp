@@ -582,7 +582,7 @@ bool MpiTransport::pump_receives() {
     int flag = 0;
     MPI_Message message;
     MPI_Status status;
-    ASGD_CHECK_MPI(MPI_Improbe(MPI_ANY_SOURCE, MPI_ANY_TAG, comm_, &flag, &message, &status));
+    ASGD_CHECK_MPI(improbe(MPI_ANY_SOURCE, MPI_ANY_TAG, comm_, &flag, &message, &status));
     if (!flag) break;
     progress = true;
     int count = 0;

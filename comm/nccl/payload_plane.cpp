@@ -49,7 +49,7 @@ void MpiPayloadPlane::match_receives() {
     int flag = 0;
     MPI_Message message = MPI_MESSAGE_NULL;
     MPI_Status status;
-    ASGD_CHECK_MPI(MPI_Improbe(r.transfer.peer, kPayloadTag, comm_, &flag, &message, &status));
+    ASGD_CHECK_MPI(improbe(r.transfer.peer, kPayloadTag, comm_, &flag, &message, &status));
     if (!flag) continue;
     int bytes = 0;
     ASGD_CHECK_MPI(MPI_Get_count(&status, MPI_BYTE, &bytes));

@@ -295,7 +295,7 @@ bool RoundTransport::receive_frames() {
       int arrived = 0;
       MPI_Message message = MPI_MESSAGE_NULL;
       MPI_Status status;
-      ASGD_CHECK_MPI(MPI_Improbe(source, kFrameTag, comm_, &arrived, &message, &status));
+      ASGD_CHECK_MPI(improbe(source, kFrameTag, comm_, &arrived, &message, &status));
       if (!arrived) break;
       int count = 0;
       ASGD_CHECK_MPI(MPI_Get_count(&status, MPI_BYTE, &count));
