@@ -83,7 +83,9 @@ def _read_commit():
         return os.environ["ASGD_GIT_COMMIT"]
     out = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short=12", "HEAD"],
                          capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"],
+    # Results written by earlier benchmarks do not change what is measured.
+    dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no",
+                            "--", ".", ":(exclude)bench/results"],
                            capture_output=True, text=True).stdout.strip()
     return (out or "unknown") + ("-dirty" if dirty else "")
 
