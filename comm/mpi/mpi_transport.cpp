@@ -564,6 +564,20 @@ void MpiTransport::drain(MPI_Message* message, int count, int source) {
   wait_on_peer(&drain_request_, source, "dropping a frame");
 }
 
+void MpiTransport::end_incoming(int source) {
+  Peer& p = *peers_[static_cast<std::size_t>(source)];
+  if (!p.receiving) return;
+  if (p.posted_bytes != p.expected_bytes) {
+    abandon_incoming(source, WireError::kLengthMismatch);  // it came short
+    return;
+  }
+  // Complete on the wire, its chunks matched: they land, and the message is published (or
+  // rejected by its checksum) before anything else from this peer claims the slot's buffer.
+  for (auto& c : p.chunks)
+    wait_on_peer(&c.request, source, "completing a message");
+  complete_chunks(source, /*all_landed=*/true);
+}
+
 void MpiTransport::abandon_incoming(int source, WireError reason) {
   Peer& p = *peers_[static_cast<std::size_t>(source)];
   // Chunks already handed to MPI must land before the buffer is reused.
@@ -593,6 +607,10 @@ bool MpiTransport::pump_receives() {
 
     if (status.MPI_TAG == kChunkTag || status.MPI_TAG == kLastChunkTag) {
       const bool last = status.MPI_TAG == kLastChunkTag;
+      // A chunk after a payload whose chunks are all matched belongs to no message; that
+      // payload is whole, and ends (published, or rejected by its checksum) before this chunk
+      // is counted against nothing.
+      if (p.receiving && p.posted_bytes == p.expected_bytes) end_incoming(source);
       const std::int64_t want =
           p.receiving ? std::min(options_.chunk_bytes, p.expected_bytes - p.posted_bytes) : 0;
       // The chunk fits the claim only if it has the size the claim expects next and ends the
@@ -630,7 +648,7 @@ bool MpiTransport::pump_receives() {
     }
     if (count != static_cast<int>(kWireHeaderBytes)) {
       drain(&message, count, source);
-      if (p.receiving) abandon_incoming(source, WireError::kLengthMismatch);
+      end_incoming(source);
       p.discarding = true;  // the chunks of whatever it announced follow
       rejected_[static_cast<std::size_t>(WireError::kTruncated)].fetch_add(
           1, std::memory_order_relaxed);
@@ -638,17 +656,7 @@ bool MpiTransport::pump_receives() {
     }
     EncodedHeader bytes;
     ASGD_CHECK_MPI(MPI_Mrecv(bytes.data(), count, MPI_BYTE, &message, MPI_STATUS_IGNORE));
-    if (p.receiving) {
-      if (p.posted_bytes == p.expected_bytes) {
-        // The previous message is complete on the wire and its chunks are matched: let them
-        // land and publish it before the next one claims the slot's buffer.
-        for (auto& c : p.chunks)
-          wait_on_peer(&c.request, source, "completing a message");
-        complete_chunks(source, /*all_landed=*/true);
-      } else {
-        abandon_incoming(source, WireError::kLengthMismatch);  // it came short
-      }
-    }
+    end_incoming(source);
     WireHeader h;
     WireError e = decode_header(bytes.data(), bytes.size(), options_.model, source, h);
     // Idle frames belong to the NCCL transport's rounds; nothing on this protocol sends one.

@@ -172,6 +172,10 @@ class MpiTransport final : public RankTransport {
   Outgoing* damage(Peer& p, Outgoing& message);
   void release(Peer& p, Outgoing* message);
   void start_done(int peer);
+  // Something other than the next chunk came from `source`: the message being received ends,
+  // published or checksum-rejected when all its chunks were matched, else abandoned as a
+  // length mismatch.
+  void end_incoming(int source);
   void abandon_incoming(int source, WireError reason);
   void drain(MPI_Message* message, int count, int source);
   // Waits for a receive whose data `source` still has to push: over a network a large message
