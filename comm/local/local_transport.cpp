@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 #include <limits>
+#include <utility>
 
 namespace asgd {
 namespace {
@@ -13,10 +14,12 @@ constexpr double kNever = std::numeric_limits<double>::infinity();
 constexpr double kLongestSleep_s = 1.0;
 }
 
-LocalTransport::LocalTransport(int workers, const LocalTransportOptions& options)
+LocalTransport::LocalTransport(int workers, const LocalTransportOptions& options,
+                               std::function<double()> clock)
     : workers_(workers),
       options_(options),
       epoch_(std::chrono::steady_clock::now()),
+      clock_(std::move(clock)),
       next_sender_(static_cast<std::size_t>(workers), 0),
       links_(static_cast<std::size_t>(workers) * static_cast<std::size_t>(workers)) {
   ASGD_CHECK(workers >= 1, "a transport for {} workers", workers);
@@ -41,6 +44,7 @@ LocalTransport::~LocalTransport() {
 }
 
 double LocalTransport::now() const {
+  if (clock_) return clock_();
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - epoch_).count();
 }
 
@@ -312,10 +316,9 @@ void LocalTransport::communication_loop() {
       if (next == kNever) {
         wake_.wait(lock, changed);
       } else {
-        wake_.wait_until(lock,
-                         epoch_ + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
-                                      std::chrono::duration<double>(next)),
-                         changed);
+        // A relative wait (at most kLongestSleep_s), so that a clock given in the options,
+        // which need not follow the steady clock, cannot turn it into a spin.
+        wake_.wait_for(lock, std::chrono::duration<double>(next - t), changed);
       }
     }
   } catch (...) {

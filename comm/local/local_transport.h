@@ -43,7 +43,11 @@ struct LocalTransportOptions {
 
 class LocalTransport final : public Transport {
  public:
-  LocalTransport(int workers, const LocalTransportOptions& options);
+  // `clock`: seconds on a monotonic clock; empty: the steady clock since the transport was
+  // created. Tests drive emulated links with a clock they advance by hand (it is called from
+  // every thread that uses the transport, so it must be thread-safe).
+  LocalTransport(int workers, const LocalTransportOptions& options,
+                 std::function<double()> clock = {});
   ~LocalTransport() override;
 
   int size() const override { return workers_; }
@@ -58,7 +62,8 @@ class LocalTransport final : public Transport {
   void set_link(int from, int to, const LinkModel& link);
   LinkModel link(int from, int to) const;
 
-  // Seconds since the transport was created (the clock of send times and deliveries).
+  // Seconds since the transport was created, or the clock given (the clock of send times and
+  // deliveries).
   double now() const;
   // How long an arrived message may wait for its receiver's collect() before the
   // communication thread publishes it.
@@ -120,6 +125,7 @@ class LocalTransport final : public Transport {
   const int workers_;
   const LocalTransportOptions options_;
   const std::chrono::steady_clock::time_point epoch_;
+  const std::function<double()> clock_;
   std::vector<std::unique_ptr<MessageSlot>> slots_;  // [receiver][sender]
   std::vector<int> next_sender_;                     // per receiver: where collect() starts
 

@@ -1,5 +1,6 @@
 // The receive slot and the in-process transport: latest wins, consume once, bounded queues.
 #include <atomic>
+#include <functional>
 #include <set>
 #include <thread>
 #include <vector>
@@ -264,6 +265,56 @@ TEST(LocalTransportTest, ALinkMadeIdealKeepsTheOrderOfItsMessages) {
   const Message* got[1];
   EXPECT_EQ(t.collect(1, got, 1), 0);  // step 2 waits behind step 1, 1000 s out
   EXPECT_EQ(t.stats(0, 1).delivered, 0);
+}
+
+// A clock the test advances by hand: emulated links in exact virtual time.
+struct ManualClock {
+  std::atomic<double> t{0};
+  std::function<double()> function() {
+    return [this] { return t.load(); };
+  }
+};
+
+// Collects until a message comes: the communication thread may hold the transport's lock at
+// the moment, and then publishes the message itself. Bounded, so that a failing test ends.
+const Message* collect_one(LocalTransport& t, int receiver) {
+  const Message* got[1];
+  for (int tries = 0; tries < 1000000; ++tries) {
+    if (t.collect(receiver, got, 1) == 1) return got[0];
+    std::this_thread::yield();
+  }
+  ADD_FAILURE() << "no message for worker " << receiver;
+  return nullptr;
+}
+
+// A link changed while messages wait for it: what the old link had started by the change (in
+// virtual time) travels at the old speed, what it had not starts on the new link.
+TEST(LocalTransportTest, ALinkChangeRetimesOnlyWhatTheOldLinkHadNotStarted) {
+  ManualClock clock;
+  LocalTransport t(2, {1024, 4, false}, clock.function());
+  t.set_link(0, 1, {1000.0, 0.0});  // 1,000 bytes/s: a 4,096-byte message takes 4.096 s
+  std::vector<float> data(1024, 1.0f);
+  MessageHeader h;
+  h.sender = 0;
+  h.length = 1024;
+  for (int step = 1; step <= 3; ++step) {
+    h.sender_step = step;
+    t.post(1, h, data.data());  // at 0: step 1 on the wire until 4.096, then 2, then 3
+  }
+  clock.t = 5.0;  // step 2 started at 4.096 on the old link: it arrives at 8.192
+  t.set_link(0, 1, {1e12, 0.0});
+  EXPECT_EQ(t.stats(0, 1).delivered, 1) << "only step 1 has arrived";
+  const Message* m = collect_one(t, 1);
+  ASSERT_NE(m, nullptr);
+  EXPECT_EQ(m->header.sender_step, 1);
+  clock.t = 8.2 + LocalTransport::kPullGrace_s;  // step 3 started at 8.192 on the new link
+  // Steps 2 and 3 have both arrived: latest wins, the slot holds step 3.
+  m = collect_one(t, 1);
+  ASSERT_NE(m, nullptr);
+  EXPECT_EQ(m->header.sender_step, 3);
+  const LinkStats s = t.stats(0, 1);
+  EXPECT_EQ(s.delivered, 3);
+  EXPECT_NEAR(s.busy_seconds, 4.096 + 4.096 + 4096e-12, 1e-12);
 }
 
 TEST(LocalTransportTest, RejectsBadMessagesAndLinks) {
