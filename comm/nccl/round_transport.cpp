@@ -48,6 +48,10 @@ struct RoundTransport::Peer {
   // Receive side, owned by the communication thread (the slot's reader is the worker).
   std::deque<EncodedHeader> frames;  // arrived, for this round and the next
   std::unique_ptr<MessageSlot> slot;
+  // A frame of the wrong size, taken off the wire so that the peer's send can complete; the
+  // transport has ended with an error by then, and its teardown settles the receive.
+  std::vector<std::byte> dropped;
+  MPI_Request drop = MPI_REQUEST_NULL;
   std::optional<MessageSlot::Writer> writer;  // held while a message is being received
   std::unique_ptr<Message> scratch;           // a rejected frame's payload lands here
   WireHeader incoming;
@@ -99,15 +103,18 @@ RoundTransport::~RoundTransport() {
   // Nothing may be freed that MPI or NCCL can still write or read: frame sends, and a round's
   // payloads when the transport did not end cleanly.
   bool quiet = (ended_ && !error_.has_error()) || plane_->abandon();
-  std::vector<MPI_Request> sends;
+  std::vector<MPI_Request> frames;
   for (auto& p : peers_) {
-    if (p->frame_send != MPI_REQUEST_NULL) {
-      sends.push_back(p->frame_send);  // the request now lives in `sends` only
-      p->frame_send = MPI_REQUEST_NULL;
+    for (MPI_Request* r : {&p->frame_send, &p->drop}) {
+      if (*r != MPI_REQUEST_NULL) {
+        frames.push_back(*r);  // the request now lives in `frames` only
+        *r = MPI_REQUEST_NULL;
+      }
     }
   }
-  // Frames go out eagerly: done at once unless MPI itself is stuck.
-  if (!sends.empty()) quiet = settle_requests(sends, kTeardownGrace_s) && quiet;
+  // Frames go out eagerly: done at once unless MPI itself is stuck, or a peer that sent a
+  // frame of the wrong size stopped in the middle of it.
+  if (!frames.empty()) quiet = settle_requests(frames, kTeardownGrace_s) && quiet;
   if (!quiet) {
     // Deliberately never freed: a late transfer would write into freed memory. Kept reachable,
     // so that leak checkers see a choice rather than a leak.
@@ -303,10 +310,10 @@ bool RoundTransport::receive_frames() {
     int count = 0;
     ASGD_CHECK_MPI(MPI_Get_count(&status, MPI_BYTE, &count));
     if (count != static_cast<int>(kWireHeaderBytes)) {
-      // Taken off the wire first, so that the peer's send completes and nothing is left
-      // pending when this transport ends.
-      std::vector<std::byte> dropped(static_cast<std::size_t>(std::max(count, 1)));
-      ASGD_CHECK_MPI(MPI_Mrecv(dropped.data(), count, MPI_BYTE, &message, MPI_STATUS_IGNORE));
+      // Taken off the wire without waiting for it: over TCP a large one moves only while its
+      // sender runs, and a stopped sender must not hold this thread (the teardown settles it).
+      p.dropped.resize(static_cast<std::size_t>(std::max(count, 1)));
+      ASGD_CHECK_MPI(MPI_Imrecv(p.dropped.data(), count, MPI_BYTE, &message, &p.drop));
       rejected_[static_cast<std::size_t>(WireError::kTruncated)].fetch_add(1);
       ASGD_THROW(
           "rank {}: a round frame of {} bytes from rank {} (a frame has {}); the exchange with "

@@ -34,6 +34,7 @@
 #include "runtime/build_info.h"
 #include "runtime/device.h"
 #include "runtime/distributed.h"
+#include "runtime/output_path.h"
 #endif
 
 namespace asgd::cli {
@@ -346,11 +347,18 @@ int run_bench_link(CLI::App& cmd) {
     if (root) throw;
     return 2;
   }
-  // Only rank 0 can tell whether the JSON file can be written; find out before measuring.
-  int json_ok = 1;
-  if (root && !json_path.empty()) json_ok = std::ofstream(json_path, std::ios::app).good();
-  if (!agree_on_root(mpi, json_ok)) {
-    if (root) ASGD_INPUT_ERROR("--json {}: cannot open the file for writing", json_path);
+  // Only rank 0 writes the JSON file; it finds out whether it can before measuring, and the
+  // others learn its answer.
+  std::exception_ptr json_error;
+  if (root) {
+    try {
+      check_output_path(json_path, "--json");
+    } catch (const InputError&) {
+      json_error = std::current_exception();
+    }
+  }
+  if (!agree_on_root(mpi, json_error ? 0 : 1)) {
+    if (root) std::rethrow_exception(json_error);
     return 2;
   }
 

@@ -10,6 +10,9 @@
 #   bench_link.sh mismatch  MPIEXEC ASGD         2 ranks given different sizes (an MPMD
 #                                                launch): non-zero exit and one error naming
 #                                                the flag, before anything is sent
+#   bench_link.sh bad_json  MPIEXEC ASGD         --json naming a directory: non-zero exit and
+#                                                one error naming --json, before anything is
+#                                                measured
 set -uo pipefail
 mode=$1
 shift
@@ -112,6 +115,16 @@ EOF
     ((status != 0)) || fail "bench-link exited 0 with different sizes on the two ranks"
     grep -q -- '--max-size' "$dir/err" || fail "the error does not name --max-size"
     grep -q -- '1048576' "$dir/err" || fail "the error does not give rank 1's value"
+    [[ $(grep -c '^asgd: error:' "$dir/err") -eq 1 ]] || fail "expected one error line"
+    grep -q '^# rank' "$dir/out" && fail "pairs were measured"
+    ;;
+  bad_json)
+    mpiexec=$1 asgd=$2
+    "$mpiexec" --oversubscribe --bind-to none -np 2 "$asgd" bench-link --quick --max-size 64K \
+      --json "$dir" >"$dir/out" 2>"$dir/err"
+    status=$?
+    ((status != 0)) || fail "bench-link exited 0 with --json naming a directory"
+    grep -q -- "--json '$dir' is a directory" "$dir/err" || fail "the error does not say what is wrong with --json"
     [[ $(grep -c '^asgd: error:' "$dir/err") -eq 1 ]] || fail "expected one error line"
     grep -q '^# rank' "$dir/out" && fail "pairs were measured"
     ;;

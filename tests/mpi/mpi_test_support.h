@@ -2,7 +2,14 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <thread>
 #include <vector>
+
+#include <unistd.h>
 
 #include "comm/mpi/mpi_session.h"
 
@@ -20,5 +27,29 @@ inline std::vector<float> payload(int sender, std::int64_t step, std::int64_t le
                                      static_cast<float>(step) + 1e-3f * static_cast<float>(i % 997);
   return v;
 }
+
+// A hand peer that stops making MPI calls until the rank under test lets it go on: rank 0
+// names a file (collective), creates it with release(), and the stopped rank waits for it in
+// wait() without any MPI call, so that nothing it has started moves meanwhile.
+class StopSignal {
+ public:
+  StopSignal() {
+    char path[128] = {};
+    if (session().rank() == 0)
+      std::snprintf(path, sizeof path, "%s/asgd_stopped_peer_%ld",
+                    std::filesystem::temp_directory_path().c_str(), static_cast<long>(getpid()));
+    ASGD_CHECK_MPI(MPI_Bcast(path, sizeof path, MPI_CHAR, 0, session().comm()));
+    path_ = path;
+  }
+  void release() const { std::ofstream{path_}; }
+  void wait() const {
+    while (!std::filesystem::exists(path_))
+      std::this_thread::yield();  // stopped
+    std::filesystem::remove(path_);
+  }
+
+ private:
+  std::string path_;
+};
 
 }  // namespace asgd::test

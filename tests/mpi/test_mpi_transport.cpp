@@ -5,8 +5,6 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
-#include <filesystem>
-#include <fstream>
 #include <string>
 #include <thread>
 #include <utility>
@@ -477,11 +475,7 @@ TEST(MpiTransportFault, PeerStoppedInTheMiddleOfAMessageEndsTheWaitWithAnErrorNa
     GTEST_SKIP() << "run by mpi.transport_stalled_peer (Open MPI over TCP)";
   if (session().size() != 2) GTEST_SKIP() << "needs exactly 2 ranks (run with -np 2)";
   const int rank = session().rank();
-  char path[128] = {};
-  if (rank == 0)
-    std::snprintf(path, sizeof path, "%s/asgd_stalled_peer_%ld",
-                  std::filesystem::temp_directory_path().c_str(), static_cast<long>(getpid()));
-  ASGD_CHECK_MPI(MPI_Bcast(path, sizeof path, MPI_CHAR, 0, session().comm()));
+  const test::StopSignal stopped;
   const std::int64_t bytes = kParams * 4;  // 80,000: beyond TCP's eager 64 KiB
   if (rank == 1) {
     MPI_Comm comm = MPI_COMM_NULL;
@@ -498,10 +492,8 @@ TEST(MpiTransportFault, PeerStoppedInTheMiddleOfAMessageEndsTheWaitWithAnErrorNa
     const EncodedHeader next = encode_header(h);
     ASGD_CHECK_MPI(MPI_Isend(next.data(), static_cast<int>(kWireHeaderBytes), MPI_BYTE, 0,
                              MpiTransport::kHeaderTag, comm, &requests[1]));
-    while (!std::filesystem::exists(path))
-      std::this_thread::yield();  // stopped
+    stopped.wait();
     ASGD_CHECK_MPI(MPI_Waitall(2, requests, MPI_STATUSES_IGNORE));
-    std::filesystem::remove(path);
   } else {
     MpiTransportOptions o = options(bytes);
     o.peer_timeout_s = 0.5;
@@ -517,7 +509,7 @@ TEST(MpiTransportFault, PeerStoppedInTheMiddleOfAMessageEndsTheWaitWithAnErrorNa
         EXPECT_NE(what.find("rank 1 stopped in the middle of a message"), std::string::npos)
             << what;
       }
-      { std::ofstream{path}; }  // rank 1 may go on: its payload can land while t settles
+      stopped.release();  // rank 1 may go on: its payload can land while t settles
     }
   }
   ASGD_CHECK_MPI(MPI_Barrier(session().comm()));

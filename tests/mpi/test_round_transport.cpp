@@ -5,6 +5,7 @@
 // that speaks the protocol by hand. Each test is collective: every rank takes part.
 #include <algorithm>
 #include <array>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <random>
@@ -288,6 +289,11 @@ class HandPeer {
                             RoundTransport::kFrameTag, frames_));
     if (frame.size() == kWireHeaderBytes) receive_frame();
   }
+  // Starts sending a frame of any size to rank 0 without waiting for it to leave.
+  int start_lone_frame(const std::vector<std::byte>& frame, MPI_Request* request) {
+    return MPI_Isend(frame.data(), static_cast<int>(frame.size()), MPI_BYTE, 0,
+                     RoundTransport::kFrameTag, frames_, request);
+  }
 
  private:
   FrameKind receive_frame() {
@@ -414,6 +420,37 @@ TEST(RoundTransportHandPeer, OversizedFrameEndsTheTransportWithAClearErrorAndOve
   const EncodedHeader valid = encode_header(state_frame(5, 0, payload(1, 5, 10)));
   std::copy(valid.begin(), valid.end(), frame.begin());
   expect_fatal_frame(frame, "a round frame of 1048576 bytes from rank 1");
+}
+
+// The same from a peer that stops in the middle of sending it. Over TCP a frame that large
+// moves only while its sender's MPI makes progress, and the transport used to receive it with
+// a blocking MPI_Mrecv: its communication thread, and the run's end, waited for as long as the
+// peer stayed stopped. Rank 1 stops until rank 0 has seen the error. Registered as
+// mpi.transport_stalled_peer, which runs it over TCP only.
+TEST(RoundTransportHandPeer, PeerStoppedInTheMiddleOfAnOversizedFrameDoesNotHoldTheTransport) {
+  if (!std::getenv("ASGD_TEST_STALLED_PEER"))
+    GTEST_SKIP() << "run by mpi.transport_stalled_peer (Open MPI over TCP)";
+  if (session().size() != 2) GTEST_SKIP() << "needs exactly 2 ranks (run with -np 2)";
+  const test::StopSignal stopped;
+  std::vector<std::byte> frame(1 << 20, std::byte{0x5A});  // beyond TCP's eager 64 KiB
+  if (session().rank() == 1) {
+    HandPeer peer;
+    MPI_Request request = MPI_REQUEST_NULL;
+    ASGD_CHECK_MPI(peer.start_lone_frame(frame, &request));
+    stopped.wait();
+    ASGD_CHECK_MPI(MPI_Wait(&request, MPI_STATUS_IGNORE));
+  } else {
+    auto t = make_transport();
+    try {
+      t->wait_delivered(1, 1);
+      ADD_FAILURE() << "no error";
+    } catch (const std::exception& e) {
+      const std::string what = e.what();
+      EXPECT_NE(what.find("a round frame of 1048576 bytes from rank 1"), std::string::npos) << what;
+    }
+    stopped.release();  // rank 1 may go on: its frame can land while t settles
+  }
+  ASGD_CHECK_MPI(MPI_Barrier(session().comm()));
 }
 
 TEST(RoundTransportHandPeer, PayloadLargerThanTheModelEndsTheTransportWithAClearError) {
