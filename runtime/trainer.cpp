@@ -356,33 +356,7 @@ class Run {
     } else if (place_.multiprocess()) {
       run_rank();
     } else {
-      std::vector<std::thread> threads;
-      for (auto& w : workers_)
-        threads.emplace_back([this, &w] {
-          try {
-            if (c_.algorithm == Algorithm::kSync)
-              run_sync(*w);
-            else
-              run_async(*w);
-          } catch (const InputError&) {
-            errors_.capture(std::current_exception());
-            stop_ = true;
-            barrier_.break_all();
-          } catch (const Error& e) {
-            // Which worker failed is the first thing a reader of the report needs.
-            errors_.capture(std::make_exception_ptr(
-                Error(fmt::format("worker {} failed: {}", w->id(), e.message()), e.file().c_str(),
-                      e.line(), e.call())));
-            stop_ = true;
-            barrier_.break_all();
-          } catch (...) {
-            errors_.capture(std::current_exception());
-            stop_ = true;
-            barrier_.break_all();
-          }
-        });
-      for (auto& t : threads) t.join();
-      errors_.rethrow_if_set();
+      run_threads();
     }
     // The workers look only every 64 steps: an error of the run's last steps is reported here.
     if (balancer_) balancer_->check();
@@ -396,6 +370,51 @@ class Run {
   std::size_t local(const Worker& w) const { return static_cast<std::size_t>(w.id() - first_id_); }
 
  private:
+  // One thread per worker of this process.
+  void run_threads() {
+    std::vector<std::thread> threads;
+    try {
+      for (auto& w : workers_)
+        threads.emplace_back([this, &w] { run_worker(*w); });
+    } catch (...) {
+      // A thread that cannot be created (a process limit): the ones already running are
+      // stopped and joined, not left joinable (std::terminate).
+      stop_ = true;
+      barrier_.break_all();
+      for (auto& t : threads)
+        t.join();
+      throw;
+    }
+    for (auto& t : threads)
+      t.join();
+    errors_.rethrow_if_set();
+  }
+
+  // A worker's thread: its first error is handed back to run(), and stops the others.
+  void run_worker(Worker& w) {
+    try {
+      if (c_.algorithm == Algorithm::kSync)
+        run_sync(w);
+      else
+        run_async(w);
+    } catch (const InputError&) {
+      errors_.capture(std::current_exception());
+      stop_ = true;
+      barrier_.break_all();
+    } catch (const Error& e) {
+      // Which worker failed is the first thing a reader of the report needs.
+      errors_.capture(
+          std::make_exception_ptr(Error(fmt::format("worker {} failed: {}", w.id(), e.message()),
+                                        e.file().c_str(), e.line(), e.call())));
+      stop_ = true;
+      barrier_.break_all();
+    } catch (...) {
+      errors_.capture(std::current_exception());
+      stop_ = true;
+      barrier_.break_all();
+    }
+  }
+
   // Worker w's evaluation: logged for every worker; worker 0's decide the target.
   void evaluate(Worker& w, int as_worker) {
     const auto t0 = Clock::now();

@@ -149,9 +149,11 @@ void LocalTransport::post(int peer, const MessageHeader& header, const float* da
     std::lock_guard<std::mutex> lock(mutex_);
     Link& l = link_at(from, peer);
     ++l.stats.posted;
-    if (options_.deterministic || (l.model.ideal() && l.queue.empty() && l.in_flight.empty())) {
+    if (options_.deterministic ||
+        (l.model.ideal() && l.queue.empty() && l.in_flight.empty() && !l.publishing)) {
       // Delivered below, on this thread, without the lock (on a link made ideal while
-      // messages were still on it, those go first, in order).
+      // messages were still on it, those go first, in order, including one being published
+      // right now: delivered beside it, this one could land first and be overwritten by it).
     } else {
       buffer = take_buffer(l, header.length);
     }

@@ -81,6 +81,15 @@ MpiSession::~MpiSession() {
   if (!finalized) MPI_Finalize();
 }
 
+void require_thread_multiple(const MpiSession& session, const char* who) {
+  if (session.thread_level() < MPI_THREAD_MULTIPLE)
+    ASGD_THROW(
+        "the {} needs MPI_THREAD_MULTIPLE ({}) and this MPI library gives thread level {}: its "
+        "communication thread calls MPI while the main thread runs collectives. Use an MPI built "
+        "with thread support (Open MPI: --enable-mpi-thread-multiple, as Debian's is)",
+        who, MPI_THREAD_MULTIPLE, session.thread_level());
+}
+
 int improbe(int source, int tag, MPI_Comm comm, int* flag, MPI_Message* message,
             MPI_Status* status) {
   int rc = MPI_Improbe(source, tag, comm, flag, message, status);

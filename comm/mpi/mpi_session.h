@@ -62,6 +62,9 @@ class MpiSession {
 // core between tests); true when all completed. For teardown, where a request that cannot be
 // cancelled (a send, a matched receive) may still be finishing.
 bool settle_requests(std::vector<MPI_Request>& requests, double seconds);
+// Throws unless the session has MPI_THREAD_MULTIPLE: a transport's communication thread calls
+// MPI while the main thread runs set-up and tear-down collectives. `who` names the transport.
+void require_thread_multiple(const MpiSession& session, const char* who);
 // MPI_Improbe that also finds a message brought in by its own progress. Open MPI 4.1 looks for
 // a match, and only when there is none makes progress, and returns without looking again: a
 // message that arrives in that progress is found only by the next call, one sleep of the

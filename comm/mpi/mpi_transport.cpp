@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <iterator>
 #include <limits>
 #include <thread>
 
@@ -113,6 +114,7 @@ MpiTransport::MpiTransport(const MpiSession& session, const MpiTransportOptions&
       rank_(session.rank()),
       size_(session.size()),
       epoch_(std::chrono::steady_clock::now()) {
+  require_thread_multiple(session, "MPI transport");
   ASGD_CHECK(options.max_message >= 1, "max_message must be positive, got {}", options.max_message);
   ASGD_CHECK(options.queue_capacity >= 1, "queue_capacity must be positive, got {}",
              options.queue_capacity);
@@ -215,14 +217,16 @@ void MpiTransport::post(int peer, const MessageHeader& header, const float* data
   {
     std::lock_guard<std::mutex> lock(p.mutex);
     ++p.send_stats.posted;
-    if (!p.pool.empty()) {
-      out = p.pool.back();
-      p.pool.pop_back();
-    } else if (static_cast<int>(p.queue.size()) >= options_.queue_capacity) {
-      // Stale states are worth less than fresh ones: the oldest unsent one makes room.
+    if (static_cast<int>(p.queue.size()) >= options_.queue_capacity) {
+      // Stale states are worth less than fresh ones: the oldest unsent one makes room. First,
+      // so that free buffers (many after a burst of completed sends) never let the queue grow
+      // past its bound while the communication thread is busy elsewhere.
       out = p.queue.front();
       p.queue.pop_front();
       ++p.send_stats.superseded;
+    } else if (!p.pool.empty()) {
+      out = p.pool.back();
+      p.pool.pop_back();
     } else {
       p.storage.push_back(std::make_unique<Outgoing>(options_.max_message));
       out = p.storage.back().get();
@@ -297,6 +301,14 @@ std::vector<TransferRecord> MpiTransport::take_transfers() {
 
 bool MpiTransport::peer_done(int peer) const {
   return peers_[static_cast<std::size_t>(peer)]->done_received.load(std::memory_order_acquire);
+}
+
+std::int64_t MpiTransport::queued(int peer) const {
+  ASGD_CHECK(peer >= 0 && peer < size_ && peer != rank_, "rank {} has no peer {} among {} ranks",
+             rank_, peer, size_);
+  const Peer& p = *peers_[static_cast<std::size_t>(peer)];
+  std::lock_guard<std::mutex> lock(p.mutex);
+  return static_cast<std::int64_t>(p.queue.size());
 }
 
 WireRejections MpiTransport::rejections() const {
@@ -522,6 +534,10 @@ bool MpiTransport::pump_sends(double t) {
                                               link.bandwidth_bytes_per_s;
         f.due_s = p.link_busy_until_s + link.latency_s;
       }
+      // Never before the message ahead of it: after set_link() lowered the latency a later
+      // message would overtake, and its receiver would reject the earlier one as a replay.
+      if (p.in_flight.size() > 1)
+        f.due_s = std::max(f.due_s, std::prev(p.in_flight.end(), 2)->due_s);
       if (t >= f.due_s) start(peer, f);
       progress = true;
     }
@@ -558,10 +574,22 @@ void MpiTransport::wait_on_peer(MPI_Request* request, int source, const char* wh
 }
 
 void MpiTransport::drain(MPI_Message* message, int count, int source) {
+  // MPI_Get_count gives MPI_UNDEFINED for more bytes than an int counts: 2 GiB, far beyond
+  // anything this protocol sends, and beyond what a receive here can take.
+  if (count < 0)
+    ASGD_THROW(
+        "rank {}: rank {} sent a message of more than 2 GiB, which this protocol never sends "
+        "(a frame has {} bytes, a chunk at most {}); it cannot be taken off the wire",
+        rank_, source, kWireHeaderBytes, options_.chunk_bytes);
   if (scratch_.size() < static_cast<std::size_t>(std::max(count, 1)))
     scratch_.resize(static_cast<std::size_t>(std::max(count, 1)));
   ASGD_CHECK_MPI(MPI_Imrecv(scratch_.data(), count, MPI_BYTE, message, &drain_request_));
   wait_on_peer(&drain_request_, source, "dropping a frame");
+  // What a peer made this rank set aside is not kept beyond the size of a chunk.
+  if (scratch_.size() > static_cast<std::size_t>(options_.chunk_bytes)) {
+    scratch_.clear();
+    scratch_.shrink_to_fit();
+  }
 }
 
 void MpiTransport::end_incoming(int source) {
@@ -798,6 +826,11 @@ void MpiTransport::communication_loop() {
     sent_.notify_all();
     published_.notify_all();
   }
+  // A slot's writer holds a mutex locked on this thread: unlocked here, not by the destructor
+  // on another thread (undefined behaviour). Chunks still landing keep the slot's buffer, which
+  // the destructor settles or abandons.
+  for (auto& p : peers_)
+    if (p) p->writer.reset();
 }
 
 }  // namespace asgd

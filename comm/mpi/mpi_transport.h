@@ -141,6 +141,9 @@ class MpiTransport final : public RankTransport {
   bool stop_requested() const override { return stop_requested_.load(std::memory_order_acquire); }
   // True once `peer` has sent its done frame.
   bool peer_done(int peer) const;
+  // Messages posted to `peer` that the communication thread has not taken yet (the send queue;
+  // taken messages are on the wire or held by an emulated link). Thread-safe.
+  std::int64_t queued(int peer) const;
   WireRejections rejections() const override;
   // How many damaged messages this rank has sent (options.fault), to all peers together.
   std::int64_t faults_injected() const { return faults_injected_.load(std::memory_order_relaxed); }

@@ -51,17 +51,26 @@ void MpiPayloadPlane::match_receives() {
     MPI_Status status;
     ASGD_CHECK_MPI(improbe(r.transfer.peer, kPayloadTag, comm_, &flag, &message, &status));
     if (!flag) continue;
-    int bytes = 0;
-    ASGD_CHECK_MPI(MPI_Get_count(&status, MPI_BYTE, &bytes));
+    // In 64 bits: a payload of 2 GiB or more (a model of 537M parameters) has more bytes
+    // than an int counts, so it is received as floats.
+    MPI_Count bytes = 0;
+    ASGD_CHECK_MPI(MPI_Get_elements_x(&status, MPI_BYTE, &bytes));
     r.matched = true;
-    r.whole = static_cast<std::int64_t>(bytes) ==
-              r.transfer.count * static_cast<std::int64_t>(sizeof(float));
-    void* into = r.transfer.data;
-    if (!r.whole) {
-      r.drop.resize(static_cast<std::size_t>(std::max(bytes, 1)));
-      into = r.drop.data();
+    r.whole =
+        bytes == static_cast<MPI_Count>(r.transfer.count) * static_cast<MPI_Count>(sizeof(float));
+    if (r.whole) {
+      ASGD_CHECK_MPI(MPI_Imrecv(r.transfer.data, static_cast<int>(r.transfer.count), MPI_FLOAT,
+                                &message, &r.request));
+      continue;
     }
-    ASGD_CHECK_MPI(MPI_Imrecv(into, bytes, MPI_BYTE, &message, &r.request));
+    if (bytes > INT_MAX)
+      ASGD_THROW(
+          "a payload of {} bytes from rank {}, which announced {} floats: one over 2 GiB and "
+          "of another length cannot be set aside, so the exchange with it cannot stay in step",
+          static_cast<long long>(bytes), r.transfer.peer, r.transfer.count);
+    r.drop.resize(static_cast<std::size_t>(std::max<MPI_Count>(bytes, 1)));
+    ASGD_CHECK_MPI(
+        MPI_Imrecv(r.drop.data(), static_cast<int>(bytes), MPI_BYTE, &message, &r.request));
   }
 }
 
@@ -74,7 +83,14 @@ bool MpiPayloadPlane::round_complete() {
   for (const Receive& r : receives_)
     all.push_back(r.request);
   int done = 0;
-  ASGD_CHECK_MPI(MPI_Testall(static_cast<int>(all.size()), all.data(), &done, MPI_STATUSES_IGNORE));
+  const int rc = MPI_Testall(static_cast<int>(all.size()), all.data(), &done, MPI_STATUSES_IGNORE);
+  // When one request fails, Testall frees those that completed: their handles are now null,
+  // and the ones kept here must be too, or the teardown would test freed requests again.
+  std::copy(all.begin(), all.begin() + static_cast<std::ptrdiff_t>(requests_.size()),
+            requests_.begin());
+  for (std::size_t i = 0; i < receives_.size(); ++i)
+    receives_[i].request = all[requests_.size() + i];
+  ASGD_CHECK_MPI(rc);
   // Testall completes all or none; until then the requests stay as they were.
   if (!done) return false;
   received_whole_.clear();

@@ -70,6 +70,7 @@ RoundTransport::RoundTransport(const MpiSession& session, const RoundTransportOp
       size_(session.size()),
       plane_(std::move(plane)),
       epoch_(std::chrono::steady_clock::now()) {
+  require_thread_multiple(session, "round transport");
   ASGD_CHECK(plane_ != nullptr, "a round transport needs a payload plane");
   ASGD_CHECK(options.max_message >= 1, "max_message must be positive, got {}", options.max_message);
   ASGD_CHECK(options.queue_capacity >= 1, "queue_capacity must be positive, got {}",
@@ -309,6 +310,12 @@ bool RoundTransport::receive_frames() {
     Peer& p = *peers_[static_cast<std::size_t>(source)];
     int count = 0;
     ASGD_CHECK_MPI(MPI_Get_count(&status, MPI_BYTE, &count));
+    // MPI_UNDEFINED: more bytes than an int counts, more than a receive here can take.
+    if (count < 0)
+      ASGD_THROW(
+          "rank {}: a round frame of more than 2 GiB from rank {} (a frame has {} bytes); the "
+          "exchange with it cannot stay in step",
+          rank_, source, kWireHeaderBytes);
     if (count != static_cast<int>(kWireHeaderBytes)) {
       // Taken off the wire without waiting for it: over TCP a large one moves only while its
       // sender runs, and a stopped sender must not hold this thread (the teardown settles it).
@@ -376,6 +383,16 @@ bool RoundTransport::ready_to_announce(double t) const {
     if (p.next && t >= p.due_s) return true;
   }
   return false;
+}
+
+bool RoundTransport::frames_sent() {
+  for (auto& p : peers_) {
+    if (p->frame_send == MPI_REQUEST_NULL) continue;
+    int sent = 0;
+    ASGD_CHECK_MPI(MPI_Test(&p->frame_send, &sent, MPI_STATUS_IGNORE));
+    if (!sent) return false;
+  }
+  return true;
 }
 
 void RoundTransport::announce(double t) {
@@ -558,6 +575,10 @@ void RoundTransport::communication_loop() {
         bool all_arrived = true;
         for (int peer = 0; peer < size_ && all_arrived; ++peer)
           all_arrived = peer == rank_ || !peers_[static_cast<std::size_t>(peer)]->frames.empty();
+        // And this rank's frames have left: NCCL connects a pair inside the round's group
+        // call and blocks there until the peer joins, while no MPI call here moves a frame
+        // the peer still waits for (over TCP the first one waits for the connection).
+        if (all_arrived) all_arrived = frames_sent();
         if (all_arrived) {
           start_round();
           progress = true;

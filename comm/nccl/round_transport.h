@@ -129,6 +129,7 @@ class RoundTransport final : public RankTransport {
 
   void communication_loop();
   bool receive_frames();
+  bool frames_sent();
   void take_from_queues(double now);
   bool ready_to_announce(double now) const;
   void announce(double now);

@@ -282,6 +282,47 @@ TEST(MpiTransport, EmulatedLinkDelaysButDeliversEverything) {
   t.finish(false);
 }
 
+// A link whose latency falls while it holds a message: the messages taken after the change
+// must not overtake it, or the receiver, which keeps each sender's newest step, rejects the
+// held one as a replay (kStale) although nothing was wrong with it.
+TEST(MpiTransport, LinkChangeNeverLetsALaterMessageOvertakeAHeldOne) {
+  const int rank = session().rank();
+  MpiTransport t(session(), options());
+  constexpr std::int64_t kLength = 1000;
+  auto post = [&](std::int64_t step) {
+    MessageHeader h;
+    h.sender = 1;
+    h.sender_step = step;
+    h.length = kLength;
+    const std::vector<float> v = payload(1, step, kLength);
+    t.post(0, h, v.data());
+  };
+  if (rank == 1) {
+    LinkModel far;
+    far.bandwidth_bytes_per_s = 1e12;
+    far.latency_s = 0.3;
+    t.set_link(0, far);
+    post(1);
+    while (t.queued(0) > 0)
+      std::this_thread::yield();  // taken: the link holds it for 0.3 s
+    t.set_link(0, LinkModel{});   // ideal from now on
+    post(2);
+    t.flush();
+    const LinkStats s = t.stats(1, 0);
+    EXPECT_EQ(s.delivered, 2);
+    EXPECT_EQ(s.superseded, 0);
+  }
+  if (rank == 0) {
+    wait_for_done(t, 1);
+    EXPECT_EQ(t.stats(1, 0).delivered, 2);
+    EXPECT_EQ(t.rejections()[static_cast<std::size_t>(WireError::kStale)], 0);
+    const Message* got = nullptr;
+    ASSERT_EQ(t.collect(0, &got, 1), 1);
+    EXPECT_EQ(got->header.sender_step, 2) << "the newest state wins";
+  }
+  t.finish(false);
+}
+
 // The idle poll: fast only where the communication thread has a core of its own.
 TEST(MpiTransport, IdlePollIsSlowWhereTheComputeHasEveryCore) {
   EXPECT_EQ(idle_poll_seconds(2, 2, 1), 2e-3);   // the development VM under mpirun -np 2
