@@ -155,9 +155,11 @@ void put_worker(Out& o, const WorkerState& w) {
   o.put<std::int32_t>(w.pending_peer);
   o.put_header(w.pending_header);
   o.put_vector(w.pending_payload);
+  o.put_vector(w.good_params);
+  o.put(w.good_step);
 }
 
-WorkerState get_worker(In& in) {
+WorkerState get_worker(In& in, std::uint32_t version) {
   WorkerState w;
   w.id = in.get<std::int32_t>("worker id");
   w.steps = in.get<std::int64_t>("step count");
@@ -187,6 +189,10 @@ WorkerState get_worker(In& in) {
   w.pending_peer = in.get<std::int32_t>("pending peer");
   w.pending_header = in.get_header("pending header");
   w.pending_payload = in.get_vector<float>("pending payload");
+  if (version >= 2) {
+    w.good_params = in.get_vector<float>("last good state");
+    w.good_step = in.get<std::int64_t>("step of the last good state");
+  }
   return w;
 }
 
@@ -271,7 +277,7 @@ Checkpoint decode_checkpoint(const std::string& bytes, const std::string& origin
   const auto header_bytes = header.get<std::uint32_t>("header size");
   const auto body_bytes = header.get<std::uint64_t>("body size");
   const auto checksum = header.get<std::uint64_t>("checksum");
-  if (version != Checkpoint::kVersion)
+  if (version != Checkpoint::kVersion && version != 1)
     ASGD_INPUT_ERROR(
         "checkpoint {}: format version {}, but this asgd reads version {}; resume "
         "with the asgd that wrote it",
@@ -292,6 +298,7 @@ Checkpoint decode_checkpoint(const std::string& bytes, const std::string& origin
 
   In in(bytes, kHeaderBytes, origin);
   Checkpoint c;
+  c.version = version;
   const std::uint64_t settings = in.get_count("settings count", 16);
   for (std::uint64_t i = 0; i < settings; ++i) {
     std::string name = in.get_string("setting name");
@@ -311,9 +318,12 @@ Checkpoint decode_checkpoint(const std::string& bytes, const std::string& origin
   c.run_rng = in.get_string("run generator");
   const std::uint64_t workers = in.get_count("worker count", 64);
   for (std::uint64_t i = 0; i < workers; ++i) {
-    c.workers.push_back(get_worker(in));
-    if (static_cast<std::int64_t>(c.workers.back().params.size()) != c.parameters)
+    c.workers.push_back(get_worker(in, version));
+    const WorkerState& w = c.workers.back();
+    if (static_cast<std::int64_t>(w.params.size()) != c.parameters)
       in.fail("model state", "does not hold the announced parameter count");
+    if (!w.good_params.empty() && static_cast<std::int64_t>(w.good_params.size()) != c.parameters)
+      in.fail("last good state", "does not hold the announced parameter count");
   }
   const std::uint64_t unread = in.get_count("message count", 44);
   for (std::uint64_t i = 0; i < unread; ++i) {

@@ -59,6 +59,11 @@ struct WorkerState {
   int pending_peer = -1;
   MessageHeader pending_header;
   std::vector<float> pending_payload;
+  // --on-divergence restore: the state of the last divergence check that passed, and its
+  // step (what a divergence found after the resume puts the worker back to). Empty otherwise,
+  // and in checkpoints of format version 1.
+  std::vector<float> good_params;
+  std::int64_t good_step = 0;
 };
 
 // A message delivered to `receiver` and not yet read by it (deterministic mode).
@@ -69,7 +74,10 @@ struct UnreadMessage {
 };
 
 struct Checkpoint {
-  static constexpr std::uint32_t kVersion = 1;
+  // 2: a worker's last good state (WorkerState::good_params). Version 1 is still read.
+  static constexpr std::uint32_t kVersion = 2;
+  // The format version of the file it was read from (encode_checkpoint writes kVersion).
+  std::uint32_t version = kVersion;
   // The settings a resumed run must share with the one that wrote this, as (name, value);
   // the reader's caller compares them (check_resumable).
   std::vector<std::pair<std::string, std::string>> identity;

@@ -436,6 +436,11 @@ WorkerState Worker::save_state() {
   s.lr_scale = lr_scale_;
   s.restores = restores_;
   s.params = download_state();
+  if (!good_.empty()) {
+    s.good_params.resize(static_cast<std::size_t>(n_));
+    good_.download(s.good_params.data(), s.good_params.size(), stream_);
+    s.good_step = good_step_;
+  }
   BatchSampler::State sampler = sampler_.state();
   s.sampler_rng = std::move(sampler.rng);
   s.sampler_order = std::move(sampler.order);
@@ -498,8 +503,30 @@ void Worker::load_state(const WorkerState& s, bool whole) {
   lr_ = config_.lr * lr_scale_;
   parzen_.eps = lr_;
   restores_ = s.restores;
-  if (!good_.empty()) copy_async(good_.data(), params_.data(), good_.bytes(), stream_);
-  good_step_ = steps_;
+  // The last good state goes on as it was, so that a divergence found after the resume puts
+  // the worker back where the uninterrupted run would; a checkpoint without one (written
+  // without --on-divergence restore, or by format version 1) starts it from the state.
+  const bool has_good = static_cast<std::int64_t>(s.good_params.size()) == n_;
+  if (has_good) {
+    if (s.good_step < 0 || s.good_step > s.steps)
+      ASGD_INPUT_ERROR(
+          "the checkpoint's step of worker {}'s last good state ({}) is not in "
+          "[0, {}]",
+          s.id, s.good_step, s.steps);
+    for (const float v : s.good_params)
+      if (!std::isfinite(v))
+        ASGD_INPUT_ERROR(
+            "the checkpoint's last good state of worker {} holds NaN or Inf "
+            "values: resume from an earlier checkpoint",
+            s.id);
+  }
+  if (!good_.empty()) {
+    if (has_good)
+      good_.upload(s.good_params.data(), s.good_params.size(), stream_);
+    else
+      copy_async(good_.data(), params_.data(), good_.bytes(), stream_);
+  }
+  good_step_ = has_good ? s.good_step : steps_;
   if (!whole) {
     steps_at_last_eval_ = steps_;
     stream_.synchronize();

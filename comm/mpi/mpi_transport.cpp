@@ -785,18 +785,31 @@ void MpiTransport::communication_loop() {
         // A peer still training (a straggler, a slower GPU, a larger shard) keeps sending: only
         // one silent for the whole timeout, since this rank finished or since its last frame,
         // is taken for stalled or dead.
-        std::string missing;
+        // One that finished but has not taken this rank's last messages for as long has left
+        // without them (its process ended without ending the job).
+        std::string missing, untaken;
         for (int peer = 0; peer < size_; ++peer) {
           const Peer& p = *peers_[static_cast<std::size_t>(peer)];
-          if (peer != rank_ && !p.done_received &&
-              t - std::max(finish_started_s, p.last_heard_s) > options_.peer_timeout_s)
+          if (peer == rank_ ||
+              t - std::max(finish_started_s, p.last_heard_s) <= options_.peer_timeout_s)
+            continue;
+          if (!p.done_received)
             missing += fmt::format("{}{}", missing.empty() ? "" : ", ", peer);
+          else if (!p.done_completed)
+            untaken += fmt::format("{}{}", untaken.empty() ? "" : ", ", peer);
         }
         if (!missing.empty()) {
           ASGD_THROW(
               "rank {}: ranks [{}] sent nothing for {} s and did not finish (stalled or "
               "dead); raise the peer timeout if they are only slow",
               rank_, missing, options_.peer_timeout_s);
+        }
+        if (!untaken.empty()) {
+          ASGD_THROW(
+              "rank {}: ranks [{}] finished but have not taken this rank's last messages "
+              "within {} s (gone without ending the job); raise the peer timeout if they are "
+              "only slow",
+              rank_, untaken, options_.peer_timeout_s);
         }
       }
       if (progress) {

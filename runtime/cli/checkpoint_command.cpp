@@ -36,17 +36,20 @@ int run_checkpoint(const std::string& path) {
   for (const auto& [name, value] : c.identity)
     settings[name] = value;
   nlohmann::json workers = nlohmann::json::array();
-  for (const WorkerState& w : c.workers)
-    workers.push_back(
-        {{"worker", w.id},
-         {"steps", w.steps},
-         {"lr_scale", w.lr_scale},
-         {"restores", w.restores},
-         {"epoch", w.sampler_epoch},
-         {"state_xxh3",
-          fmt::format("{:016x}", XXH3_64bits(w.params.data(), w.params.size() * sizeof(float)))}});
+  for (const WorkerState& w : c.workers) {
+    nlohmann::json one = {
+        {"worker", w.id},
+        {"steps", w.steps},
+        {"lr_scale", w.lr_scale},
+        {"restores", w.restores},
+        {"epoch", w.sampler_epoch},
+        {"state_xxh3",
+         fmt::format("{:016x}", XXH3_64bits(w.params.data(), w.params.size() * sizeof(float)))}};
+    if (!w.good_params.empty()) one["last_good_step"] = w.good_step;  // --on-divergence restore
+    workers.push_back(std::move(one));
+  }
   const nlohmann::json out = {{"file", file},
-                              {"version", Checkpoint::kVersion},
+                              {"version", c.version},
                               {"rank", c.rank},
                               {"ranks", c.ranks},
                               {"parameters", c.parameters},

@@ -302,6 +302,11 @@ asgd::WorkerState checkpoint_worker(int id, std::int64_t parameters, bool pendin
   w.malformed = 1;
   w.staleness_sum_s = 0.03125;
   w.step_gap_sum = 11;
+  if (id % 2 == 0) {  // --on-divergence restore: the last good state, from the step before
+    for (const float v : w.params)
+      w.good_params.push_back(v + 0.125f);
+    w.good_step = 96;
+  }
   if (pending) {
     w.send_pending = true;
     w.pending_peer = (id + 1) % 3;

@@ -556,6 +556,61 @@ TEST(MpiTransportFault, PeerStoppedInTheMiddleOfAMessageEndsTheWaitWithAnErrorNa
   ASGD_CHECK_MPI(MPI_Barrier(session().comm()));
 }
 
+// A peer that sent its done frame and then takes nothing more (its process left without
+// ending the job): this rank's last message to it never completes, and finish() ends after
+// the peer timeout with an error naming it instead of waiting for ever. Rank 1 speaks the
+// protocol by hand: a done frame, then nothing until rank 0 has seen the error; then it takes
+// what rank 0 sent, so that nothing stays pending.
+TEST(MpiTransportFault, FinishEndsWhenAFinishedPeerNeverTakesItsLastMessage) {
+  if (session().size() != 2) GTEST_SKIP() << "needs exactly 2 ranks (run with -np 2)";
+  const test::StopSignal gone;
+  if (session().rank() == 1) {
+    MPI_Comm comm = MPI_COMM_NULL;
+    ASGD_CHECK_MPI(MPI_Comm_dup(session().comm(), &comm));
+    const Forger f{comm};
+    WireHeader done;
+    done.kind = FrameKind::kDone;
+    done.model = kModel;
+    done.sender = 1;
+    f.header(encode_header(done));
+    gone.wait();
+    for (int tag = 0; tag != MpiTransport::kLastChunkTag;) {
+      MPI_Status status;
+      ASGD_CHECK_MPI(MPI_Probe(0, MPI_ANY_TAG, comm, &status));
+      int count = 0;
+      ASGD_CHECK_MPI(MPI_Get_count(&status, MPI_BYTE, &count));
+      std::vector<char> bytes(static_cast<std::size_t>(std::max(count, 1)));
+      ASGD_CHECK_MPI(
+          MPI_Recv(bytes.data(), count, MPI_BYTE, 0, status.MPI_TAG, comm, MPI_STATUS_IGNORE));
+      tag = status.MPI_TAG;
+    }
+    MPI_Comm_free(&comm);
+  } else {
+    MpiTransportOptions o = options(1 << 20);  // one chunk of 80 KB, beyond any eager size
+    o.peer_timeout_s = 0.5;
+    MpiTransport t(session(), o);
+    MessageHeader h;
+    h.sender = 0;
+    h.sender_step = 1;
+    h.length = kParams;
+    const std::vector<float> v = payload(0, 1, kParams);
+    t.post(1, h, v.data());
+    while (t.queued(1) > 0)
+      std::this_thread::yield();  // on its way, not superseded by finish()
+    try {
+      t.finish(false);
+      ADD_FAILURE() << "finish() returned although rank 1 never took the message";
+    } catch (const std::exception& e) {
+      const std::string what = e.what();
+      EXPECT_NE(what.find("ranks [1] finished but have not taken this rank's last messages"),
+                std::string::npos)
+          << what;
+    }
+    gone.release();  // rank 1 may take it now, while t settles
+  }
+  ASGD_CHECK_MPI(MPI_Barrier(session().comm()));
+}
+
 TEST(MpiTransportFault, BackedUpSendsKeepExactAccountingForEveryKind) {
   constexpr std::int64_t kPosts = 200;
   constexpr std::int64_t kEvery = 2;

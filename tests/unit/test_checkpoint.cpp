@@ -122,6 +122,8 @@ WorkerState random_worker(std::mt19937_64& rng, int id) {
   w.pending_header = random_header(rng, 3);
   w.pending_payload = floats(rng, 3);
   w.pending_payload[1] = nan_with_payload(static_cast<std::uint32_t>(rng()));
+  w.good_params = floats(rng, kParameters);
+  w.good_step = nonzero_i64(rng);
   return w;
 }
 
@@ -213,6 +215,8 @@ void expect_same(const Checkpoint& a, const Checkpoint& b) {
     EXPECT_EQ(x.pending_peer, y.pending_peer);
     expect_same_header(x.pending_header, y.pending_header);
     EXPECT_TRUE(same_bits(x.pending_payload, y.pending_payload));
+    EXPECT_TRUE(same_bits(x.good_params, y.good_params));
+    EXPECT_EQ(x.good_step, y.good_step);
   }
   ASSERT_EQ(a.unread.size(), b.unread.size());
   for (std::size_t i = 0; i < a.unread.size(); ++i) {
@@ -253,8 +257,10 @@ void store(std::string& bytes, std::size_t at, T v) {
 // found at each place first, so a format change fails loudly instead of testing other bytes.
 struct Offsets {
   std::size_t settings_count, setting_name_length, run_rng_length, worker_count, params_length,
-      sampler_rng_length, sampler_order_length, pending_payload_length, message_count,
-      message_offset, message_length, message_payload_length, collect_starts_length, config_length;
+      sampler_rng_length, sampler_order_length, pending_payload_length, good_params_length,
+      message_count, message_offset, message_length, message_payload_length, collect_starts_length,
+      config_length;
+  std::vector<std::size_t> good_params_at;  // every worker's
 };
 
 Offsets offsets_of(const Checkpoint& c) {
@@ -284,6 +290,9 @@ Offsets offsets_of(const Checkpoint& c) {
          4 + 36;
     if (i == 0) o.pending_payload_length = p;
     p += 8 + 4 * w.pending_payload.size();
+    if (i == 0) o.good_params_length = p;
+    o.good_params_at.push_back(p);
+    p += 8 + 4 * w.good_params.size() + 8;  // the last good state and its step
     (void)start;
   }
   o.message_count = p;
@@ -344,6 +353,7 @@ TEST(CheckpointCodec, HeaderHasTheDocumentedLayout) {
   EXPECT_EQ(load<std::uint64_t>(bytes, o.sampler_order_length), c.workers[0].sampler_order.size());
   EXPECT_EQ(load<std::uint64_t>(bytes, o.pending_payload_length),
             c.workers[0].pending_payload.size());
+  EXPECT_EQ(load<std::uint64_t>(bytes, o.good_params_length), c.workers[0].good_params.size());
   EXPECT_EQ(load<std::uint64_t>(bytes, o.message_count), c.unread.size());
   EXPECT_EQ(load<std::int64_t>(bytes, o.message_offset), c.unread[0].header.offset);
   EXPECT_EQ(load<std::int64_t>(bytes, o.message_length), c.unread[0].header.length);
@@ -497,6 +507,31 @@ TEST(CheckpointCorruption, OtherVersionIsRejectedNamingIt) {
   }
 }
 
+// Version 1 had no last good state: such a checkpoint still reads, with none.
+TEST(CheckpointCodec, Version1ReadsWithoutALastGoodState) {
+  Checkpoint c = random_checkpoint(46);
+  for (WorkerState& w : c.workers) {
+    w.good_params.clear();
+    w.good_step = 0;
+  }
+  const std::string v2 = encode_checkpoint(c);
+  // The same bytes as version 1 wrote them: without each worker's (empty) last good state.
+  std::string v1 = v2.substr(0, 32);
+  std::size_t from = 32;
+  for (const std::size_t at : offsets_of(c).good_params_at) {
+    ASSERT_EQ(load<std::uint64_t>(v2, at), 0u);
+    v1 += v2.substr(from, at - from);
+    from = at + 16;
+  }
+  v1 += v2.substr(from);
+  store<std::uint32_t>(v1, 8, 1u);
+  store<std::uint64_t>(v1, 16, v1.size() - 32);
+  const Checkpoint d = decode_checkpoint(v1, "'version 1'", /*verify_checksum=*/false);
+  EXPECT_EQ(d.version, 1u);
+  expect_same(c, d);
+  EXPECT_EQ(decode_checkpoint(v2, "'version 2'").version, Checkpoint::kVersion);
+}
+
 TEST(CheckpointCorruption, ForeignFileIsRejected) {
   const TempDir dir;
   const std::string path = dir.file("checkpoint.asgd");
@@ -521,8 +556,9 @@ TEST(CheckpointHostile, HugeLengthsAndCountsAreRejectedWithoutAllocating) {
                                 (std::uint64_t{1} << 62) + 1, good.size()};
   for (const std::size_t at :
        {o.settings_count, o.setting_name_length, o.run_rng_length, o.worker_count, o.params_length,
-        o.sampler_rng_length, o.sampler_order_length, o.pending_payload_length, o.message_count,
-        o.message_payload_length, o.collect_starts_length, o.config_length}) {
+        o.sampler_rng_length, o.sampler_order_length, o.pending_payload_length,
+        o.good_params_length, o.message_count, o.message_payload_length, o.collect_starts_length,
+        o.config_length}) {
     for (const std::uint64_t value : huge) {
       SCOPED_TRACE("byte " + std::to_string(at) + " = " + std::to_string(value));
       std::string bytes = good;

@@ -288,6 +288,36 @@ TEST(DivergenceTest, CheckpointsDoNotChangeTheRun) {
   EXPECT_EQ(testing::observe(with), testing::observe(without));
 }
 
+// A divergence found after a resume puts the worker back where the uninterrupted run does:
+// the checkpoint carries the last good state. Here the checkpoint of step 50 falls between
+// worker 1's checks at 40 and 60; its NaN of step 55 is found at 60 and restored to the state
+// of 40 (before the last good state was checkpointed, the resumed run restored that of 50).
+TEST(ResumeTest, ResumedRunRestoresTheSameLastGoodState) {
+  TempDir dir;
+  TrainConfig c = restoring_config();
+  c.checkpoint_every = 25;
+  c.faults = {parse_fault("nan:1:55")};
+  c.checkpoint_dir = dir.file("whole");
+  c.metrics_path = dir.file("whole.jsonl");
+  const TrainResult whole = run(c);
+  ASSERT_EQ(whole.divergence_restores, 1);
+  EXPECT_THAT(testing::last_event(c.metrics_path, "divergence"), HasSubstr("\"restored_step\":40"));
+
+  c.checkpoint_dir = dir.file("parts");
+  c.faults = {parse_fault("nan:1:55"), parse_fault("throw:2:57")};
+  EXPECT_THROW(run(c), Error);
+  c.faults = {parse_fault("nan:1:55")};
+  c.resume_dir = c.checkpoint_dir;
+  c.metrics_path = dir.file("resumed.jsonl");
+  const TrainResult resumed = run(c);
+  EXPECT_EQ(resumed.resumed_step, 50);
+  EXPECT_EQ(resumed.divergence_restores, 1);
+  EXPECT_THAT(testing::last_event(c.metrics_path, "divergence"), HasSubstr("\"restored_step\":40"));
+  EXPECT_EQ(resumed.final_test_loss, whole.final_test_loss);
+  expect_same_states(read_checkpoint(checkpoint_file(dir.file("whole"), 0, false)),
+                     read_checkpoint(checkpoint_file(dir.file("parts"), 0, false)));
+}
+
 TEST(FaultTest, AFailingWorkerEndsTheRunWithItsName) {
   TrainConfig c = reliability_config();
   c.faults = {parse_fault("throw:0:30")};
