@@ -215,6 +215,9 @@ const std::map<std::string, Setter>& setters() {
       {"deterministic", custom([](auto& p, auto& k, auto& n, TrainConfig& c) {
          c.deterministic = get_as<bool>(p, k, n, "true or false");
        })},
+      {"eval-workers", custom([](auto& p, auto& k, auto& n, TrainConfig& c) {
+         c.eval_workers = parse_eval_workers(get_as<std::string>(p, k, n, "a string"));
+       })},
       {"step-order", custom([](auto& p, auto& k, auto& n, TrainConfig& c) {
          c.step_order = parse_step_order(get_as<std::string>(p, k, n, "a string"));
        })},
@@ -296,6 +299,16 @@ std::string_view to_string(Algorithm a) {
     case Algorithm::kLocal: return "local";
   }
   return "?";
+}
+
+EvalWorkers parse_eval_workers(std::string_view name) {
+  if (name == "all") return EvalWorkers::kAll;
+  if (name == "first") return EvalWorkers::kFirst;
+  ASGD_INPUT_ERROR("unknown --eval-workers '{}': expected all or first", name);
+}
+
+std::string_view to_string(EvalWorkers which) {
+  return which == EvalWorkers::kFirst ? "first" : "all";
 }
 
 StepOrder parse_step_order(std::string_view name) {

@@ -54,6 +54,16 @@ std::string_view to_string(BalanceMode mode);
 enum class StepOrder { kShuffled, kLockstep };
 StepOrder parse_step_order(std::string_view name);  // "shuffled", "lockstep"
 std::string_view to_string(StepOrder order);
+// Which workers evaluate on the test set every --eval-every steps.
+//   all    every worker: each one's test accuracy in the metrics at each evaluation
+//   first  worker 0 (rank 0 across processes), whose evaluations decide the target, as one
+//          worker would; the others log their training loss and message counts then, and are
+//          evaluated once, at the end. An evaluation takes the worker from training (on the
+//          2-core development machine a third of its time at every 100 steps of the MLP), and
+//          a worker that evaluates less trains more for the others too.
+enum class EvalWorkers { kAll, kFirst };
+EvalWorkers parse_eval_workers(std::string_view name);  // "all", "first"
+std::string_view to_string(EvalWorkers which);
 // How a worker with a fixed schedule picks the peer of each message.
 enum class PeerChoice { kUniform, kBandwidth };
 PeerChoice parse_peer_choice(std::string_view name);  // "uniform", "bandwidth"
@@ -153,6 +163,7 @@ struct TrainConfig {
   LinkSettings links;
   Straggler straggler;
   Adversary adversary;
+  EvalWorkers eval_workers = EvalWorkers::kAll;
   bool deterministic = false;  // one thread steps the workers in a fixed seeded order
   StepOrder step_order = StepOrder::kShuffled;  // deterministic mode only
   TransportKind transport = TransportKind::kAuto;

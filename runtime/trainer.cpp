@@ -344,6 +344,7 @@ class Run {
         c.links, c.workers, static_cast<double>(w0.parameter_count()) * sizeof(float));
     last_eval_.assign(workers_.size(), {0.0, 0});
     for (auto& w : workers_) last_eval_[local(*w)].second = w->steps();  // resumed: not 0
+    last_tested_.assign(workers_.size(), -1);
     eval_seconds_.assign(workers_.size(), 0.0);
   }
 
@@ -415,10 +416,19 @@ class Run {
     }
   }
 
-  // Worker w's evaluation: logged for every worker; worker 0's decide the target.
-  void evaluate(Worker& w, int as_worker) {
+  // At a worker's evaluation step: on the test set, or with --eval-workers first for the
+  // workers that do not decide the target, only its training loss and counters.
+  void evaluate_due(Worker& w, int as_worker) {
+    evaluate(w, as_worker,
+             c_.eval_workers == EvalWorkers::kAll || w.id() == 0 || w.steps() >= w.max_steps());
+  }
+
+  // Worker w's evaluation: logged for every worker; worker 0's decide the target. Without
+  // `on_test`, the test loss and accuracy are NaN (null in the metrics).
+  void evaluate(Worker& w, int as_worker, bool on_test = true) {
     const auto t0 = Clock::now();
-    const WorkerEval e = w.evaluate();
+    const WorkerEval e = on_test ? w.evaluate() : w.training_loss();
+    if (on_test) last_tested_[local(w)] = w.steps();
     const WorkerCounters k = communicates(c_.algorithm) ? w.counters() : WorkerCounters{};
     const double eval_s = seconds_since(t0);
     const std::size_t i = local(w);
@@ -450,8 +460,8 @@ class Run {
     p.mean_staleness_s = used > 0 ? k.staleness_sum_s / used : 0;
     p.mean_step_gap = used > 0 ? k.step_gap_sum / used : 0;
 
-    const bool diverged =
-        !std::isfinite(p.test_loss) || (e.train_steps > 0 && !std::isfinite(p.train_loss));
+    const bool diverged = (on_test && !std::isfinite(p.test_loss)) ||
+                          (e.train_steps > 0 && !std::isfinite(p.train_loss));
     std::lock_guard<std::mutex> lock(mutex_);
     metrics_.write(p, p.worker);
     if (diverged) {
@@ -549,9 +559,10 @@ class Run {
     if (w.steps() % check_interval_ == 0 || eval_due(w)) guard_divergence(w);
   }
 
-  // The evaluation after a worker's last step, unless its last step was evaluated.
+  // The evaluation after a worker's last step, unless its last step was evaluated on the
+  // test set.
   void evaluate_last(Worker& w, int as_worker) {
-    if (w.steps() == last_eval_[local(w)].second) return;
+    if (w.steps() == last_tested_[local(w)]) return;
     guard_divergence(w);
     evaluate(w, as_worker);
   }
@@ -886,7 +897,7 @@ class Run {
       straggle(w, t0);
       inject_faults(w);
       guard_divergence_if_due(w);
-      if (eval_due(w)) evaluate(w, w.id());
+      if (eval_due(w)) evaluate_due(w, w.id());
       maybe_checkpoint(w);  // after the evaluation: a resumed run does not repeat it
       if (w.id() == 0 && w.steps() >= w.max_steps()) {
         std::lock_guard<std::mutex> lock(mutex_);
@@ -969,7 +980,7 @@ class Run {
       auto after_step = [&](Worker& w) {
         inject_faults(w);
         guard_divergence_if_due(w);
-        if (eval_due(w)) evaluate(w, w.id());
+        if (eval_due(w)) evaluate_due(w, w.id());
         if (w.id() == 0 && w.steps() >= w.max_steps()) {
           if (stop_reason_.empty()) stop_reason_ = "epochs";
           stop_ = true;
@@ -1405,6 +1416,7 @@ class Run {
   std::map<std::size_t, EvalPoint> final_;
   // Per worker, touched only by its own thread: (time, step) of the last evaluation.
   std::vector<std::pair<double, std::int64_t>> last_eval_;
+  std::vector<std::int64_t> last_tested_;  // the step of each worker's last test evaluation
   std::vector<double> eval_seconds_;
   ErrorSlot errors_;
   // Reliability.
@@ -1497,6 +1509,7 @@ void write_summary(const std::string& path, const TrainConfig& c, const TrainRes
       {"send_interval", c.send_interval},
       {"deterministic", c.deterministic},
       {"step_order", std::string(to_string(c.step_order))},
+      {"eval_workers", std::string(to_string(c.eval_workers))},
       {"balance", std::string(to_string(resolved_balance(c)))},
       {"rho", c.rho},
       {"compute_share", c.compute_share},

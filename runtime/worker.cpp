@@ -408,6 +408,21 @@ WorkerEval Worker::evaluate() {
   return e;
 }
 
+WorkerEval Worker::training_loss() {
+  double loss = 0;
+  loss_.download(&loss, 1, stream_);
+  stream_.synchronize();
+  loss_.zero(stream_);
+  WorkerEval e;
+  const std::int64_t steps = steps_ - steps_at_last_eval_;
+  steps_at_last_eval_ = steps_;
+  e.train_steps = steps;
+  e.train_loss = steps > 0 ? loss / static_cast<double>(steps * config_.batch) : std::nan("");
+  e.loss = std::nan("");
+  e.accuracy = std::nan("");
+  return e;
+}
+
 WorkerCounters Worker::counters() {
   std::int64_t c[kParzenCounterCount];
   parzen_counters_.download(c, kParzenCounterCount, stream_);

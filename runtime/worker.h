@@ -96,6 +96,9 @@ class Worker {
   void download_gradient(float* out) const;  // parameter_count() floats
   void apply_gradient_sum(const std::vector<float>& sum, int count);
 
+  // The training loss since the previous evaluation, without one on the test set (loss and
+  // accuracy NaN); starts the next period as evaluate() does.
+  WorkerEval training_loss();
   WorkerEval evaluate();
   WorkerCounters counters();
   // Compute spent on communication since the start, on this worker's thread: copying what it

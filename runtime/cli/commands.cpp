@@ -49,6 +49,7 @@ int run_train(CLI::App& cmd, TrainOptions& o) {
   if (cmd.count("--transport")) c.transport = parse_transport(o.transport);
   if (cmd.count("--message-size") || cmd.count("--send-interval")) c.schedule_given = true;
   if (cmd.count("--step-order")) c.step_order = parse_step_order(o.step_order);
+  if (cmd.count("--eval-workers")) c.eval_workers = parse_eval_workers(o.eval_workers);
   if (cmd.count("--balance")) c.balance = parse_balance(o.balance);
   if (cmd.count("--peers")) c.peer_choice = parse_peer_choice(o.peers);
   if (cmd.count("--link-change")) parse_link_change(o.link_change, c.links);
@@ -183,6 +184,11 @@ void add_train_command(CLI::App& app, TrainOptions& o) {
                   "stop once test accuracy reaches this (0: no target)")
       ->capture_default_str();
   cmd->add_option("--eval-every", c.eval_every, "steps between evaluations on the test set")
+      ->capture_default_str();
+  cmd->add_option("--eval-workers", o.eval_workers,
+                  "all | first: which workers evaluate every --eval-every steps (first: worker 0 "
+                  "alone, which decides the target; the others log training loss and counters, "
+                  "and train while it evaluates; every worker is evaluated at the end)")
       ->capture_default_str();
   cmd->add_option("--backend", o.backend, "host | cuda")->capture_default_str();
   cmd->add_option("--device", c.device, "CUDA device ordinal")->capture_default_str();

@@ -23,6 +23,7 @@ struct TrainOptions {
   std::string adversary;
   std::string transport = "auto";
   std::string step_order = "shuffled";
+  std::string eval_workers = "all";
   std::string balance;
   std::string peers = "uniform";
   std::string link_change;

@@ -13,6 +13,7 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 #include "kernels/gemm.h"
 #include "kernels/loss.h"
@@ -131,6 +132,47 @@ TEST(DeterministicTest, MetricsHaveEveryWorkerAndItsMessageCounters) {
   EXPECT_GT(lines[1], 0);
   EXPECT_GT(r.history.back().messages_sent, 0);
   std::filesystem::remove(c.metrics_path);
+}
+
+// --eval-workers first: only worker 0 is evaluated on the test set at every evaluation step
+// (the others log their training loss and counters, test metrics null) and every worker once
+// at the end. Evaluating changes nothing in training, so in deterministic mode the run is the
+// same, bit for bit, as with every worker evaluating.
+TEST(DeterministicTest, EvalWorkersFirstTestsOnlyWorkerZeroAndTrainsTheSame) {
+  TrainConfig c = engine_config(Algorithm::kAsgd, 3);
+  c.deterministic = true;
+  c.epochs = 2;
+  const auto all = observe(c);
+  c.eval_workers = EvalWorkers::kFirst;
+  c.metrics_path = (std::filesystem::temp_directory_path() /
+                    ("asgd_eval_first_" + std::to_string(::getpid()) + ".jsonl"))
+                       .string();
+  const TrainResult r = train(c, testing::separable_train_test());
+  EXPECT_EQ(testing::observe(r), all);
+  ASSERT_EQ(r.worker_final.size(), 3u);
+  for (const EvalPoint& p : r.worker_final)
+    EXPECT_GE(p.test_accuracy, 0.9) << "worker " << p.worker << ": evaluated at the end";
+  std::ifstream in(c.metrics_path);
+  int tested[3] = {0, 0, 0}, untested[3] = {0, 0, 0};
+  for (std::string line; std::getline(in, line);) {
+    const nlohmann::json m = nlohmann::json::parse(line);
+    if (!m.contains("worker")) continue;
+    const int w = m["worker"].get<int>();
+    ASSERT_TRUE(w >= 0 && w < 3) << line;
+    ASSERT_TRUE(m["train_loss"].is_number()) << line;
+    ASSERT_TRUE(m.contains("messages_accepted")) << line;
+    ++(m["test_accuracy"].is_null() ? untested : tested)[w];
+    EXPECT_EQ(m["test_accuracy"].is_null(), m["test_loss"].is_null()) << line;
+  }
+  EXPECT_EQ(tested[0], static_cast<int>(r.history.size()));
+  EXPECT_EQ(untested[0], 0);
+  for (int w : {1, 2}) {
+    EXPECT_EQ(tested[w], 1) << "worker " << w << ": once, at the end";
+    EXPECT_EQ(untested[w], tested[0] - 1) << "worker " << w;
+  }
+  std::filesystem::remove(c.metrics_path);
+  EXPECT_EQ(parse_eval_workers("all"), EvalWorkers::kAll);
+  EXPECT_THROW(parse_eval_workers("0"), InputError);
 }
 
 TEST(DeterministicTest, FilterIsActive) {
