@@ -396,13 +396,8 @@ WorkerEval Worker::evaluate() {
   loss_.download(loss, 2, stream_);
   correct_.download(&correct, 1, stream_);
   stream_.synchronize();
-  loss_.zero(stream_);
   correct_.zero(stream_);
-  WorkerEval e;
-  const std::int64_t steps = steps_ - steps_at_last_eval_;
-  steps_at_last_eval_ = steps_;
-  e.train_steps = steps;
-  e.train_loss = steps > 0 ? loss[0] / static_cast<double>(steps * config_.batch) : std::nan("");
+  WorkerEval e = end_training_period(loss[0]);
   e.loss = loss[1] / static_cast<double>(test_.rows());
   e.accuracy = static_cast<double>(correct) / static_cast<double>(test_.rows());
   return e;
@@ -412,14 +407,19 @@ WorkerEval Worker::training_loss() {
   double loss = 0;
   loss_.download(&loss, 1, stream_);
   stream_.synchronize();
+  WorkerEval e = end_training_period(loss);
+  e.loss = std::nan("");
+  e.accuracy = std::nan("");
+  return e;
+}
+
+WorkerEval Worker::end_training_period(double loss_sum) {
   loss_.zero(stream_);
   WorkerEval e;
   const std::int64_t steps = steps_ - steps_at_last_eval_;
   steps_at_last_eval_ = steps_;
   e.train_steps = steps;
-  e.train_loss = steps > 0 ? loss / static_cast<double>(steps * config_.batch) : std::nan("");
-  e.loss = std::nan("");
-  e.accuracy = std::nan("");
+  e.train_loss = steps > 0 ? loss_sum / static_cast<double>(steps * config_.batch) : std::nan("");
   return e;
 }
 

@@ -144,6 +144,9 @@ class Worker {
   void inject_nan();
 
  private:
+  // The mean training loss since the previous evaluation from its sum, and the start of the
+  // next period (the loss accumulator zeroed).
+  WorkerEval end_training_period(double loss_sum);
   // The non-finite test; with `snapshot`, also copies the state into snapshot_ in the same pass.
   bool finite_now(bool snapshot);
   void exchange_and_update();

@@ -43,6 +43,16 @@ void wait_for_done(const MpiTransport& t, int peer) {
   }
 }
 
+// Posts to `peer` this rank's first `length` elements at `step`, with their distinct payload.
+void post_state(MpiTransport& t, int peer, std::int64_t step, std::int64_t length) {
+  MessageHeader h;
+  h.sender = t.rank();
+  h.sender_step = step;
+  h.length = length;
+  const std::vector<float> v = payload(t.rank(), step, length);
+  t.post(peer, h, v.data());
+}
+
 // Raw frames from rank 1 to rank 0 on the transport's communicator, as a forger would send.
 struct Forger {
   MPI_Comm comm;
@@ -191,13 +201,7 @@ TEST(MpiTransport, LatestWinsConsumeOnceAndEveryPostIsAccountedFor) {
   constexpr std::int64_t kLength = kParams;  // whole states, several chunks each
   if (rank != 0) {
     for (std::int64_t step = 1; step <= kPosts; ++step) {
-      MessageHeader h;
-      h.sender = rank;
-      h.sender_step = step;
-      h.offset = 0;
-      h.length = kLength;
-      const std::vector<float> v = payload(rank, step, kLength);
-      t.post(0, h, v.data());
+      post_state(t, 0, step, kLength);
     }
     t.flush();
     const LinkStats s = t.stats(rank, 0);
@@ -258,12 +262,7 @@ TEST(MpiTransport, EmulatedLinkDelaysButDeliversEverything) {
     t.set_link(0, slow);
     const auto t0 = std::chrono::steady_clock::now();
     for (std::int64_t step = 1; step <= kPosts; ++step) {
-      MessageHeader h;
-      h.sender = 1;
-      h.sender_step = step;
-      h.length = kParams;
-      const std::vector<float> v = payload(1, step, kParams);
-      t.post(0, h, v.data());
+      post_state(t, 0, step, kParams);
       t.flush();  // one at a time, so none is superseded
     }
     const double seconds =
@@ -289,24 +288,16 @@ TEST(MpiTransport, LinkChangeNeverLetsALaterMessageOvertakeAHeldOne) {
   const int rank = session().rank();
   MpiTransport t(session(), options());
   constexpr std::int64_t kLength = 1000;
-  auto post = [&](std::int64_t step) {
-    MessageHeader h;
-    h.sender = 1;
-    h.sender_step = step;
-    h.length = kLength;
-    const std::vector<float> v = payload(1, step, kLength);
-    t.post(0, h, v.data());
-  };
   if (rank == 1) {
     LinkModel far;
     far.bandwidth_bytes_per_s = 1e12;
     far.latency_s = 0.3;
     t.set_link(0, far);
-    post(1);
+    post_state(t, 0, 1, kLength);
     while (t.queued(0) > 0)
       std::this_thread::yield();  // taken: the link holds it for 0.3 s
     t.set_link(0, LinkModel{});   // ideal from now on
-    post(2);
+    post_state(t, 0, 2, kLength);
     t.flush();
     const LinkStats s = t.stats(1, 0);
     EXPECT_EQ(s.delivered, 2);
@@ -589,12 +580,7 @@ TEST(MpiTransportFault, FinishEndsWhenAFinishedPeerNeverTakesItsLastMessage) {
     MpiTransportOptions o = options(1 << 20);  // one chunk of 80 KB, beyond any eager size
     o.peer_timeout_s = 0.5;
     MpiTransport t(session(), o);
-    MessageHeader h;
-    h.sender = 0;
-    h.sender_step = 1;
-    h.length = kParams;
-    const std::vector<float> v = payload(0, 1, kParams);
-    t.post(1, h, v.data());
+    post_state(t, 1, 1, kParams);
     while (t.queued(1) > 0)
       std::this_thread::yield();  // on its way, not superseded by finish()
     try {

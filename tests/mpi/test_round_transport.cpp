@@ -384,6 +384,19 @@ TEST(RoundTransportHandPeer, EveryRejectionIsCountedItsPayloadDroppedAndTheRound
   EXPECT_EQ(t->stats(1, 0).delivered, 1);
 }
 
+// Waits for rank 1's message on rank 0's transport `t`, which must instead end with an error
+// naming rank 1 and saying `words`.
+void expect_error_from_rank_1(RoundTransport& t, const std::string& words) {
+  try {
+    t.wait_delivered(1, 1);
+    ADD_FAILURE() << "no error";
+  } catch (const std::exception& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("rank 1"), std::string::npos) << what;
+    EXPECT_NE(what.find(words), std::string::npos) << what;
+  }
+}
+
 // A frame whose own integrity fails cannot say what follows it: the transport stops with an
 // error that names the peer, rather than guess and fall out of step.
 template <class Frame>
@@ -393,15 +406,7 @@ void expect_fatal_frame(const Frame& frame, const std::string& words) {
     peer.lone_frame(frame);
     return;
   }
-  auto t = make_transport();
-  try {
-    t->wait_delivered(1, 1);
-    ADD_FAILURE() << "no error";
-  } catch (const std::exception& e) {
-    const std::string what = e.what();
-    EXPECT_NE(what.find("rank 1"), std::string::npos) << what;
-    EXPECT_NE(what.find(words), std::string::npos) << what;
-  }
+  expect_error_from_rank_1(*make_transport(), words);
 }
 
 TEST(RoundTransportHandPeer, DamagedFrameEndsTheTransportWithAClearError) {
@@ -441,13 +446,7 @@ TEST(RoundTransportHandPeer, PeerStoppedInTheMiddleOfAnOversizedFrameDoesNotHold
     ASGD_CHECK_MPI(MPI_Wait(&request, MPI_STATUS_IGNORE));
   } else {
     auto t = make_transport();
-    try {
-      t->wait_delivered(1, 1);
-      ADD_FAILURE() << "no error";
-    } catch (const std::exception& e) {
-      const std::string what = e.what();
-      EXPECT_NE(what.find("a round frame of 1048576 bytes from rank 1"), std::string::npos) << what;
-    }
+    expect_error_from_rank_1(*t, "a round frame of 1048576 bytes from rank 1");
     stopped.release();  // rank 1 may go on: its frame can land while t settles
   }
   ASGD_CHECK_MPI(MPI_Barrier(session().comm()));

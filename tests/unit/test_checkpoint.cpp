@@ -257,10 +257,9 @@ void store(std::string& bytes, std::size_t at, T v) {
 // found at each place first, so a format change fails loudly instead of testing other bytes.
 struct Offsets {
   std::size_t settings_count, setting_name_length, run_rng_length, worker_count, params_length,
-      sampler_rng_length, sampler_order_length, pending_payload_length, good_params_length,
-      message_count, message_offset, message_length, message_payload_length, collect_starts_length,
-      config_length;
-  std::vector<std::size_t> good_params_at;  // every worker's
+      sampler_rng_length, sampler_order_length, pending_payload_length, message_count,
+      message_offset, message_length, message_payload_length, collect_starts_length, config_length;
+  std::vector<std::size_t> good_params_at;  // every worker's last good state's length
 };
 
 Offsets offsets_of(const Checkpoint& c) {
@@ -290,7 +289,6 @@ Offsets offsets_of(const Checkpoint& c) {
          4 + 36;
     if (i == 0) o.pending_payload_length = p;
     p += 8 + 4 * w.pending_payload.size();
-    if (i == 0) o.good_params_length = p;
     o.good_params_at.push_back(p);
     p += 8 + 4 * w.good_params.size() + 8;  // the last good state and its step
     (void)start;
@@ -353,7 +351,7 @@ TEST(CheckpointCodec, HeaderHasTheDocumentedLayout) {
   EXPECT_EQ(load<std::uint64_t>(bytes, o.sampler_order_length), c.workers[0].sampler_order.size());
   EXPECT_EQ(load<std::uint64_t>(bytes, o.pending_payload_length),
             c.workers[0].pending_payload.size());
-  EXPECT_EQ(load<std::uint64_t>(bytes, o.good_params_length), c.workers[0].good_params.size());
+  EXPECT_EQ(load<std::uint64_t>(bytes, o.good_params_at.front()), c.workers[0].good_params.size());
   EXPECT_EQ(load<std::uint64_t>(bytes, o.message_count), c.unread.size());
   EXPECT_EQ(load<std::int64_t>(bytes, o.message_offset), c.unread[0].header.offset);
   EXPECT_EQ(load<std::int64_t>(bytes, o.message_length), c.unread[0].header.length);
@@ -557,8 +555,8 @@ TEST(CheckpointHostile, HugeLengthsAndCountsAreRejectedWithoutAllocating) {
   for (const std::size_t at :
        {o.settings_count, o.setting_name_length, o.run_rng_length, o.worker_count, o.params_length,
         o.sampler_rng_length, o.sampler_order_length, o.pending_payload_length,
-        o.good_params_length, o.message_count, o.message_payload_length, o.collect_starts_length,
-        o.config_length}) {
+        o.good_params_at.front(), o.message_count, o.message_payload_length,
+        o.collect_starts_length, o.config_length}) {
     for (const std::uint64_t value : huge) {
       SCOPED_TRACE("byte " + std::to_string(at) + " = " + std::to_string(value));
       std::string bytes = good;
