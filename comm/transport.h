@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <limits>
+#include <utility>
 #include <vector>
 
 #include "comm/message.h"
@@ -43,6 +44,65 @@ struct TransferRecord {
   double resolution_s = 0;
 };
 
+class Transport;
+
+// A send buffer lent by a transport (Transport::lend()): the caller fills it in place and
+// sends it with Transport::post_lent(), which saves post()'s copy. Pinned host memory, so
+// that a GPU can copy into it asynchronously. Destroyed or reset() without being posted, it
+// goes back to its transport unused.
+// Ownership: the memory stays the transport's, and a loan must end (posted or dropped) before
+// the transport is destroyed.
+// Thread-safety: one thread at a time per buffer; loans may end on any thread.
+class LentBuffer {
+ public:
+  LentBuffer() = default;
+  ~LentBuffer() { reset(); }
+  LentBuffer(LentBuffer&& other) noexcept { swap(other); }
+  LentBuffer& operator=(LentBuffer&& other) noexcept {
+    LentBuffer(std::move(other)).swap(*this);
+    return *this;
+  }
+  LentBuffer(const LentBuffer&) = delete;
+  LentBuffer& operator=(const LentBuffer&) = delete;
+
+  float* data() const { return data_; }
+  std::int64_t capacity() const { return capacity_; }  // elements
+  int peer() const { return peer_; }
+  const Transport* lender() const { return lender_; }
+  explicit operator bool() const { return lender_ != nullptr; }
+  // Gives the buffer back unused.
+  void reset() {
+    if (lender_) end_loan();
+    forget();
+  }
+
+ private:
+  friend class Transport;
+  inline void end_loan();
+  void forget() {
+    lender_ = nullptr;
+    peer_ = -1;
+    data_ = nullptr;
+    capacity_ = 0;
+    loan_ = nullptr;
+  }
+  LentBuffer(Transport* lender, int peer, float* data, std::int64_t capacity, void* loan)
+      : lender_(lender), peer_(peer), data_(data), capacity_(capacity), loan_(loan) {}
+  void swap(LentBuffer& other) noexcept {
+    std::swap(lender_, other.lender_);
+    std::swap(peer_, other.peer_);
+    std::swap(data_, other.data_);
+    std::swap(capacity_, other.capacity_);
+    std::swap(loan_, other.loan_);
+  }
+
+  Transport* lender_ = nullptr;
+  int peer_ = -1;
+  float* data_ = nullptr;
+  std::int64_t capacity_ = 0;
+  void* loan_ = nullptr;  // the lender's own record of the buffer
+};
+
 class Transport {
  public:
   virtual ~Transport() = default;
@@ -62,6 +122,16 @@ class Transport {
   // transport's background thread, if any.
   virtual void post(int peer, const MessageHeader& header, const float* data) = 0;
 
+  // Posting without post()'s copy, where lends_buffers() (the MPI transport, whose send
+  // buffers are pinned): lend() hands out a send buffer for a message of up to `length` floats
+  // to `peer`, its contents undefined; the caller fills it (a copy into it, e.g. from a GPU,
+  // must have completed) and post_lent() sends header.length floats from its start to its
+  // peer, with post()'s semantics and checks. Transports that do not lend throw from both:
+  // use post() there.
+  virtual bool lends_buffers() const { return false; }
+  virtual LentBuffer lend(int peer, std::int64_t length);
+  virtual void post_lent(LentBuffer buffer, const MessageHeader& header);
+
   // Takes the newest unread message from each sender to `receiver`, at most `max` of them,
   // into out[0..returned). Each message stays valid and unchanged until the receiver's next
   // collect(). Lock-free.
@@ -78,6 +148,27 @@ class Transport {
     const LinkStats s = stats(from, to);
     return s.posted - s.delivered - s.superseded;
   }
+
+ protected:
+  // For lending transports: a loan of `data` (room for `capacity` floats) for a message to
+  // `peer`, and, back from the caller, the loan record (`buffer` is then empty).
+  LentBuffer make_loan(int peer, float* data, std::int64_t capacity, void* loan) {
+    return LentBuffer(this, peer, data, capacity, loan);
+  }
+  static void* take_loan(LentBuffer& buffer) {
+    void* loan = buffer.loan_;
+    buffer.forget();
+    return loan;
+  }
+  // A loan came back unposted.
+  virtual void end_loan(int peer, void* loan);
+
+ private:
+  friend class LentBuffer;
 };
+
+void LentBuffer::end_loan() {
+  lender_->end_loan(peer_, loan_);
+}
 
 }  // namespace asgd

@@ -347,6 +347,11 @@ class Run {
     last_tested_.assign(workers_.size(), -1);
     eval_seconds_.assign(workers_.size(), 0.0);
   }
+  // A worker's loan of a send buffer must end before the transport, which is destroyed first.
+  ~Run() {
+    for (auto& w : workers_)
+      if (w) w->drop_pending_send();
+  }
 
   TrainResult run() {
     align_trace_clocks();
@@ -1267,11 +1272,14 @@ class Run {
         run_async(w);
     } catch (...) {
       // The others are not waiting for this rank in a collective; the CLI ends the job. The
-      // balancer's thread reads the transport: it goes first.
+      // balancer's thread reads the transport: it goes first, as does the worker's loan of a
+      // send buffer.
       balancer_.reset();
+      w.drop_pending_send();
       mpi_.reset();
       throw;
     }
+    w.drop_pending_send();  // as before lending: a range staged after the last send is not sent
     mpi_->finish(place_.rank == 0);
   }
 

@@ -336,11 +336,20 @@ void Worker::send(int peer, std::int64_t message, std::int64_t& cursor) {
   // device staging buffer: no round trip through the host. (An adversary keeps the host path.)
   staging_on_device_ = !stream_.is_host() && transport_->device_payloads() && !adversary;
   const auto capacity = static_cast<std::size_t>(transport_->max_message());
-  if (staging_on_device_ && send_staging_device_.size() < capacity)
-    send_staging_device_ = DeviceBuffer<float>(stream_.backend(), stream_.device(), capacity);
-  if (!staging_on_device_ && send_staging_.size() < capacity)
-    send_staging_ = PinnedBuffer<float>(capacity);
-  float* staging = staging_on_device_ ? send_staging_device_.data() : send_staging_.data();
+  float* staging = nullptr;
+  if (staging_on_device_) {
+    if (send_staging_device_.size() < capacity)
+      send_staging_device_ = DeviceBuffer<float>(stream_.backend(), stream_.device(), capacity);
+    staging = send_staging_device_.data();
+  } else if (transport_->lends_buffers()) {
+    // The range lands in the transport's own pinned send buffer, which post_lent() sends as it
+    // is: no copy of the range in post() (the MPI transport).
+    lent_ = transport_->lend(peer, h.length);
+    staging = lent_.data();
+  } else {
+    if (send_staging_.size() < capacity) send_staging_ = PinnedBuffer<float>(capacity);
+    staging = send_staging_.data();
+  }
   if (copy_stream_) {
     computed_->record(stream_);
     computed_->wait_on(*copy_stream_);
@@ -383,8 +392,24 @@ void Worker::flush_pending_send() {
     send_pending_ = false;
     return;
   }
-  if (config_.adversary.worker == id_) corrupt(send_staging_.data(), pending_header_.length);
-  transport_->post(pending_peer_, pending_header_, send_staging_.data());
+  send_pending_ = false;
+  if (config_.adversary.worker == id_) corrupt(pending_payload(), pending_header_.length);
+  if (lent_)
+    transport_->post_lent(std::move(lent_), pending_header_);
+  else
+    transport_->post(pending_peer_, pending_header_, send_staging_.data());
+}
+
+float* Worker::pending_payload() {
+  return lent_ ? lent_.data() : send_staging_.data();
+}
+
+void Worker::drop_pending_send() noexcept {
+  try {
+    if (send_pending_ && staged_) staged_->synchronize();  // its copy may still write there
+  } catch (...) {  // a failed device: the run is ending with its error already
+  }
+  lent_.reset();
   send_pending_ = false;
 }
 
@@ -490,7 +515,8 @@ WorkerState Worker::save_state() {
       send_staging_device_.download(s.pending_payload.data(), s.pending_payload.size(), stream_);
       stream_.synchronize();
     } else {
-      s.pending_payload.assign(send_staging_.data(), send_staging_.data() + pending_header_.length);
+      const float* payload = pending_payload();
+      s.pending_payload.assign(payload, payload + pending_header_.length);
     }
   }
   return s;
@@ -594,7 +620,7 @@ void Worker::load_state(const WorkerState& s, bool whole) {
   counters_.malformed = s.malformed;
   counters_.staleness_sum_s = s.staleness_sum_s;
   counters_.step_gap_sum = s.step_gap_sum;
-  send_pending_ = false;
+  drop_pending_send();
   if (s.send_pending) {
     const std::int64_t length = s.pending_header.length;
     if (length < 1 || length != static_cast<std::int64_t>(s.pending_payload.size()) ||

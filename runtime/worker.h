@@ -142,6 +142,9 @@ class Worker {
   std::int64_t restores() const { return restores_; }
   // Fault injection (--fault nan:W:STEP): a NaN appears in the state, as after an overflow.
   void inject_nan();
+  // Drops a range staged but not yet posted, ending its loan of a transport's send buffer:
+  // before the transport goes (a loan must not outlive it), and when a state is loaded.
+  void drop_pending_send() noexcept;
 
  private:
   // The mean training loss since the previous evaluation from its sum, and the start of the
@@ -154,6 +157,8 @@ class Worker {
   // Sends `message` elements from `cursor` (which then moves on, wrapping) to `peer`.
   void send(int peer, std::int64_t message, std::int64_t& cursor);
   void flush_pending_send();
+  // Where the pending range is staged on the host: the lent buffer or send_staging_.
+  float* pending_payload();
   double cost_clock() const;  // seconds, see cpu_cost_clock_
   // An adversary's transformation of what it is about to send (config.adversary).
   void corrupt(float* data, std::int64_t length);
@@ -224,6 +229,9 @@ class Worker {
   bool merge_in_flight_ = false;
   std::unique_ptr<Event> computed_;
   PinnedBuffer<float> send_staging_;
+  // Where the transport lends its send buffers (MPI), the pending range is staged in one of
+  // them instead; the loan ends when it is posted or dropped (drop_pending_send()).
+  LentBuffer lent_;
   // For a transport that moves payloads in GPU memory: the range goes device to device here
   // instead, and is posted from here (staging_on_device_ says which staging holds it).
   DeviceBuffer<float> send_staging_device_;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <iterator>
 #include <limits>
@@ -154,6 +155,11 @@ MpiTransport::MpiTransport(const MpiSession& session, const MpiTransportOptions&
 }
 
 MpiTransport::~MpiTransport() {
+  if (const std::int64_t loans = loans_.load(); loans != 0)
+    std::fprintf(stderr,
+                 "asgd: the MPI transport was destroyed with %lld lent send buffers still out "
+                 "(a caller's bug: they must be posted or dropped first)\n",
+                 static_cast<long long>(loans));
   if (thread_.joinable()) {
     quit_ = true;
     wake_.notify_all();
@@ -202,7 +208,7 @@ void MpiTransport::set_link(int peer, const LinkModel& link) {
   p.link = link;
 }
 
-void MpiTransport::post(int peer, const MessageHeader& header, const float* data) {
+void MpiTransport::check_post(int peer, const MessageHeader& header) const {
   error_.rethrow_if_set();
   ASGD_CHECK(peer >= 0 && peer < size_ && peer != rank_ && header.sender == rank_,
              "rank {} cannot post a message from {} to {} among {} ranks", rank_, header.sender,
@@ -212,27 +218,22 @@ void MpiTransport::post(int peer, const MessageHeader& header, const float* data
              "message of {} elements at offset {} (the transport carries 1 to {} of {})",
              header.length, header.offset, options_.max_message, options_.model.parameters);
   ASGD_CHECK(!finishing_, "post() after finish()");
+}
+
+MpiTransport::Outgoing* MpiTransport::take_free(int peer) {
   Peer& p = *peers_[static_cast<std::size_t>(peer)];
-  Outgoing* out = nullptr;
-  {
-    std::lock_guard<std::mutex> lock(p.mutex);
-    ++p.send_stats.posted;
-    if (static_cast<int>(p.queue.size()) >= options_.queue_capacity) {
-      // Stale states are worth less than fresh ones: the oldest unsent one makes room. First,
-      // so that free buffers (many after a burst of completed sends) never let the queue grow
-      // past its bound while the communication thread is busy elsewhere.
-      out = p.queue.front();
-      p.queue.pop_front();
-      ++p.send_stats.superseded;
-    } else if (!p.pool.empty()) {
-      out = p.pool.back();
-      p.pool.pop_back();
-    } else {
-      p.storage.push_back(std::make_unique<Outgoing>(options_.max_message));
-      out = p.storage.back().get();
-    }
+  std::lock_guard<std::mutex> lock(p.mutex);
+  if (!p.pool.empty()) {
+    Outgoing* out = p.pool.back();  // the last one freed: the likeliest to be in cache
+    p.pool.pop_back();
+    return out;
   }
-  // The copy and its checksum run on the caller's thread, outside any lock, in one pass.
+  p.storage.push_back(std::make_unique<Outgoing>(options_.max_message));
+  return p.storage.back().get();
+}
+
+void MpiTransport::enqueue(int peer, const MessageHeader& header, Outgoing* out,
+                           std::uint64_t checksum) {
   WireHeader& h = out->header;
   h.kind = FrameKind::kState;
   h.model = options_.model;
@@ -242,15 +243,19 @@ void MpiTransport::post(int peer, const MessageHeader& header, const float* data
   h.send_time_s = header.send_time_s;
   h.offset = header.offset;
   h.length = header.length;
-  thread_local PayloadHasher hasher;  // its state is allocated once per posting thread
-  hasher.reset();
-  hasher.copy_and_update(out->payload.data(), data,
-                         static_cast<std::size_t>(header.length) * sizeof(float));
-  h.payload_checksum = hasher.digest();
+  h.payload_checksum = checksum;
   out->encoded = encode_header(h);
   out->ready_s = now();
+  Peer& p = *peers_[static_cast<std::size_t>(peer)];
   {
     std::lock_guard<std::mutex> lock(p.mutex);
+    ++p.send_stats.posted;
+    // Stale states are worth less than fresh ones: the oldest unsent one makes room.
+    if (static_cast<int>(p.queue.size()) >= options_.queue_capacity) {
+      p.pool.push_back(p.queue.front());
+      p.queue.pop_front();
+      ++p.send_stats.superseded;
+    }
     p.queue.push_back(out);
   }
   {
@@ -258,6 +263,52 @@ void MpiTransport::post(int peer, const MessageHeader& header, const float* data
     work_posted_ = true;
   }
   wake_.notify_one();
+}
+
+void MpiTransport::post(int peer, const MessageHeader& header, const float* data) {
+  check_post(peer, header);
+  Outgoing* out = take_free(peer);
+  // The copy and its checksum run on the caller's thread, outside any lock, in one pass.
+  thread_local PayloadHasher hasher;  // its state is allocated once per posting thread
+  hasher.reset();
+  hasher.copy_and_update(out->payload.data(), data,
+                         static_cast<std::size_t>(header.length) * sizeof(float));
+  enqueue(peer, header, out, hasher.digest());
+}
+
+LentBuffer MpiTransport::lend(int peer, std::int64_t length) {
+  error_.rethrow_if_set();
+  ASGD_CHECK(peer >= 0 && peer < size_ && peer != rank_, "rank {} has no peer {} among {} ranks",
+             rank_, peer, size_);
+  ASGD_CHECK(length >= 1 && length <= options_.max_message,
+             "a loan for {} elements (the transport carries 1 to {})", length,
+             options_.max_message);
+  ASGD_CHECK(!finishing_, "lend() after finish()");
+  Outgoing* out = take_free(peer);
+  loans_.fetch_add(1, std::memory_order_relaxed);
+  return make_loan(peer, out->payload.data(), options_.max_message, out);
+}
+
+void MpiTransport::post_lent(LentBuffer buffer, const MessageHeader& header) {
+  // Every check comes first: a throw hands the buffer back unposted (its destructor).
+  ASGD_CHECK(buffer.lender() == this, "post_lent() with a buffer {}",
+             buffer ? "another transport lent" : "that holds no loan");
+  const int peer = buffer.peer();
+  check_post(peer, header);
+  ASGD_CHECK(header.length <= buffer.capacity(), "a message of {} elements in a lent buffer of {}",
+             header.length, buffer.capacity());
+  auto* out = static_cast<Outgoing*>(take_loan(buffer));
+  loans_.fetch_sub(1, std::memory_order_relaxed);
+  enqueue(peer, header, out,
+          payload_checksum(out->payload.data(),
+                           static_cast<std::size_t>(header.length) * sizeof(float)));
+}
+
+void MpiTransport::end_loan(int peer, void* loan) {
+  loans_.fetch_sub(1, std::memory_order_relaxed);
+  Peer& p = *peers_[static_cast<std::size_t>(peer)];
+  std::lock_guard<std::mutex> lock(p.mutex);
+  p.pool.push_back(static_cast<Outgoing*>(loan));
 }
 
 int MpiTransport::collect(int receiver, const Message** out, int max) {

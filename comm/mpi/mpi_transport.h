@@ -3,6 +3,7 @@
 //
 // One communication thread owns every MPI call of the data path. post() copies the range into
 // a pinned send buffer of that peer's bounded queue (hashing it in the same pass) and returns;
+// lend() hands such a buffer out to be filled in place, and post_lent() hashes and queues it;
 // the thread sends the 80-byte header and then the payload in chunks of `chunk_bytes` from
 // that buffer with MPI_Isend. Receives are matched with MPI_Improbe and received with
 // MPI_Imrecv straight into the receive slot of the sender (comm/message_slot.h: latest wins,
@@ -31,10 +32,10 @@
 // is never counted.
 //
 // Ownership: owns its communicator (a duplicate of the session's), buffers and thread.
-// Thread-safety: post() from the worker's thread; collect() from the receiving worker's thread
-// only, lock-free; stats(), stop_requested(), rejections(), faults_injected() and set_link()
-// from any thread.
-// The constructor and destructor are collective over the session's communicator.
+// Thread-safety: post(), lend() and post_lent() from any thread (the worker's, the balancer's
+// probes); collect() from the receiving worker's thread only, lock-free; stats(), stop_requested(),
+// rejections(), faults_injected() and set_link() from any thread. The constructor and destructor
+// are collective over the session's communicator.
 #pragma once
 
 #include <array>
@@ -121,6 +122,11 @@ class MpiTransport final : public RankTransport {
   int rank() const override { return rank_; }
   std::int64_t max_message() const override { return options_.max_message; }
   void post(int peer, const MessageHeader& header, const float* data) override;
+  // Posting in place (Transport::lend()): the loan is one of the peer's send buffers, and
+  // post_lent() hashes it where it lies and queues it, so nothing is copied.
+  bool lends_buffers() const override { return true; }
+  LentBuffer lend(int peer, std::int64_t length) override;
+  void post_lent(LentBuffer buffer, const MessageHeader& header) override;
   int collect(int receiver, const Message** out, int max) override;
   // from == rank(): the send side (posted, superseded, delivered = sends completed, busy);
   // to == rank(): the receive side (delivered = published, overwritten, bytes).
@@ -145,6 +151,8 @@ class MpiTransport final : public RankTransport {
   // taken messages are on the wire or held by an emulated link). Thread-safe.
   std::int64_t queued(int peer) const;
   WireRejections rejections() const override;
+  // Send buffers lent (lend()) and neither posted nor given back yet. Thread-safe.
+  std::int64_t loans_out() const { return loans_.load(std::memory_order_relaxed); }
   // How many damaged messages this rank has sent (options.fault), to all peers together.
   std::int64_t faults_injected() const { return faults_injected_.load(std::memory_order_relaxed); }
   // Rethrows the first error of the communication thread, if any.
@@ -166,6 +174,15 @@ class MpiTransport final : public RankTransport {
     double ready_s = 0;
   };
   struct Peer;  // per-peer send and receive state (mpi_transport.cpp)
+
+  void end_loan(int peer, void* loan) override;
+  // What post() and post_lent() check before taking anything.
+  void check_post(int peer, const MessageHeader& header) const;
+  // A free send buffer for `peer`: from its pool, or a new one.
+  Outgoing* take_free(int peer);
+  // Fills in the wire header of `out`, holding `header`'s message with `checksum`, and queues
+  // it for `peer`, superseding the oldest unsent message when the queue is full.
+  void enqueue(int peer, const MessageHeader& header, Outgoing* out, std::uint64_t checksum);
 
   void communication_loop();
   bool pump_sends(double now);
@@ -214,6 +231,7 @@ class MpiTransport final : public RankTransport {
   TraceLane trace_;                 // the communication thread's lane
   std::array<std::atomic<std::int64_t>, kWireErrorCount> rejected_{};
   std::atomic<std::int64_t> faults_injected_{0};
+  std::atomic<std::int64_t> loans_{0};  // lent buffers not yet posted or given back
   std::thread thread_;
   ErrorSlot error_;
 };

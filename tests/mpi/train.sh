@@ -213,6 +213,18 @@ wire_faults)
   [[ $(summary 'd["wire_rejections"]["header-checksum"] == 0 and d["wire_rejections"]["bad-magic"] == 0') == True ]] ||
     fail "rejections of kinds nobody injected"
   ;;
+adversary_3_ranks)
+  # Rank 2 sends NaN states. Its ranges are staged in the MPI transport's lent send buffers
+  # and spoiled there: the others receive, test and count them as non-finite, and never merge
+  # one; training reaches its target.
+  launch 3 "$asgd" "${exchanging[@]}" --lr 0.1 --epochs 3 --target-accuracy 0.80 \
+    --adversary 2:nan || fail "exit $?"
+  [[ $(summary 'd["time_to_target_s"] is not None') == True ]] || fail "target 0.80 not reached"
+  [[ $(summary 'd["messages_nonfinite"] > 0 and d["messages_accepted"] > 0') == True ]] ||
+    fail "no NaN message counted, or none accepted"
+  [[ $(summary 'd["wire_rejections"] == {} or sum(d["wire_rejections"].values()) == 0') == True ]] ||
+    fail "wire rejections: the lent buffers' checksums disagree"
+  ;;
 rounds_4_ranks)
   # The NCCL transport's round protocol, with payloads over MPI in host memory (--transport
   # rounds): what --transport nccl runs on GPUs, less NCCL itself.

@@ -2,6 +2,7 @@
 #include <atomic>
 #include <functional>
 #include <set>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -328,6 +329,22 @@ TEST(LocalTransportTest, RejectsBadMessagesAndLinks) {
   EXPECT_THROW(t.post(0, h, data.data()), Error);  // to itself
   EXPECT_THROW(t.post(2, h, data.data()), Error);  // no such worker
   EXPECT_THROW(t.set_link(0, 1, {0.0, 0.0}), Error);
+}
+
+TEST(LocalTransportTest, LendsNoBuffersAndSaysToPost) {
+  LocalTransport t(2, {8, 2, false});
+  EXPECT_FALSE(t.lends_buffers());
+  try {
+    t.lend(1, 4);
+    FAIL() << "lend() on a transport that does not lend";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("use post()"), std::string::npos) << e.what();
+  }
+  MessageHeader h;
+  h.sender = 0;
+  h.length = 4;
+  EXPECT_THROW(t.post_lent(LentBuffer(), h), Error);
+  EXPECT_EQ(t.stats(0, 1).posted, 0);
 }
 
 }  // namespace
