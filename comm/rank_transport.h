@@ -7,7 +7,11 @@
 #pragma once
 
 #include <array>
+#include <condition_variable>
 #include <cstdint>
+#include <functional>
+#include <mutex>
+#include <string>
 
 #include "comm/transport.h"
 #include "comm/wire_format.h"
@@ -24,9 +28,12 @@ class RankTransport : public Transport {
   // latency would have delivered it.
   virtual void set_link(int peer, const LinkModel& link) = 0;
   // Blocks until at most `max_pending` messages per peer are posted but neither completed nor
-  // superseded (0: all out). For benchmarks and tests that must not lose messages.
+  // superseded (0: all out). For benchmarks and tests that must not lose messages. Throws,
+  // naming the peers, when none of the messages waited for completes within the transport's
+  // peer timeout.
   virtual void flush(int max_pending = 0) = 0;
   // Blocks until `count` messages from `peer` have been published (benchmarks and tests).
+  // Throws when none arrives within the transport's peer timeout.
   virtual void wait_delivered(int peer, std::int64_t count) = 0;
   // Ends this rank's part of the exchange; `stop_everyone` asks every peer to stop training.
   // Blocks until no peer can still send to this rank; throws if the peers do not finish within
@@ -38,5 +45,13 @@ class RankTransport : public Transport {
   // Rethrows the first error of the transport's thread, if any.
   virtual void check() const = 0;
 };
+
+// What flush() and wait_delivered() share: blocks on `cv` (notified under `mutex`) until
+// done(), evaluated under the lock; throws asgd::Error with describe() when progress(), a count
+// that grows as messages complete, has not grown for `timeout_s` seconds.
+void wait_for_progress(std::mutex& mutex, std::condition_variable& cv, double timeout_s,
+                       const std::function<bool()>& done,
+                       const std::function<std::int64_t()>& progress,
+                       const std::function<std::string()>& describe);
 
 }  // namespace asgd

@@ -1,6 +1,8 @@
 // The receive slot and the in-process transport: latest wins, consume once, bounded queues.
 #include <atomic>
+#include <condition_variable>
 #include <functional>
+#include <mutex>
 #include <set>
 #include <string>
 #include <thread>
@@ -10,6 +12,7 @@
 
 #include "comm/local/local_transport.h"
 #include "comm/message_slot.h"
+#include "comm/rank_transport.h"
 #include "runtime/error.h"
 
 namespace asgd {
@@ -329,6 +332,42 @@ TEST(LocalTransportTest, RejectsBadMessagesAndLinks) {
   EXPECT_THROW(t.post(0, h, data.data()), Error);  // to itself
   EXPECT_THROW(t.post(2, h, data.data()), Error);  // no such worker
   EXPECT_THROW(t.set_link(0, 1, {0.0, 0.0}), Error);
+}
+
+// The wait under flush() and wait_delivered(): ends when done, and with an error naming what it
+// waited for when nothing moves for the timeout; progress from another thread resets it.
+TEST(WaitForProgressTest, EndsWhenDoneAndThrowsWhenNothingMoves) {
+  std::mutex mutex;
+  std::condition_variable cv;
+  std::int64_t count = 0;
+  bool finished = true;
+  auto done = [&] { return finished; };
+  auto progress = [&] { return count; };
+  auto describe = [] { return std::string("waiting for message 3 from rank 1"); };
+  wait_for_progress(mutex, cv, 1e-3, done, progress, describe);  // done at once
+
+  finished = false;
+  try {
+    wait_for_progress(mutex, cv, 0.05, done, progress, describe);
+    FAIL() << "a wait with nothing moving ended without an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("waiting for message 3 from rank 1"), std::string::npos)
+        << e.what();
+    EXPECT_NE(std::string(e.what()).find("peer timeout"), std::string::npos) << e.what();
+  }
+
+  // Completions arrive one by one from another thread; the last one ends the wait.
+  std::thread completer([&] {
+    for (int i = 0; i < 5; ++i) {
+      std::lock_guard<std::mutex> lock(mutex);
+      ++count;
+      finished = count == 5;
+      cv.notify_all();
+    }
+  });
+  wait_for_progress(mutex, cv, 600, done, progress, describe);
+  completer.join();
+  EXPECT_EQ(count, 5);
 }
 
 TEST(LocalTransportTest, LendsNoBuffersAndSaysToPost) {

@@ -1,0 +1,31 @@
+#include "comm/rank_transport.h"
+
+#include <chrono>
+
+#include "runtime/error.h"
+
+namespace asgd {
+
+void wait_for_progress(std::mutex& mutex, std::condition_variable& cv, double timeout_s,
+                       const std::function<bool()>& done,
+                       const std::function<std::int64_t()>& progress,
+                       const std::function<std::string()>& describe) {
+  using Clock = std::chrono::steady_clock;
+  const auto timeout =
+      std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(timeout_s));
+  std::unique_lock<std::mutex> lock(mutex);
+  std::int64_t seen = progress();
+  auto since = Clock::now();
+  while (!done()) {
+    cv.wait_until(lock, since + timeout);
+    if (const std::int64_t now_seen = progress(); now_seen != seen) {
+      seen = now_seen;
+      since = Clock::now();
+    } else if (Clock::now() - since >= timeout && !done()) {
+      ASGD_THROW("{}: nothing completed for {} s (the peer timeout); a peer is stalled or gone",
+                 describe(), timeout_s);
+    }
+  }
+}
+
+}  // namespace asgd
