@@ -243,7 +243,7 @@ int main(int argc, char** argv) {
                       {"in_place_ratio", in_place_gbs / raw_gbs},
                       {"rounds_gb_per_s", rounds_gbs},
                       {"rounds_ratio", rounds_gbs / raw_gbs},
-                      {"wrong", static_cast<int>(result[3])},
+                      {"wrong", static_cast<int>(result[4])},
                       {"raw_seconds", raw},
                       {"transport_seconds", transport},
                       {"in_place_seconds", in_place},

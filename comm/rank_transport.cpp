@@ -1,5 +1,6 @@
 #include "comm/rank_transport.h"
 
+#include <algorithm>
 #include <chrono>
 
 #include "runtime/error.h"
@@ -11,8 +12,11 @@ void wait_for_progress(std::mutex& mutex, std::condition_variable& cv, double ti
                        const std::function<std::int64_t()>& progress,
                        const std::function<std::string()>& describe) {
   using Clock = std::chrono::steady_clock;
-  const auto timeout =
-      std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(timeout_s));
+  // An infinite or enormous timeout (--peer-timeout inf) is a year: the clock's arithmetic
+  // overflows beyond about 292 years of nanoseconds.
+  constexpr double kLongest_s = 365.0 * 24 * 3600;
+  const auto timeout = std::chrono::duration_cast<Clock::duration>(
+      std::chrono::duration<double>(std::min(timeout_s, kLongest_s)));
   std::unique_lock<std::mutex> lock(mutex);
   std::int64_t seen = progress();
   auto since = Clock::now();

@@ -1279,7 +1279,9 @@ class Run {
       mpi_.reset();
       throw;
     }
-    w.drop_pending_send();  // as before lending: a range staged after the last send is not sent
+    // A range staged after the last send is not sent (it never was), but the final
+    // checkpoint keeps it, as it did before the worker staged it in a lent buffer.
+    w.return_send_buffer();
     mpi_->finish(place_.rank == 0);
   }
 

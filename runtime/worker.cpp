@@ -404,6 +404,17 @@ float* Worker::pending_payload() {
   return lent_ ? lent_.data() : send_staging_.data();
 }
 
+void Worker::return_send_buffer() {
+  if (!lent_) return;
+  if (send_pending_) {
+    if (staged_) staged_->synchronize();  // its copy may still write into the loan
+    const auto capacity = static_cast<std::size_t>(transport_->max_message());
+    if (send_staging_.size() < capacity) send_staging_ = PinnedBuffer<float>(capacity);
+    std::copy(lent_.data(), lent_.data() + pending_header_.length, send_staging_.data());
+  }
+  lent_.reset();
+}
+
 void Worker::drop_pending_send() noexcept {
   try {
     if (send_pending_ && staged_) staged_->synchronize();  // its copy may still write there

@@ -142,8 +142,12 @@ class Worker {
   std::int64_t restores() const { return restores_; }
   // Fault injection (--fault nan:W:STEP): a NaN appears in the state, as after an overflow.
   void inject_nan();
-  // Drops a range staged but not yet posted, ending its loan of a transport's send buffer:
-  // before the transport goes (a loan must not outlive it), and when a state is loaded.
+  // Ends the loan of a transport's send buffer before the transport finishes, keeping a range
+  // staged but not yet posted (moved into the worker's own staging), so that a final
+  // checkpoint still holds it.
+  void return_send_buffer();
+  // Drops a range staged but not yet posted, ending its loan: before the transport is
+  // destroyed after an error (a loan must not outlive it), and when a state is loaded.
   void drop_pending_send() noexcept;
 
  private:
@@ -230,7 +234,8 @@ class Worker {
   std::unique_ptr<Event> computed_;
   PinnedBuffer<float> send_staging_;
   // Where the transport lends its send buffers (MPI), the pending range is staged in one of
-  // them instead; the loan ends when it is posted or dropped (drop_pending_send()).
+  // them instead; the loan ends when it is posted, returned (return_send_buffer()) or
+  // dropped (drop_pending_send()).
   LentBuffer lent_;
   // For a transport that moves payloads in GPU memory: the range goes device to device here
   // instead, and is posted from here (staging_on_device_ says which staging holds it).

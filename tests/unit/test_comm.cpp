@@ -2,6 +2,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <functional>
+#include <limits>
 #include <mutex>
 #include <set>
 #include <string>
@@ -356,7 +357,8 @@ TEST(WaitForProgressTest, EndsWhenDoneAndThrowsWhenNothingMoves) {
     EXPECT_NE(std::string(e.what()).find("peer timeout"), std::string::npos) << e.what();
   }
 
-  // Completions arrive one by one from another thread; the last one ends the wait.
+  // Completions arrive one by one from another thread; the last one ends the wait. An
+  // infinite timeout (--peer-timeout inf) waits as long as it takes.
   std::thread completer([&] {
     for (int i = 0; i < 5; ++i) {
       std::lock_guard<std::mutex> lock(mutex);
@@ -365,7 +367,7 @@ TEST(WaitForProgressTest, EndsWhenDoneAndThrowsWhenNothingMoves) {
       cv.notify_all();
     }
   });
-  wait_for_progress(mutex, cv, 600, done, progress, describe);
+  wait_for_progress(mutex, cv, std::numeric_limits<double>::infinity(), done, progress, describe);
   completer.join();
   EXPECT_EQ(count, 5);
 }
