@@ -32,4 +32,51 @@ void wait_for_progress(std::mutex& mutex, std::condition_variable& cv, double ti
   }
 }
 
+void RankTransport::wait_for_sends(std::mutex& mutex, std::condition_variable& sent,
+                                   double timeout_s, int max_pending,
+                                   const std::function<bool()>& failed) const {
+  // Per peer: posted and neither completed nor superseded.
+  auto pending = [&](int peer) {
+    const LinkStats s = stats(rank(), peer);
+    return s.posted - s.delivered - s.superseded;
+  };
+  wait_for_progress(
+      mutex, sent, timeout_s,
+      [&] {
+        if (failed()) return true;
+        for (int peer = 0; peer < size(); ++peer)
+          if (peer != rank() && pending(peer) > max_pending) return false;
+        return true;
+      },
+      [&] {
+        std::int64_t ended = 0;
+        for (int peer = 0; peer < size(); ++peer) {
+          if (peer == rank()) continue;
+          const LinkStats s = stats(rank(), peer);
+          ended += s.delivered + s.superseded;
+        }
+        return ended;
+      },
+      [&] {
+        std::string waiting;
+        for (int peer = 0; peer < size(); ++peer)
+          if (peer != rank() && pending(peer) > max_pending)
+            waiting += fmt::format("{}{}", waiting.empty() ? "" : ", ", peer);
+        return fmt::format("rank {}: flush({}) waits for sends to ranks [{}]", rank(), max_pending,
+                           waiting);
+      });
+}
+
+void RankTransport::wait_for_delivery(std::mutex& mutex, std::condition_variable& published,
+                                      double timeout_s, int peer, std::int64_t count,
+                                      const std::function<bool()>& failed) const {
+  auto delivered = [&] { return stats(peer, rank()).delivered; };
+  wait_for_progress(
+      mutex, published, timeout_s, [&] { return delivered() >= count || failed(); }, delivered,
+      [&] {
+        return fmt::format("rank {}: waiting for message {} from rank {}, {} arrived", rank(),
+                           count, peer, delivered());
+      });
+}
+
 }  // namespace asgd

@@ -44,6 +44,15 @@ class RankTransport : public Transport {
   virtual WireRejections rejections() const = 0;
   // Rethrows the first error of the transport's thread, if any.
   virtual void check() const = 0;
+
+ protected:
+  // The bodies of flush() and wait_delivered(), over stats(), for a transport that notifies
+  // `sent` when a send completes and `published` when a message is published, under `mutex`;
+  // `failed` ends the wait early (the caller then rethrows its thread's error).
+  void wait_for_sends(std::mutex& mutex, std::condition_variable& sent, double timeout_s,
+                      int max_pending, const std::function<bool()>& failed) const;
+  void wait_for_delivery(std::mutex& mutex, std::condition_variable& published, double timeout_s,
+                         int peer, std::int64_t count, const std::function<bool()>& failed) const;
 };
 
 // What flush() and wait_delivered() share: blocks on `cv` (notified under `mutex`) until

@@ -252,52 +252,14 @@ WireRejections RoundTransport::rejections() const {
 }
 
 void RoundTransport::flush(int max_pending) {
-  // Per peer: posted and neither completed nor superseded.
-  auto pending = [&](const Peer& p) {
-    std::lock_guard<std::mutex> lock(p.mutex);
-    const LinkStats& s = p.send_stats;
-    return s.posted - s.delivered - s.superseded;
-  };
-  wait_for_progress(
-      mutex_, sent_, options_.peer_timeout_s,
-      [&] {
-        if (error_.has_error()) return true;
-        for (int peer = 0; peer < size_; ++peer)
-          if (peer != rank_ && pending(*peers_[static_cast<std::size_t>(peer)]) > max_pending)
-            return false;
-        return true;
-      },
-      [&] {
-        std::int64_t ended = 0;
-        for (int peer = 0; peer < size_; ++peer) {
-          if (peer == rank_) continue;
-          const Peer& p = *peers_[static_cast<std::size_t>(peer)];
-          std::lock_guard<std::mutex> lock(p.mutex);
-          ended += p.send_stats.delivered + p.send_stats.superseded;
-        }
-        return ended;
-      },
-      [&] {
-        std::string waiting;
-        for (int peer = 0; peer < size_; ++peer)
-          if (peer != rank_ && pending(*peers_[static_cast<std::size_t>(peer)]) > max_pending)
-            waiting += fmt::format("{}{}", waiting.empty() ? "" : ", ", peer);
-        return fmt::format("rank {}: flush({}) waits for sends to ranks [{}]", rank_, max_pending,
-                           waiting);
-      });
+  wait_for_sends(mutex_, sent_, options_.peer_timeout_s, max_pending,
+                 [&] { return error_.has_error(); });
   error_.rethrow_if_set();
 }
 
 void RoundTransport::wait_delivered(int peer, std::int64_t count) {
-  const Peer& p = *peers_[static_cast<std::size_t>(peer)];
-  wait_for_progress(
-      mutex_, published_, options_.peer_timeout_s,
-      [&] { return p.delivered.load() >= count || error_.has_error(); },
-      [&] { return p.delivered.load(); },
-      [&] {
-        return fmt::format("rank {}: waiting for message {} from rank {}, {} arrived", rank_, count,
-                           peer, p.delivered.load());
-      });
+  wait_for_delivery(mutex_, published_, options_.peer_timeout_s, peer, count,
+                    [&] { return error_.has_error(); });
   error_.rethrow_if_set();
 }
 

@@ -1,4 +1,5 @@
-// What the mpi-tier tests of both transports share: the session and distinct payloads.
+// What the mpi-tier tests of both transports share: the session, distinct payloads, a hand
+// peer's stop signal and the checks both transports pass alike.
 #pragma once
 
 #include <cstdint>
@@ -11,7 +12,11 @@
 
 #include <unistd.h>
 
+#include <gtest/gtest.h>
+
 #include "comm/mpi/mpi_session.h"
+#include "comm/rank_transport.h"
+#include "runtime/error.h"
 
 namespace asgd::test {
 
@@ -51,5 +56,22 @@ class StopSignal {
  private:
   std::string path_;
 };
+
+// Collective: rank 0 waits for a message from rank 1, which sends none, and must get an error
+// naming what it waited for (the transport's peer timeout short); then every rank finishes.
+inline void expect_wait_for_unsent_message_fails(RankTransport& t) {
+  if (session().rank() == 0) {
+    try {
+      t.wait_delivered(1, 1);
+      ADD_FAILURE() << "wait_delivered() returned for a message nobody sent";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("waiting for message 1 from rank 1, 0 arrived"),
+                std::string::npos)
+          << e.what();
+    }
+  }
+  ASGD_CHECK_MPI(MPI_Barrier(session().comm()));  // nobody posts before rank 0 has given up
+  t.finish(false);
+}
 
 }  // namespace asgd::test
