@@ -25,6 +25,7 @@ void MetricsLog::write(const EvalPoint& p, int worker) {
   if (!out_.is_open()) return;
   nlohmann::json line = {{"worker", worker},
                          {"time_s", p.time_s},
+                         {"eval_s", p.eval_s},
                          {"step", p.step},
                          {"samples", p.samples},
                          {"epoch", p.epoch},

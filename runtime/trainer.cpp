@@ -443,6 +443,7 @@ class Run {
     EvalPoint p;
     p.worker = as_worker;
     p.time_s = seconds_since(start_);
+    p.eval_s = eval_seconds_[i];
     p.step = w.steps();
     p.samples = w.steps() * c_.batch;
     p.epoch = static_cast<double>(p.samples) / static_cast<double>(shards_[i].rows);

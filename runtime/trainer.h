@@ -24,6 +24,7 @@ namespace asgd {
 struct EvalPoint {
   int worker = 0;            // -1: the average of all workers' states (simu's result)
   double time_s = 0;         // wall time since training started
+  double eval_s = 0;         // of which this worker spent evaluating, this evaluation included
   std::int64_t step = 0;
   std::int64_t samples = 0;  // training samples processed
   double epoch = 0;          // samples / training rows

@@ -119,12 +119,21 @@ TEST(DeterministicTest, MetricsHaveEveryWorkerAndItsMessageCounters) {
   std::ifstream in(c.metrics_path);
   std::string line;
   int lines[2] = {0, 0};
+  double last_eval_s[2] = {0, 0};
   while (std::getline(in, line)) {
+    // Each line's evaluation time is the worker's running total: it grows with every line,
+    // and is part of the wall time since the start.
+    const nlohmann::json j = nlohmann::json::parse(line);
+    const int worker = j.at("worker").get<int>();
+    ASSERT_TRUE(worker == 0 || worker == 1) << line;
+    EXPECT_GT(j.at("eval_s").get<double>(), last_eval_s[worker]) << line;
+    EXPECT_LE(j.at("eval_s").get<double>(), j.at("time_s").get<double>()) << line;
+    last_eval_s[worker] = j.at("eval_s").get<double>();
     for (const char* key :
          {"\"messages_sent\"", "\"messages_received\"", "\"messages_accepted\"",
           "\"messages_rejected\"", "\"messages_rejected_direction\"",
           "\"messages_rejected_window\"", "\"messages_nonfinite\"", "\"bytes_sent\"",
-          "\"mean_staleness_s\"", "\"mean_step_gap\"", "\"test_accuracy\""})
+          "\"mean_staleness_s\"", "\"mean_step_gap\"", "\"test_accuracy\"", "\"eval_s\""})
       EXPECT_THAT(line, HasSubstr(key));
     ++lines[line.find("\"worker\":1") != std::string::npos ? 1 : 0];
   }
