@@ -4,7 +4,9 @@
 //
 // A received message e covers the range R = [offset, offset + length) of the flat state. It
 // is accepted iff
-//   direction:  dot(g_R, w_R - e) > (eps/2) * ||g_R||^2   (the local step moves w towards e)
+//   direction:  dot(g_R, w_R - e) > margin * (eps/2) * ||g_R||^2
+//               (margin 1, the default: the local step moves w towards e; margin 0: moving w
+//               towards e is a descent direction, to first order)
 //   window:     d2 = ||w_R - e||^2 / length <= window * median(d2 of the last `history`
 //               messages received), after `warmup` messages have been seen
 //   finite:     every value involved is finite (a NaN/Inf, or a value so large that its square
@@ -38,6 +40,7 @@ enum class MergeRule {
 struct ParzenParams {
   float eps = 0.05f;     // the step size of this step
   float window = 4.0f;   // r; +inf: direction test only
+  float margin = 1.0f;   // of the direction test, in [0, 1]
   int history = 64;      // H, in [1, kMaxParzenHistory]
   int warmup = 8;        // messages seen before the window can accept
   bool filter = true;

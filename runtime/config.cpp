@@ -184,6 +184,9 @@ const std::map<std::string, Setter>& setters() {
            c.window = static_cast<float>(get_as<double>(p, k, n, "a number or \"inf\""));
          }
        })},
+      {"direction-margin", custom([](auto& p, auto& k, auto& n, TrainConfig& c) {
+         c.direction_margin = static_cast<float>(get_as<double>(p, k, n, "a number"));
+       })},
       {"window-history", custom([](auto& p, auto& k, auto& n, TrainConfig& c) {
          c.window_history = get_int(p, k, n);
        })},
@@ -565,6 +568,11 @@ void validate(const TrainConfig& c) {
   if (c.queue_capacity < 1)
     ASGD_INPUT_ERROR("--queue-capacity must be at least 1, got {}", c.queue_capacity);
   if (!(c.window > 0.0f)) ASGD_INPUT_ERROR("--window must be positive (or inf), got {}", c.window);
+  if (!(c.direction_margin >= 0.0f && c.direction_margin <= 1.0f))
+    ASGD_INPUT_ERROR(
+        "--direction-margin must lie in [0, 1] (1: the local step moves the state towards the "
+        "message; 0: towards it is a descent direction), got {}",
+        c.direction_margin);
   if (c.window_history < 1 || c.window_history > kMaxParzenHistory || c.window_warmup < 0)
     ASGD_INPUT_ERROR("--window-history must lie in [1, {}] and --window-warmup be >= 0",
                      kMaxParzenHistory);

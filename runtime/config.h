@@ -158,6 +158,7 @@ struct TrainConfig {
   int queue_capacity = 2;          // unsent messages per peer before the oldest is superseded
   MergeSpec merge;
   float window = 4.0f;  // r of the Parzen window; +inf = bare direction test
+  float direction_margin = 1.0f;  // of the direction test, in [0, 1] (kernels/parzen.h)
   int window_history = 64;
   int window_warmup = 8;
   LinkSettings links;

@@ -207,6 +207,7 @@ distributed::Settings shared_setting_list(const TrainConfig& c, const std::strin
           {"send-interval", std::to_string(c.send_interval)},
           {"merge", to_string(c.merge)},
           {"window", fmt::format("{}", c.window)},
+          {"direction-margin", fmt::format("{}", c.direction_margin)},
           {"seed", std::to_string(c.seed)},
           {"dataset", d.spec},
           {"test-dataset", d.test_spec},

@@ -97,6 +97,7 @@ Worker::Worker(int id, int device, const TrainConfig& config, const Dataset& tra
   parzen_counters_.zero(stream_);
   parzen_.eps = lr_;
   parzen_.window = config.window;
+  parzen_.margin = config.direction_margin;
   parzen_.history = config.window_history;
   parzen_.warmup = config.window_warmup;
   parzen_.filter = config.algorithm != Algorithm::kAsgdNoFilter;

@@ -193,6 +193,7 @@ struct DecideArgs {
   std::int32_t* accept;
   std::int64_t* counters;
   float eps;
+  float margin;
   float window;
   int history_size;
   int warmup;
@@ -364,7 +365,7 @@ __global__ void __launch_bounds__(kThreads) decide_kernel(const __grid_constant_
       }
       if (t == 0) a.history[seen % h] = v;
       ++seen;
-      if (!(dot > 0.5 * static_cast<double>(a.eps) * gg)) {
+      if (!(dot > 0.5 * static_cast<double>(a.margin) * static_cast<double>(a.eps) * gg)) {
         ++rejected_direction;
       } else if (!window_ok) {
         ++rejected_window;
@@ -577,6 +578,7 @@ void parzen_decide(const Stream& stream, const ParzenParams& params, int count, 
   args.accept = accept;
   args.counters = counters;
   args.eps = params.eps;
+  args.margin = params.margin;
   args.window = params.window;
   args.history_size = params.history;
   args.warmup = params.warmup;

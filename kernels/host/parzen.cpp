@@ -149,7 +149,7 @@ void parzen_decide(const Stream& stream, const ParzenParams& params, int count,
     }
     history[seen % params.history] = static_cast<float>(d2);
     *history_seen = seen + 1;
-    if (!(dot > 0.5 * static_cast<double>(params.eps) * gg)) {
+    if (!(dot > 0.5 * static_cast<double>(params.margin) * static_cast<double>(params.eps) * gg)) {
       ++counters[kRejectedDirection];
     } else if (!window_ok) {
       ++counters[kRejectedWindow];

@@ -220,6 +220,10 @@ void add_train_command(CLI::App& app, TrainOptions& o) {
   cmd->add_option("--window", o.window,
                   "Parzen window radius factor r (inf: bare direction test)")
       ->capture_default_str();
+  cmd->add_option("--direction-margin", c.direction_margin,
+                  "direction test: accept when dot(g, w - e) > MARGIN * eps/2 * |g|^2 (1: the "
+                  "local step moves w towards e; 0: first order)")
+      ->capture_default_str();
   cmd->add_option("--window-history", c.window_history, "messages in the window's median (H)")
       ->capture_default_str();
   cmd->add_option("--window-warmup", c.window_warmup,

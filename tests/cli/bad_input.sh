@@ -61,6 +61,10 @@ case "$case" in
     args=(--dataset blobs:400,2,2 --workers 2 --config "$dir/run.toml"); expect="link 0->1" ;;
   max_seconds_nan)
     args=(--dataset blobs:400,2,2 --max-seconds nan); expect="--max-seconds" ;;
+  direction_margin_out_of_range)
+    printf 'direction-margin = 1.5\n' > "$dir/run.toml"
+    args=(--dataset blobs:400,2,2 --workers 2 --config "$dir/run.toml")
+    expect="--direction-margin must lie in [0, 1]" ;;
   config_is_directory)
     args=(--config "$dir"); expect="not a regular file" ;;
   summary_unwritable)

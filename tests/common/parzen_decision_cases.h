@@ -88,6 +88,26 @@ TYPED_TEST_P(ParzenDecisionCases, ATieIsRejected) {
   EXPECT_EQ(d.counters[kRejectedDirection], 1);
 }
 
+// The margin scales the step's term: dot(g, w - e) > margin * eps/2 * ||g||^2.
+TYPED_TEST_P(ParzenDecisionCases, MarginScalesTheStepTerm) {
+  this->params_.eps = 0.5f;
+  this->params_.window = TestFixture::kInf;
+  const std::vector<float> g{1, 0}, w{0.25f, 0};
+  // e = [0, 0]: dot 0.25 (the tie above at margin 1); e = [0.2, 0]: dot 0.05, a state the
+  // step overshoots but moves towards to first order; e = [0.5, 0]: dot -0.25, behind.
+  const std::vector<std::vector<float>> messages{{0, 0}, {0.2f, 0}, {0.5f, 0}};
+  EXPECT_EQ(this->decide(g, w, messages).accept, (std::vector<std::int32_t>{0, 0, 0}));
+  this->params_.margin = 0.5f;  // threshold 0.125
+  EXPECT_EQ(this->decide(g, w, messages).accept, (std::vector<std::int32_t>{1, 0, 0}));
+  this->params_.margin = 0.0f;  // threshold 0: the sign of the dot product
+  const ParzenDecision d = this->decide(g, w, messages);
+  EXPECT_EQ(d.accept, (std::vector<std::int32_t>{1, 1, 0}));
+  EXPECT_EQ(d.counters[kAccepted], 2);
+  EXPECT_EQ(d.counters[kRejectedDirection], 1);
+  // A zero gradient says nothing about any state: dot 0 is not above 0.
+  EXPECT_EQ(this->decide({0, 0}, w, {{0, 0}}).accept[0], 0);
+}
+
 TYPED_TEST_P(ParzenDecisionCases, NonFiniteValuesAreRejectedAndCounted) {
   this->params_.window = TestFixture::kInf;
   const ParzenDecision d = this->decide(
@@ -138,7 +158,8 @@ TYPED_TEST_P(ParzenDecisionCases, FilterOffAcceptsEverything) {
 }
 
 REGISTER_TYPED_TEST_SUITE_P(ParzenDecisionCases, AcceptsAStateTheStepMovesTowards, ATieIsRejected,
-                            NonFiniteValuesAreRejectedAndCounted, WindowWarmsUpThenRejectsFarStates,
-                            MedianIsOverTheLastHistoryMessages, FilterOffAcceptsEverything);
+                            MarginScalesTheStepTerm, NonFiniteValuesAreRejectedAndCounted,
+                            WindowWarmsUpThenRejectsFarStates, MedianIsOverTheLastHistoryMessages,
+                            FilterOffAcceptsEverything);
 
 }  // namespace asgd

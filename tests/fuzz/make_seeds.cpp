@@ -175,6 +175,7 @@ send-interval = 2
 queue-capacity = 3
 merge = "elastic:0.3"
 window = "inf"
+direction-margin = 0.5
 window-history = 32
 window-warmup = 4
 link-bandwidth = 1e9
