@@ -39,6 +39,32 @@ import runs  # noqa: E402
 import study  # noqa: E402
 
 
+# What the JSON keeps of the curves: at an evaluation every 5 steps a whole epoch's curves of
+# every run come to about 60 MB, most of it after every run has settled. Every run keeps its
+# summary and its "within" point; round 0 (the one plotted) keeps its curve, thinned.
+CURVE_KEYS = ("worker", "step", "samples", "time_s", "eval_s", "test_loss", "train_loss",
+              "messages_received", "messages_accepted", "messages_rejected")
+CURVE_DENSE_STEPS = 600  # every evaluation up to here (each "within" of lr >= 0.25 lies below)
+CURVE_THIN = 10          # then every 10th, and each worker's last
+
+
+def thin_curve(curve):
+    """The curve (lists per key, as study.curve makes it) with CURVE_KEYS, every evaluation up
+    to CURVE_DENSE_STEPS, then every CURVE_THIN-th and the last of each worker."""
+    if not curve:
+        return curve
+    n = len(curve["step"])
+    last = {w: i for i, w in enumerate(curve["worker"])}
+    keep, later = [], 0
+    for i in range(n):
+        dense = curve["step"][i] <= CURVE_DENSE_STEPS
+        if not dense:
+            later += 1
+        if dense or later % CURVE_THIN == 0 or last[curve["worker"][i]] == i:
+            keep.append(i)
+    return {k: [curve[k][i] for i in keep] for k in CURVE_KEYS if k in curve}
+
+
 def main():
     ap = study.parser(__doc__, "kmeans")
     ap.add_argument("--dataset", default="blobs:200000,32,64")
@@ -208,7 +234,11 @@ def main():
         "ratio_asgd_to_single": ratio,
         "plots": [os.path.relpath(p, os.path.dirname(os.path.abspath(args.out)))
                   for p in plots],
-        "runs": [study.public(r) for c in configs for r in results[c["name"]]]})
+        "runs": [dict(study.public(r),
+                      curve=thin_curve(r.get("curve")) if r["round"] == 0 else None,
+                      within=None if within(r) is None else
+                      {k: within(r)[k] for k in ("step", "samples", "time_s", "eval_s")})
+                 for c in configs for r in results[c["name"]]]})
 
 
 if __name__ == "__main__":
