@@ -74,6 +74,31 @@ MODELS = ("mlp", "kmeans")
 WITHIN_BEST = 1.15  # the issue: auto within 15% of the best fixed setting
 CURVE_KEYS = ("worker", "time_s", "step", "samples", "test_accuracy", "test_loss",
               "messages_accepted", "messages_rejected")  # of worker 0's evaluations, in the JSON
+# The JSON keeps the curves of the first CURVE_ROUNDS rounds, each at most CURVE_POINTS
+# evaluations (evenly strided, the last kept): K-Means evaluated every 5 steps over 15 rounds
+# made a 28 MB file otherwise. Times to target come from every evaluation, in memory.
+CURVE_ROUNDS = 3
+CURVE_POINTS = 100
+
+
+def stored_run(rec):
+    """The record as it goes into the JSON: study.public with its curve thinned (or dropped
+    after the first CURVE_ROUNDS rounds)."""
+    out = study.public(rec)
+    curve = out.get("curve")
+    if not curve:
+        return out
+    if rec.get("round", 0) >= CURVE_ROUNDS:
+        out["curve"] = None
+        return out
+    n = len(next(iter(curve.values())))
+    if n > CURVE_POINTS:
+        stride = math.ceil(n / CURVE_POINTS)
+        keep = list(range(0, n, stride))
+        if keep[-1] != n - 1:
+            keep.append(n - 1)
+        out["curve"] = {k: [v[i] for i in keep] for k, v in curve.items()}
+    return out
 
 
 # ----------------------------------------------------------------------------------------
@@ -748,7 +773,7 @@ def grid_experiment(args, extra, runner, model):
         "messages": [str(f) for f in args.messages], "intervals": args.intervals,
         "tables": tables, "comparisons": comparisons, "criteria": verdict,
         "plots": rel(plots, out),
-        "runs": [study.public(r) for c in configs for r in results[c["name"]]]})
+        "runs": [stored_run(r) for c in configs for r in results[c["name"]]]})
     return verdict
 
 
@@ -975,7 +1000,7 @@ def hetero_experiment(args, extra, runner, model):
         "messages": [str(f) for f in args.messages], "intervals": args.intervals,
         "table": rows, "comparison": cmp_, "auto_per_link": per_link,
         "plots": rel(plots, out),
-        "runs": [study.public(r) for c in configs for r in results[c["name"]]]})
+        "runs": [stored_run(r) for c in configs for r in results[c["name"]]]})
 
 
 def fmt(v, spec=".2f"):
@@ -1154,7 +1179,7 @@ def drop_experiment(args, extra, runner, model):
         "drop_at_given": args.drop_at is not None, "table": rows, "criteria": verdict,
         "metrics_dir": os.path.relpath(keep, os.path.dirname(os.path.abspath(out))),
         "plots": rel(plots, out),
-        "runs": [study.public(r) for c in configs for r in results[c["name"]]]})
+        "runs": [stored_run(r) for c in configs for r in results[c["name"]]]})
 
 
 # ----------------------------------------------------------------------------------------
