@@ -40,7 +40,7 @@ def main():
     ap.add_argument("--epochs", type=float, default=1000, help="epoch cap (large: time decides)")
     ap.add_argument("--eval-every", type=int, default=100, help="steps between evaluations")
     args, extra = study.parse(ap)
-    if "--balance" not in extra:  # runs.train() would fix the communication (--balance off)
+    if "--balance" not in study.option_names(extra):  # else runs.train() passes --balance off
         extra = ["--balance", "auto", *extra]
     lrs, algos = study.floats(args.lrs), study.algos(args.algos)
     binary = runs.asgd_binary(args.build)

@@ -48,7 +48,7 @@ def train(binary, args, metrics=False):
     studies written before the load balancer measure fixed settings; bench/comm_study.py
     passes --balance itself."""
     args = [str(a) for a in args]
-    if "--balance" not in args:
+    if "--balance" not in [a.split("=", 1)[0] for a in args]:
         args += ["--balance", "off"]
     with tempfile.TemporaryDirectory() as tmp:
         summary = os.path.join(tmp, "summary.json")

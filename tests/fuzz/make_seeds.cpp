@@ -195,6 +195,17 @@ max-interval = 100
 peers = "uniform"
 trace = "run.trace.json"
 progress = false
+eval-workers = "first"
+step-order = "lockstep"
+comm-poll = 0.002
+on-divergence = "restore"
+divergence-lr-factor = 0.5
+max-restores = 3
+checkpoint-dir = "ckpt"
+checkpoint-every = 500
+checkpoint = "all"
+resume = "ckpt"
+fault = ["nan:1:300", "corrupt:2:5"]
 )");
   write("config", "link_matrix", R"(workers = 2
 link-bandwidth = [[0, 1e9], [5e8, 0]]

@@ -275,9 +275,11 @@ struct DecideScenario {
   std::uint64_t seed;
 };
 
-ParzenParams make_params(float eps, float window, int history, int warmup, bool filter = true) {
+ParzenParams make_params(float eps, float window, int history, int warmup, bool filter = true,
+                         float margin = 1.0f) {
   ParzenParams p;
   p.eps = eps;
+  p.margin = margin;
   p.window = window;
   p.history = history;
   p.warmup = warmup;
@@ -292,7 +294,7 @@ float random_distance(bool discrete, std::mt19937_64& rng) {
 }
 
 // Statistics for `count` messages: mostly finite, with direction ties and non-finite values.
-void random_statistics(int count, bool discrete, float eps, std::mt19937_64& rng,
+void random_statistics(int count, bool discrete, const ParzenParams& params, std::mt19937_64& rng,
                        std::vector<double>& stats, std::vector<std::int64_t>& lengths) {
   static const std::int64_t kLengths[] = {1, 3, 1000, 123457};
   const double nan = std::numeric_limits<double>::quiet_NaN();
@@ -304,9 +306,11 @@ void random_statistics(int count, bool discrete, float eps, std::mt19937_64& rng
     lengths[m] = kLengths[std::uniform_int_distribution<int>(0, 3)(rng)];
     const double gg = 0.1 + 10.0 * unit(rng);
     const double dd = static_cast<double>(random_distance(discrete, rng)) * lengths[m];
+    const double eps = params.eps;
     double dot = eps * gg * (2.0 * unit(rng) - 0.5);
     const double kind = unit(rng);
-    if (kind < 0.05) dot = 0.5 * static_cast<double>(eps) * gg;  // a tie: rejected
+    // A tie, rejected: the threshold as both decisions compute it.
+    if (kind < 0.05) dot = 0.5 * static_cast<double>(params.margin) * eps * gg;
     stats[4 * m] = dot;
     stats[4 * m + 1] = gg;
     stats[4 * m + 2] = dd;
@@ -342,7 +346,7 @@ void check_scenario(const Stream& cuda, const DecideScenario& sc) {
         std::min(200 - done, call == 0 ? 64 : std::uniform_int_distribution<int>(1, 64)(rng));
     std::vector<double> stats;
     std::vector<std::int64_t> lengths;
-    random_statistics(count, sc.discrete, sc.params.eps, rng, stats, lengths);
+    random_statistics(count, sc.discrete, sc.params, rng, stats, lengths);
 
     DeviceArray<double> dstats(stats, cuda);
     DeviceArray<std::int32_t> daccept(std::vector<std::int32_t>(count, -1), cuda);
@@ -383,6 +387,8 @@ TEST_F(CudaParzenTest, DecisionsAndHistoryMatchHostExactly) {
       {"window -inf is bare too", make_params(0.05f, -kInf, 16, 8), false, 0, 7},
       {"window NaN rejects", make_params(0.05f, nan, 16, 0), false, 0, 8},
       {"filter off", make_params(0.05f, 4.0f, 64, 8, false), false, 0, 9},
+      {"first-order direction test", make_params(0.05f, 4.0f, 64, 8, true, 0.0f), true, 0, 14},
+      {"direction margin 0.5", make_params(0.1f, 2.0f, 16, 4, true, 0.5f), false, 0, 15},
       {"full ring of 4096", make_params(0.05f, 4.0f, 4096, 8), false, 1000003, 10},
       {"ring of 3000 filling up, ties", make_params(0.05f, 2.0f, 3000, 8), true, 2950, 11},
       {"the largest ring, full", make_params(0.05f, 4.0f, kMaxParzenHistory, 8), false,

@@ -184,6 +184,21 @@ TEST(DeterministicTest, EvalWorkersFirstTestsOnlyWorkerZeroAndTrainsTheSame) {
   EXPECT_THROW(parse_eval_workers("0"), InputError);
 }
 
+// --direction-margin reaches every worker's test: the first-order test (0) accepts states that
+// the default (1) rejects for the step's term, so the same seeded run accepts more.
+TEST(DeterministicTest, DirectionMarginZeroAcceptsMore) {
+  TrainConfig c = engine_config(Algorithm::kAsgd, 2);
+  c.deterministic = true;
+  c.window = std::numeric_limits<float>::infinity();  // the direction test alone decides
+  const TrainResult strict = train(c, testing::separable_train_test());
+  c.direction_margin = 0.0f;
+  const TrainResult first_order = train(c, testing::separable_train_test());
+  EXPECT_EQ(strict.messages_received, first_order.messages_received);
+  EXPECT_GT(strict.messages_rejected_direction, 0);
+  EXPECT_GT(first_order.messages_accepted, strict.messages_accepted);
+  EXPECT_LT(first_order.messages_rejected_direction, strict.messages_rejected_direction);
+}
+
 TEST(DeterministicTest, FilterIsActive) {
   TrainConfig c = engine_config(Algorithm::kAsgd, 3);
   c.deterministic = true;

@@ -113,9 +113,10 @@ TEST(TrainerTest, WritesMetricsAndSummary) {
   write_summary(summary.string(), c, r);
   std::stringstream text;
   text << std::ifstream(summary).rdbuf();
-  for (const char* key : {"\"final_test_accuracy\"", "\"time_to_target_s\": null",
-                          "\"train_seconds\"", "\"samples_per_s\"", "\"steps\"",
-                          "\"backend\": \"host\"", "\"workers\": 1"})
+  for (const char* key :
+       {"\"final_test_accuracy\"", "\"time_to_target_s\": null", "\"train_seconds\"",
+        "\"samples_per_s\"", "\"steps\"", "\"backend\": \"host\"", "\"workers\": 1",
+        "\"direction_margin\": 1.0", "\"window_history\": 64"})
     EXPECT_THAT(text.str(), HasSubstr(key));
   fs::remove(c.metrics_path);
   fs::remove(summary);
