@@ -40,8 +40,9 @@ evaluation with objective (test loss) <= --kmeans-target, by default reference *
 workers with the default fixed setting on unlimited links (--kmeans-reference ideal; 'local':
 one worker --algo local at the same settings). bench/kmeans.py's race is --kmeans-lr 3
 --kmeans-eval-every 5 --kmeans-epochs 1 --kmeans-target 16.37 (1.02 of the lowest objective
-one worker reaches on most seeds) --common='--test-fraction 0.02' (bench/README.md). Every configuration runs --rounds (3) times, alternated, seeds --seed + r; medians,
-a missed target counting as infinitely slow.
+one worker reaches on most seeds) --common='--test-fraction 0.02' (bench/README.md). Every
+configuration runs --rounds (3) times, alternated, seeds --seed + r; medians, a missed
+target counting as infinitely slow.
 
 --mpi runs the same under `mpirun --oversubscribe --bind-to none -np N` (N = the workers of
 the experiment, one per rank; the MPI transport emulates the links); the outputs get

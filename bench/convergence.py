@@ -40,23 +40,14 @@ def main():
     ap.add_argument("--epochs", type=float, default=1000, help="epoch cap (large: time decides)")
     ap.add_argument("--eval-every", type=int, default=100, help="steps between evaluations")
     args, extra = study.parse(ap)
-    if "--balance" not in study.option_names(extra):  # else runs.train() passes --balance off
-        extra = ["--balance", "auto", *extra]
+    extra = study.balance_auto_unless_given(extra)
     lrs, algos = study.floats(args.lrs), study.algos(args.algos)
     binary = runs.asgd_binary(args.build)
 
     common = study.MLP + ["--epochs", args.epochs, "--max-seconds", args.max_seconds,
                           "--target-accuracy", args.target, "--eval-every", args.eval_every,
                           *args.common]
-    groups = [("local", 1)] + [(a, args.workers) for a in algos]
-    configs = []
-    for algo, workers in groups:
-        for lr in lrs:
-            own = extra if workers > 1 and algo in study.ASGD_ALGOS else []
-            configs.append(study.config(
-                f"{algo}_w{workers}_lr{lr:g}",
-                common + ["--workers", workers, "--algo", algo, "--lr", lr, *own],
-                algo=algo, workers=workers, lr=lr))
+    groups, configs = study.lr_grid(common, algos, args.workers, lrs, extra)
 
     def describe(rec):
         t = study.summary_value(rec, "time_to_target_s")
@@ -94,17 +85,10 @@ def main():
     if any(r["failed"] for r in rows):
         print("# !: some rounds failed (see 'error' in the JSON), e.g. diverged")
 
-    best = []
-    for algo, workers in groups:
-        cand = [r for r in rows if r["algo"] == algo and r["workers"] == workers]
-        b = min(cand, key=lambda r: (r["time_to_target_s"] if r["time_to_target_s"] is not None
-                                     else float("inf"), -(r["final_test_accuracy"] or 0)))
-        best.append(dict(b))
+    best = study.best_per_group(rows, groups, "time_to_target_s",
+                                lambda r: -(r["final_test_accuracy"] or 0),
+                                [("time_to_target_s", "time_ratio_to_single")])
     single = best[0]
-    for b in best:
-        both = b["time_to_target_s"] is not None and single["time_to_target_s"] is not None
-        b["time_ratio_to_single"] = (b["time_to_target_s"] / single["time_to_target_s"]
-                                     if both else None)
     print()
     print("# best lr of each (algo, workers) by time to target; ratio = its time / the best "
           "single worker's (below 1: faster)")

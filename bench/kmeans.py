@@ -31,6 +31,7 @@ communicate as `asgd train` does by default (--balance auto) unless given --bala
     bench/kmeans.py [--build build] [--lrs 0.25,...,6] [--epochs 1] [--eval-every 5]
                     [--rounds 1] [--out bench/results/kmeans.json] [asgd options...]
 """
+import math
 import os
 import sys
 
@@ -85,23 +86,14 @@ def main():
                          "always there)")
     ap.add_argument("--workers", type=int, default=2, help="workers of the multi-worker runs")
     args, extra = study.parse(ap)
-    if "--balance" not in study.option_names(extra):  # else runs.train() passes --balance off
-        extra = ["--balance", "auto", *extra]
+    extra = study.balance_auto_unless_given(extra)
     lrs, algos = study.floats(args.lrs), study.algos(args.algos)
     binary = runs.asgd_binary(args.build)
 
     common = ["--dataset", args.dataset, "--model", "kmeans", "--clusters", args.clusters,
               "--batch", args.batch, "--epochs", args.epochs, "--eval-every", args.eval_every,
               "--test-fraction", args.test_fraction, *args.common]
-    groups = [("local", 1)] + [(a, args.workers) for a in algos]
-    configs = []
-    for algo, workers in groups:
-        for lr in lrs:
-            own = extra if workers > 1 and algo in study.ASGD_ALGOS else []
-            configs.append(study.config(
-                f"{algo}_w{workers}_lr{lr:g}",
-                common + ["--workers", workers, "--algo", algo, "--lr", lr, *own],
-                algo=algo, workers=workers, lr=lr))
+    groups, configs = study.lr_grid(common, algos, args.workers, lrs, extra)
 
     def describe(rec):
         return (f"objective {study.summary_value(rec, 'final_objective'):.3f} after "
@@ -182,20 +174,12 @@ def main():
         if r["failed"]:
             print(f"# !{r['name']}: {r['failed']}/{r['rounds']} failed: {'; '.join(r['errors'])}")
 
-    best = []
-    for algo, workers in groups:
-        cand = [r for r in rows if r["algo"] == algo and r["workers"] == workers]
-        b = min(cand, key=lambda r: (
-            r["time_within_s"] if r["time_within_s"] is not None else float("inf"),
-            r["final_to_reference"] if r["final_to_reference"] is not None else float("inf")))
-        best.append(dict(b))
+    best = study.best_per_group(
+        rows, groups, "time_within_s",
+        lambda r: r["final_to_reference"] if r["final_to_reference"] is not None else math.inf,
+        [("time_within_s", "time_ratio_to_single"), ("train_within_s", "train_ratio_to_single"),
+         ("steps_within", "steps_ratio_to_single")])
     single = best[0]
-    for b in best:
-        for key, out in (("time_within_s", "time_ratio_to_single"),
-                         ("train_within_s", "train_ratio_to_single"),
-                         ("steps_within", "steps_ratio_to_single")):
-            both = b[key] is not None and single[key] is not None and single[key] > 0
-            b[out] = b[key] / single[key] if both else None
     print()
     print("# best lr of each (algo, workers) by time to within; ratios = its value / the best "
           "single worker's (below 1: sooner)")

@@ -35,17 +35,12 @@ void wait_for_progress(std::mutex& mutex, std::condition_variable& cv, double ti
 void RankTransport::wait_for_sends(std::mutex& mutex, std::condition_variable& sent,
                                    double timeout_s, int max_pending,
                                    const std::function<bool()>& failed) const {
-  // Per peer: posted and neither completed nor superseded.
-  auto pending = [&](int peer) {
-    const LinkStats s = stats(rank(), peer);
-    return s.posted - s.delivered - s.superseded;
-  };
   wait_for_progress(
       mutex, sent, timeout_s,
       [&] {
         if (failed()) return true;
         for (int peer = 0; peer < size(); ++peer)
-          if (peer != rank() && pending(peer) > max_pending) return false;
+          if (peer != rank() && backlog(rank(), peer) > max_pending) return false;
         return true;
       },
       [&] {
@@ -60,7 +55,7 @@ void RankTransport::wait_for_sends(std::mutex& mutex, std::condition_variable& s
       [&] {
         std::string waiting;
         for (int peer = 0; peer < size(); ++peer)
-          if (peer != rank() && pending(peer) > max_pending)
+          if (peer != rank() && backlog(rank(), peer) > max_pending)
             waiting += fmt::format("{}{}", waiting.empty() ? "" : ", ", peer);
         return fmt::format("rank {}: flush({}) waits for sends to ranks [{}]", rank(), max_pending,
                            waiting);

@@ -89,6 +89,45 @@ def config(name, args, **fields):
     return {"name": name, "args": [str(a) for a in args], **fields}
 
 
+def balance_auto_unless_given(extra):
+    """The pass-through options with --balance auto in front unless they set --balance: the
+    asgd runs then communicate as `asgd train` does by default (runs.train() would otherwise
+    fix the communication with --balance off)."""
+    return extra if "--balance" in option_names(extra) else ["--balance", "auto", *extra]
+
+
+def lr_grid(common, algos, workers, lrs, extra):
+    """(groups, configs): the 1-worker local run and `workers` workers of each of `algos`,
+    each at every step size of `lrs`; `extra` goes to the multi-worker asgd runs only.
+    Configurations are named ALGO_wWORKERS_lrLR and carry algo, workers and lr."""
+    groups = [("local", 1)] + [(a, workers) for a in algos]
+    configs = []
+    for algo, w in groups:
+        for lr in lrs:
+            own = extra if w > 1 and algo in ASGD_ALGOS else []
+            configs.append(config(f"{algo}_w{w}_lr{lr:g}",
+                                  common + ["--workers", w, "--algo", algo, "--lr", lr, *own],
+                                  algo=algo, workers=w, lr=lr))
+    return groups, configs
+
+
+def best_per_group(rows, groups, time_key, tiebreak, ratio_keys):
+    """Each (algo, workers) of `groups` at its best step size: the row of `rows` with the
+    lowest rows[time_key] (None: never got there, last), ties by tiebreak(row) (lower first).
+    Each copy gets, for every (key, name) of ratio_keys, name = its key / the first group's
+    (the single worker's), or None where either is missing."""
+    def order(r):
+        return (r[time_key] if r[time_key] is not None else math.inf, tiebreak(r))
+    best = [dict(min((r for r in rows if r["algo"] == algo and r["workers"] == workers),
+                     key=order)) for algo, workers in groups]
+    single = best[0]
+    for b in best:
+        for key, name in ratio_keys:
+            both = b[key] is not None and single[key] is not None and single[key] > 0
+            b[name] = b[key] / single[key] if both else None
+    return best
+
+
 def curve(metrics, workers=(0, -1)):
     """The evaluations of the given workers, one list per key (compact in the JSON)."""
     lines = [m for m in metrics if m.get("worker") in workers and "event" not in m]
