@@ -110,9 +110,11 @@ void LoadBalancer::step(bool force_log) {
     e.add({r.bytes, r.seconds, r.resolution_s});
     board_.set_bandwidth(r.from, r.to, e.estimate().bandwidth_bytes_per_s);
   }
+  bool all_measured = true;
   for (int from : local_) {
     // Before the worker's first steps its step time is unknown: 1 ms stands in.
     const double measured = step_time_ ? step_time_(from) : 0.0;
+    all_measured = all_measured && measured > 0;
     const double step_s = measured > 0 ? measured : 1e-3;
     std::vector<PeerState> peers(static_cast<std::size_t>(workers_));
     std::vector<PeerSetting> previous(static_cast<std::size_t>(workers_));
@@ -131,6 +133,7 @@ void LoadBalancer::step(bool force_log) {
       limits.seconds_per_element = std::max(0.0, options_.seconds_per_element(from));
       limits.compute_share = options_.limits.compute_share / std::max(1, workers_ - 1);
       limits.cost_pending = limits.seconds_per_element == 0;
+      all_measured = all_measured && !limits.cost_pending;
     }
     const std::vector<PeerSetting> next =
         options_.adjust_settings ? balance(peers, previous, step_s, limits) : previous;
@@ -162,13 +165,18 @@ void LoadBalancer::step(bool force_log) {
       }
     }
   }
+  measured_ = all_measured;
 }
 
 void LoadBalancer::loop() {
   try {
     std::unique_lock<std::mutex> lock(mutex_);
     while (!stop_) {
-      wake_.wait_for(lock, std::chrono::duration<double>(options_.period_s), [&] { return stop_; });
+      // Until the workers' step times and costs are measured the decisions stand on guesses (1
+      // ms a step, the smallest useful message): the controller looks ten times as often, so a
+      // short run is balanced from its first steps rather than after its first period.
+      const double period = measured_ ? options_.period_s : options_.period_s / 10;
+      wake_.wait_for(lock, std::chrono::duration<double>(period), [&] { return stop_; });
       if (stop_) break;
       lock.unlock();
       step(false);

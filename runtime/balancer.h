@@ -60,7 +60,7 @@ struct BalanceDecision {
 
 struct BalancerOptions {
   BalanceLimits limits;
-  double period_s = 0.05;       // between controller steps
+  double period_s = 0.05;       // between controller steps (a tenth of it until measured)
   double log_every_s = 1.0;     // decisions are logged when they change and at this interval
   bool adjust_settings = true;  // false: estimates only (for bandwidth-weighted peer choice)
   // Worker w's recent compute per element sent and merged (seconds; 0 while unknown). The
@@ -103,6 +103,7 @@ class LoadBalancer {
   std::vector<PeerSetting> settings_;      // [from][to], as published
   std::vector<double> busy_caps_;          // [from][to], see next_busy_cap()
   std::vector<double> last_logged_s_;      // [from][to]
+  bool measured_ = false;  // every local worker's step time (and cost, where it counts) known
   std::mutex mutex_;
   std::condition_variable wake_;
   bool stop_ = false;

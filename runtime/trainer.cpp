@@ -46,6 +46,12 @@ namespace asgd {
 namespace {
 using Clock = std::chrono::steady_clock;
 
+// The balancer measures a worker's compute per element sent and merged over at least this many
+// merged elements (64 KiB of floats): 8 whole states of the K-Means study's 2,048-parameter
+// model, whose race is over in about 60 steps, one message of most others. The worker's CPU
+// clock counts nanoseconds, so even 8 small merges are timed well.
+constexpr std::int64_t kCostSampleElements = 16384;
+
 double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
@@ -838,8 +844,14 @@ class Run {
     for (auto& w : workers_) w->set_peer_board(board_.get(), mode == BalanceMode::kAuto);
   }
 
-  // Worker `id`'s step time since the balancer last asked, evaluations left out (called from
-  // the balancer's thread only).
+  // Worker `id`'s wall time per step (called from the balancer's thread only): its step time
+  // since the balancer last asked, evaluations left out, plus its evaluation time per step
+  // since the start. The controller bounds the fraction of real time a link is busy and of the
+  // worker's time its messages cost, and k steps of a worker that evaluates take that much
+  // longer; leaving evaluations out made K-Means, whose race evaluates every 5 steps at three
+  // times a step's cost, send a third as often as its links and compute share allowed. They
+  // are averaged over the whole run because they come in bursts: one evaluation of the MLP
+  // every 100 steps is a third of a 50 ms reading or none of it.
   double step_time(int id) {
     const std::size_t i = static_cast<std::size_t>(id - first_id_);
     if (i >= workers_.size() || !started_) return 0.0;
@@ -847,14 +859,17 @@ class Run {
     const double eval = published_eval_s_[i].load(std::memory_order_relaxed);
     const std::int64_t steps = published_steps_[i].load(std::memory_order_relaxed);
     StepClock& seen = steps_seen_[static_cast<std::size_t>(id)];
-    if (steps - seen.steps < 5) return last_step_time_[static_cast<std::size_t>(id)];
-    const double step_s = std::max(0.0, (t - seen.time_s) - (eval - seen.eval_s)) /
-                          static_cast<double>(steps - seen.steps);
-    seen = {t, eval, steps};
-    // Smoothed: an evaluation straddling two readings skews both a little.
     double& last = last_step_time_[static_cast<std::size_t>(id)];
-    last = last > 0 ? 0.7 * last + 0.3 * step_s : step_s;
-    return last;
+    if (steps - seen.steps >= 5) {
+      const double step_s = std::max(0.0, (t - seen.time_s) - (eval - seen.eval_s)) /
+                            static_cast<double>(steps - seen.steps);
+      seen = {t, eval, steps};
+      // Smoothed: an evaluation straddling two readings skews both a little.
+      last = last > 0 ? 0.7 * last + 0.3 * step_s : step_s;
+    }
+    if (last <= 0) return 0.0;
+    const std::int64_t done = steps - start_steps_[i];
+    return last + (done > 0 ? eval / static_cast<double>(done) : 0.0);
   }
 
   // Worker `id`'s recent compute per element sent and merged (balancer thread only).
@@ -864,7 +879,7 @@ class Run {
     const double seconds = published_comm_s_[i].load(std::memory_order_relaxed);
     const std::int64_t elements = published_comm_elements_[i].load(std::memory_order_relaxed);
     CostClock& seen = cost_seen_[static_cast<std::size_t>(id)];
-    if (elements - seen.elements < 100000) return seen.cost;
+    if (elements - seen.elements < kCostSampleElements) return seen.cost;
     const double cost = (seconds - seen.seconds) / static_cast<double>(elements - seen.elements);
     seen.cost = seen.cost > 0 ? 0.7 * seen.cost + 0.3 * cost : cost;
     seen.seconds = seconds;
