@@ -249,6 +249,14 @@ double next_busy_cap(double cap, bool congested, const BalanceLimits& limits) {
   return raised >= limits.rho ? std::numeric_limits<double>::infinity() : raised;
 }
 
+double cost_per_useful_element(double seconds, std::int64_t tested, std::int64_t accepted) {
+  if (tested <= 0 || !(seconds >= 0) || !std::isfinite(seconds)) return 0.0;
+  const double per_tested = seconds / static_cast<double>(tested);
+  if (accepted < 0) return per_tested;
+  const double rate = std::min(1.0, static_cast<double>(accepted) / static_cast<double>(tested));
+  return per_tested / std::max(rate, kMinAcceptance);
+}
+
 double busy_fraction(const LinkModel& link, const PeerSetting& setting, double step_s) {
   check_step(step_s);
   ASGD_CHECK(setting.interval >= 1, "busy_fraction: interval {} is not >= 1", setting.interval);

@@ -339,11 +339,13 @@ class Run {
     published_eval_s_.reset(new std::atomic<double>[workers_.size()]);
     published_comm_s_.reset(new std::atomic<double>[workers_.size()]);
     published_comm_elements_.reset(new std::atomic<std::int64_t>[workers_.size()]);
+    published_comm_accepted_.reset(new std::atomic<std::int64_t>[workers_.size()]);
     for (std::size_t i = 0; i < workers_.size(); ++i) {
       published_steps_[i].store(workers_[i]->steps());
       published_eval_s_[i].store(0.0);
       published_comm_s_[i].store(0.0);
       published_comm_elements_[i].store(0);
+      published_comm_accepted_[i].store(0);
     }
     cost_seen_.assign(static_cast<std::size_t>(c_.workers), CostClock{});
     start_balancer(w0);
@@ -872,18 +874,23 @@ class Run {
     return last + (done > 0 ? eval / static_cast<double>(done) : 0.0);
   }
 
-  // Worker `id`'s recent compute per element sent and merged (balancer thread only).
+  // Worker `id`'s recent compute per element sent and merged, counted per accepted element
+  // where the worker counts them (cost_per_useful_element; balancer thread only).
   double comm_cost(int id) {
     const std::size_t i = static_cast<std::size_t>(id - first_id_);
     if (i >= workers_.size()) return 0.0;
     const double seconds = published_comm_s_[i].load(std::memory_order_relaxed);
     const std::int64_t elements = published_comm_elements_[i].load(std::memory_order_relaxed);
+    const std::int64_t accepted = published_comm_accepted_[i].load(std::memory_order_relaxed);
     CostClock& seen = cost_seen_[static_cast<std::size_t>(id)];
     if (elements - seen.elements < kCostSampleElements) return seen.cost;
-    const double cost = (seconds - seen.seconds) / static_cast<double>(elements - seen.elements);
+    const double cost = cost_per_useful_element(
+        seconds - seen.seconds, elements - seen.elements,
+        workers_[i]->counts_accepted_elements() ? accepted - seen.accepted : -1);
     seen.cost = seen.cost > 0 ? 0.7 * seen.cost + 0.3 * cost : cost;
     seen.seconds = seconds;
     seen.elements = elements;
+    seen.accepted = accepted;
     return seen.cost;
   }
 
@@ -914,6 +921,8 @@ class Run {
       published_steps_[local(w)].store(w.steps(), std::memory_order_relaxed);
       published_comm_s_[local(w)].store(w.comm_seconds(), std::memory_order_relaxed);
       published_comm_elements_[local(w)].store(w.comm_elements(), std::memory_order_relaxed);
+      published_comm_accepted_[local(w)].store(w.comm_accepted_elements(),
+                                               std::memory_order_relaxed);
       maybe_change_links(w);
       if (balancer_ && w.steps() % 64 == 0) balancer_->check();
       straggle(w, t0);
@@ -1418,9 +1427,11 @@ class Run {
   std::unique_ptr<std::atomic<double>[]> published_eval_s_;      // its evaluation seconds
   std::unique_ptr<std::atomic<double>[]> published_comm_s_;      // Worker::comm_seconds()
   std::unique_ptr<std::atomic<std::int64_t>[]> published_comm_elements_;
+  std::unique_ptr<std::atomic<std::int64_t>[]> published_comm_accepted_;
   struct CostClock {
     double seconds = 0;
     std::int64_t elements = 0;
+    std::int64_t accepted = 0;
     double cost = 0;
   };
   std::vector<CostClock> cost_seen_;  // balancer thread only

@@ -306,6 +306,9 @@ void Worker::exchange_and_update() {
   for (int m = 0; m < used; ++m) elements += lengths[m];
   comm_seconds_ += std::max(0.0, merge_s - plain_step_s_);
   comm_elements_ += elements;
+  if (stream_.is_host())  // the host decided synchronously, into host memory
+    for (int m = 0; m < used; ++m)
+      if (accept_.data()[m] != 0) comm_accepted_elements_ += lengths[m];
 }
 
 void Worker::send(int peer, std::int64_t message, std::int64_t& cursor) {

@@ -212,6 +212,17 @@ TEST_F(ConfigFileTest, AScheduleGivenAtItsDefaultsTurnsTheBalancerOff) {
   EXPECT_EQ(resolved_balance(m), BalanceMode::kAuto);  // asked for explicitly
 }
 
+// The config fuzzer's seed that sets every key once must be a valid whole, so that mutations
+// of it reach past validate() into the settings' combinations (it once held step-order =
+// "lockstep" without deterministic, which validate() refuses).
+TEST_F(ConfigFileTest, TheFuzzSeedWithEveryKeyIsValid) {
+  TrainConfig c;
+  apply_config_file(std::string(ASGD_FUZZ_CORPUS_DIR) + "/config/everything", c);
+  EXPECT_NO_THROW(validate(c));
+  EXPECT_EQ(c.workers, 4);
+  EXPECT_FLOAT_EQ(c.direction_margin, 0.5f);
+}
+
 TEST_F(ConfigFileTest, UnknownKeyNamesFileLineAndKey) {
   TrainConfig c;
   const std::string path = write("lr = 0.2\nlearning_rate = 0.1\n");
