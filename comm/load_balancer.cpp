@@ -249,12 +249,11 @@ double next_busy_cap(double cap, bool congested, const BalanceLimits& limits) {
   return raised >= limits.rho ? std::numeric_limits<double>::infinity() : raised;
 }
 
-double cost_per_useful_element(double seconds, std::int64_t tested, std::int64_t accepted) {
+double cost_per_useful_element(double seconds, std::int64_t tested, double acceptance) {
   if (tested <= 0 || !(seconds >= 0) || !std::isfinite(seconds)) return 0.0;
   const double per_tested = seconds / static_cast<double>(tested);
-  if (accepted < 0) return per_tested;
-  const double rate = std::min(1.0, static_cast<double>(accepted) / static_cast<double>(tested));
-  return per_tested / std::max(rate, kMinAcceptance);
+  if (!(acceptance >= 0)) return per_tested;
+  return per_tested / std::clamp(acceptance, kMinAcceptance, 1.0);
 }
 
 double busy_fraction(const LinkModel& link, const PeerSetting& setting, double step_s) {

@@ -157,18 +157,21 @@ std::vector<PeerSetting> balance(const std::vector<PeerState>& peers,
 
 // The compute a worker's messages cost per element its peers merge, for
 // BalanceLimits::seconds_per_element: `seconds` of compute spent on `tested` elements tested,
-// `accepted` of which the test accepted. A message the receiver rejects costs as much as one it
-// merges and buys nothing, so the cost per tested element is divided by the acceptance rate:
-// on Fashion-MNIST the default test rejects about 60% of an MLP's messages, and sending them
-// took a few percent of the workers' steps for no gain. The worker's own acceptance as a
-// receiver stands in for its peers' (a sender does not see their decisions in another
-// process; the workers run the same test on the same kind of states). The rate counts as at
-// least kMinAcceptance, so that a peer being filtered out, or the window's warm-up, thins the
-// messages without stopping them (which would stop the measurement too). `accepted` < 0: not
-// counted (a GPU worker): the cost per tested element. tested <= 0 or seconds < 0: 0 (not
+// of which the fraction `acceptance` was accepted. A message the receiver rejects costs as
+// much as one it merges and buys nothing, so the cost per tested element is divided by the
+// acceptance: on Fashion-MNIST the default test rejects about 60% of an MLP's messages, and
+// sending them took a few percent of the workers' steps for no gain. The worker's own
+// acceptance as a receiver stands in for its peers' (a sender does not see their decisions in
+// another process; the workers run the same test on the same kind of states), and the
+// messages the window refuses during its warm-up do not count (they say nothing of a
+// message's worth: counting them made a K-Means race, whose first cost measurement covers
+// those 8 messages, send six times too rarely). The acceptance counts as at least
+// kMinAcceptance, so that a peer being filtered out thins the messages without stopping them
+// (which would stop the measurement too). acceptance < 0 or NaN: unknown (a GPU worker, or
+// nothing judged yet): the cost per tested element. tested <= 0 or seconds < 0: 0 (not
 // measured).
 inline constexpr double kMinAcceptance = 0.1;
-double cost_per_useful_element(double seconds, std::int64_t tested, std::int64_t accepted);
+double cost_per_useful_element(double seconds, std::int64_t tested, double acceptance);
 
 // The busy fraction of a link under a setting: (a + 4 m / B) / (k T).
 double busy_fraction(const LinkModel& link, const PeerSetting& setting, double step_s);

@@ -339,12 +339,14 @@ class Run {
     published_eval_s_.reset(new std::atomic<double>[workers_.size()]);
     published_comm_s_.reset(new std::atomic<double>[workers_.size()]);
     published_comm_elements_.reset(new std::atomic<std::int64_t>[workers_.size()]);
+    published_comm_judged_.reset(new std::atomic<std::int64_t>[workers_.size()]);
     published_comm_accepted_.reset(new std::atomic<std::int64_t>[workers_.size()]);
     for (std::size_t i = 0; i < workers_.size(); ++i) {
       published_steps_[i].store(workers_[i]->steps());
       published_eval_s_[i].store(0.0);
       published_comm_s_[i].store(0.0);
       published_comm_elements_[i].store(0);
+      published_comm_judged_[i].store(0);
       published_comm_accepted_[i].store(0);
     }
     cost_seen_.assign(static_cast<std::size_t>(c_.workers), CostClock{});
@@ -881,15 +883,20 @@ class Run {
     if (i >= workers_.size()) return 0.0;
     const double seconds = published_comm_s_[i].load(std::memory_order_relaxed);
     const std::int64_t elements = published_comm_elements_[i].load(std::memory_order_relaxed);
+    const std::int64_t judged = published_comm_judged_[i].load(std::memory_order_relaxed);
     const std::int64_t accepted = published_comm_accepted_[i].load(std::memory_order_relaxed);
     CostClock& seen = cost_seen_[static_cast<std::size_t>(id)];
     if (elements - seen.elements < kCostSampleElements) return seen.cost;
-    const double cost = cost_per_useful_element(
-        seconds - seen.seconds, elements - seen.elements,
-        workers_[i]->counts_accepted_elements() ? accepted - seen.accepted : -1);
+    const double acceptance = judged > seen.judged
+                                  ? static_cast<double>(accepted - seen.accepted) /
+                                        static_cast<double>(judged - seen.judged)
+                                  : -1.0;  // nothing judged (a GPU worker, or the warm-up)
+    const double cost =
+        cost_per_useful_element(seconds - seen.seconds, elements - seen.elements, acceptance);
     seen.cost = seen.cost > 0 ? 0.7 * seen.cost + 0.3 * cost : cost;
     seen.seconds = seconds;
     seen.elements = elements;
+    seen.judged = judged;
     seen.accepted = accepted;
     return seen.cost;
   }
@@ -921,6 +928,7 @@ class Run {
       published_steps_[local(w)].store(w.steps(), std::memory_order_relaxed);
       published_comm_s_[local(w)].store(w.comm_seconds(), std::memory_order_relaxed);
       published_comm_elements_[local(w)].store(w.comm_elements(), std::memory_order_relaxed);
+      published_comm_judged_[local(w)].store(w.comm_judged_elements(), std::memory_order_relaxed);
       published_comm_accepted_[local(w)].store(w.comm_accepted_elements(),
                                                std::memory_order_relaxed);
       maybe_change_links(w);
@@ -1427,10 +1435,12 @@ class Run {
   std::unique_ptr<std::atomic<double>[]> published_eval_s_;      // its evaluation seconds
   std::unique_ptr<std::atomic<double>[]> published_comm_s_;      // Worker::comm_seconds()
   std::unique_ptr<std::atomic<std::int64_t>[]> published_comm_elements_;
+  std::unique_ptr<std::atomic<std::int64_t>[]> published_comm_judged_;
   std::unique_ptr<std::atomic<std::int64_t>[]> published_comm_accepted_;
   struct CostClock {
     double seconds = 0;
     std::int64_t elements = 0;
+    std::int64_t judged = 0;
     std::int64_t accepted = 0;
     double cost = 0;
   };

@@ -306,9 +306,15 @@ void Worker::exchange_and_update() {
   for (int m = 0; m < used; ++m) elements += lengths[m];
   comm_seconds_ += std::max(0.0, merge_s - plain_step_s_);
   comm_elements_ += elements;
-  if (stream_.is_host())  // the host decided synchronously, into host memory
-    for (int m = 0; m < used; ++m)
+  if (stream_.is_host()) {  // the host decided synchronously, into host memory
+    for (int m = 0; m < used; ++m, ++messages_tested_) {
+      // The window refuses the first `warmup` messages whatever they hold: they say nothing
+      // of what a message is worth.
+      if (messages_tested_ < parzen_.warmup) continue;
+      comm_judged_elements_ += lengths[m];
       if (accept_.data()[m] != 0) comm_accepted_elements_ += lengths[m];
+    }
+  }
 }
 
 void Worker::send(int peer, std::int64_t message, std::int64_t& cursor) {

@@ -103,13 +103,13 @@ class Worker {
   WorkerCounters counters();
   // Compute spent on communication since the start, on this worker's thread: copying what it
   // sends and testing and merging what it receives beyond a plain step (host backend; close
-  // to zero on a GPU, whose launches return at once), the elements tested, and of those the
-  // elements the test accepted (counted on the host backend only, where the decisions are in
-  // host memory at no cost; on a GPU it stays 0).
+  // to zero on a GPU, whose launches return at once), and the elements tested. Of those, the
+  // elements judged after the window's warm-up and how many of them the test accepted
+  // (counted on the host backend only, where the decisions are in host memory at no cost).
   double comm_seconds() const { return comm_seconds_; }
   std::int64_t comm_elements() const { return comm_elements_; }
+  std::int64_t comm_judged_elements() const { return comm_judged_elements_; }
   std::int64_t comm_accepted_elements() const { return comm_accepted_elements_; }
-  bool counts_accepted_elements() const { return stream_.is_host(); }
 
   int id() const { return id_; }
   std::int64_t steps() const { return steps_; }
@@ -205,7 +205,9 @@ class Worker {
   TraceLane trace_;
   double comm_seconds_ = 0;
   std::int64_t comm_elements_ = 0;
+  std::int64_t comm_judged_elements_ = 0;
   std::int64_t comm_accepted_elements_ = 0;
+  std::int64_t messages_tested_ = 0;
   double plain_step_s_ = 0;  // recent time of an SGD step without messages
 
   // Communication.
