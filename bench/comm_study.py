@@ -88,7 +88,7 @@ def stored_run(rec, model):
     and its curve thinned (or dropped after the first CURVE_ROUNDS rounds)."""
     out = study.public(rec)
     out["time_to_target_s"] = model.time_to_target(rec)
-    out["samples_to_target"] = None if "error" in rec else model.samples_to_target(rec)
+    out["samples_to_target"] = model.samples_to_target(rec)
     curve = out.get("curve")
     if not curve:
         return out
