@@ -130,9 +130,12 @@ void LoadBalancer::step(bool force_log) {
     }
     BalanceLimits limits = options_.limits;
     if (options_.seconds_per_element) {
-      limits.seconds_per_element = std::max(0.0, options_.seconds_per_element(from));
+      // A cost measured as 0 is known (free), not pending: read as "unknown" it kept a GPU
+      // worker at the smallest message, and the controller at its fast start, for the whole run.
+      const double cost = options_.seconds_per_element(from);
+      limits.cost_pending = !(cost >= 0 && std::isfinite(cost));
+      limits.seconds_per_element = limits.cost_pending ? 0.0 : cost;
       limits.compute_share = options_.limits.compute_share / std::max(1, workers_ - 1);
-      limits.cost_pending = limits.seconds_per_element == 0;
       all_measured = all_measured && !limits.cost_pending;
     }
     const std::vector<PeerSetting> next =

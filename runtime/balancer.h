@@ -63,10 +63,12 @@ struct BalancerOptions {
   double period_s = 0.05;       // between controller steps (a tenth of it until measured)
   double log_every_s = 1.0;     // decisions are logged when they change and at this interval
   bool adjust_settings = true;  // false: estimates only (for bandwidth-weighted peer choice)
-  // Worker w's recent compute per element sent and merged (seconds; 0 while unknown). The
-  // controller keeps each worker's messages within limits.compute_share of its steps, split
-  // evenly among its peers; while the cost is unknown they stay at the smallest useful size
-  // (BalanceLimits::cost_pending). Empty: links only.
+  // Worker w's recent compute per element sent and merged (seconds): negative (or NaN) while
+  // unknown; 0 is a measurement (a GPU worker, whose launches return at once, spends next to
+  // nothing on the host). The controller keeps each worker's messages within
+  // limits.compute_share of its steps, split evenly among its peers; while the cost is
+  // unknown they stay at the smallest useful size (BalanceLimits::cost_pending). Empty: links
+  // only.
   std::function<double(int)> seconds_per_element;
 };
 

@@ -877,10 +877,11 @@ class Run {
   }
 
   // Worker `id`'s recent compute per element sent and merged, counted per accepted element
-  // where the worker counts them (cost_per_useful_element; balancer thread only).
+  // where the worker counts them (cost_per_useful_element; balancer thread only); negative
+  // until the first kCostSampleElements have been sent and merged.
   double comm_cost(int id) {
     const std::size_t i = static_cast<std::size_t>(id - first_id_);
-    if (i >= workers_.size()) return 0.0;
+    if (i >= workers_.size()) return -1.0;
     const double seconds = published_comm_s_[i].load(std::memory_order_relaxed);
     const std::int64_t elements = published_comm_elements_[i].load(std::memory_order_relaxed);
     const std::int64_t judged = published_comm_judged_[i].load(std::memory_order_relaxed);
@@ -893,7 +894,7 @@ class Run {
                                   : -1.0;  // nothing judged (a GPU worker, or the warm-up)
     const double cost =
         cost_per_useful_element(seconds - seen.seconds, elements - seen.elements, acceptance);
-    seen.cost = seen.cost > 0 ? 0.7 * seen.cost + 0.3 * cost : cost;
+    seen.cost = seen.cost >= 0 ? 0.7 * seen.cost + 0.3 * cost : cost;
     seen.seconds = seconds;
     seen.elements = elements;
     seen.judged = judged;
@@ -1442,7 +1443,7 @@ class Run {
     std::int64_t elements = 0;
     std::int64_t judged = 0;
     std::int64_t accepted = 0;
-    double cost = 0;
+    double cost = -1;  // seconds per useful element; negative until measured
   };
   std::vector<CostClock> cost_seen_;  // balancer thread only
   std::atomic<bool> links_changed_{false};

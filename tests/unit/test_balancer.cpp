@@ -1,5 +1,6 @@
 // The load-balancer thread's plumbing, without clocks: the settings board, the first decision
 // published from a probe, and that workers follow the board's per-peer schedule.
+#include <cmath>
 #include <limits>
 #include <string>
 #include <vector>
@@ -89,7 +90,7 @@ TEST(LoadBalancerThread, FirstDecisionWithAComputeShareStartsSmall) {
   o.limits.max_message = 269322;
   o.limits.min_interval = 1;
   o.limits.compute_share = 0.1;
-  o.seconds_per_element = [](int) { return 0.0; };  // not measured yet
+  o.seconds_per_element = [](int) { return -1.0; };  // not measured yet
   o.period_s = 3600;
   std::vector<BalanceDecision> logged;
   {
@@ -109,6 +110,35 @@ TEST(LoadBalancerThread, FirstDecisionWithAComputeShareStartsSmall) {
         transport, {0, 1}, links_only, probe, [](int) { return 1e-3; }, nullptr, o);
   }
   EXPECT_EQ(links_only.get(0, 1), (PeerSetting{o.limits.max_message, 1}));
+}
+
+// A cost measured as 0 (a GPU worker's launches return at once) is a measurement, not a cost
+// still pending: the fast link gets the whole state every step, as with links only, and the
+// decision logs the cost it assumed. NaN counts as unknown, like a negative cost.
+TEST(LoadBalancerThread, ACostMeasuredAsZeroIsKnown) {
+  QuietTransport transport(2);
+  LinkModel fast;
+  fast.bandwidth_bytes_per_s = 1e10;
+  std::vector<std::vector<LinkModel>> probe(2, std::vector<LinkModel>(2, fast));
+  BalancerOptions o;
+  o.limits.max_message = 269322;
+  o.limits.min_interval = 1;
+  o.limits.compute_share = 0.1;
+  o.period_s = 3600;
+  for (const double cost : {0.0, std::nan("")}) {
+    o.seconds_per_element = [cost](int) { return cost; };
+    PeerBoard board(2);
+    std::vector<BalanceDecision> logged;
+    {
+      LoadBalancer balancer(
+          transport, {0, 1}, board, probe, [](int) { return 1e-3; },
+          [&](const BalanceDecision& d) { logged.push_back(d); }, o);
+    }
+    const std::int64_t expected = cost == 0 ? o.limits.max_message : o.limits.min_message;
+    EXPECT_EQ(board.get(0, 1), (PeerSetting{expected, 1})) << cost;
+    ASSERT_EQ(logged.size(), 2u);
+    EXPECT_EQ(logged[0].seconds_per_element, 0.0);
+  }
 }
 
 TEST(LoadBalancerThread, EstimatesOnlyLeavesTheSettingsAlone) {
