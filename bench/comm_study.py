@@ -56,6 +56,8 @@ to them (OUT = --out without .json, default bench/results/comm_study).
         [--bandwidths 1e10,1e9,1e8,1e7] [--latency 5e-5] [--messages 1,1/8,1/64]
         [--intervals 1,4,16] [--workers 2] [--mpi] [--rounds 3] [--max-seconds 60]
         [--quick] [asgd options for the auto runs]
+    bench/comm_study.py --reanalyze RESULT.json...   (the comparisons again, from the stored
+        runs: after a change to how they are computed)
 """
 import json
 import math
@@ -65,6 +67,7 @@ import shlex
 import subprocess
 import sys
 import tempfile
+import time
 from fractions import Fraction
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
@@ -531,6 +534,37 @@ def paired_with_auto(model, rows, results, auto_name):
         row["paired_rounds"] = len(common)
         row["auto_ratio_ci"] = ratio_interval([auto[k] for k in common],
                                               [t[k] for k in common])
+        paired = paired_ratios([auto[k] for k in common], [t[k] for k in common])
+        row["auto_paired_ratio"] = runs.median(paired) if paired else None
+        row["auto_paired_ci"] = median_interval(paired)
+
+
+def paired_ratios(auto_times, times):
+    """auto / setting in each round, paired by seed: a round's seed sets its data, shard and
+    start, and on the MLP the time to target moves by a third from one seed to the next while
+    the settings of one seed lie within a few percent of each other. The median of these is
+    the ratio with the seeds' own spread taken out, which a ratio of medians keeps. A miss is
+    infinitely slow: auto alone missing is inf, the setting alone 0, both 1 (a tie)."""
+    out = []
+    for a, b in zip(auto_times, times):
+        if math.isinf(a) and math.isinf(b):
+            out.append(1.0)
+        else:
+            out.append(math.inf if math.isinf(a) else 0.0 if math.isinf(b) else a / b)
+    return out
+
+
+def median_interval(values, level=0.9, resamples=2000):
+    """A bootstrap interval of the median of `values` (paired_ratios), drawn and seeded as
+    ratio_interval() draws; None with fewer than 2 values."""
+    n = len(values)
+    if n < 2:
+        return None
+    rng = random.Random(0x5EED)
+    meds = sorted(runs.median([values[rng.randrange(n)] for _ in range(n)])
+                  for _ in range(resamples))
+    tail = (1 - level) / 2
+    return [meds[int(tail * (resamples - 1))], meds[int((1 - tail) * (resamples - 1))]]
 
 
 def ratio_interval(auto_times, times, level=0.9, resamples=2000):
@@ -690,21 +724,37 @@ def print_rows(rows):
          ("reached", 7, ""), ("time_to_target_s", 16, ".3g"), ("samples_to_target", 17, ".0f"),
          ("steps/s", 8, ".0f"), ("MB/s_posted", 11, ".1f"), ("accepted", 8, ".0f"),
          ("rejected", 8, ".0f"), ("auto_m", 7, ".0f"), ("auto_k", 6, ".1f"),
-         ("auto_sooner", 11, "")],
+         ("auto_sooner", 11, ""), ("auto/this_paired", 22, "")],
         [[r["setting"], r["message_elements"], r["interval"],
           f"{r['reached']}/{r['rounds']}" + ("!" if r["failed"] else ""), r["time_to_target_s"],
           r["samples_to_target"], r["steps_per_s"],
           None if r["bytes_per_s"] is None else r["bytes_per_s"] / 1e6,
           r["messages_accepted"], r["messages_rejected"], r.get("auto_message"),
           r.get("auto_interval"),
-          f"{r['auto_faster_rounds']}/{r['paired_rounds']}" if "paired_rounds" in r else "-"]
+          f"{r['auto_faster_rounds']}/{r['paired_rounds']}" if "paired_rounds" in r else "-",
+          fmt_paired(r.get("auto_paired_ratio"), r.get("auto_paired_ci"))
+          if "paired_rounds" in r else "-"]
          for r in rows])
     print("# auto_sooner: rounds in which auto reached the target sooner than this setting, "
-          "paired by seed")
+          "paired by seed; auto/this_paired: the median over rounds of auto's time over this "
+          "setting's in the same round, with its 90% bootstrap interval")
     for r in rows:
         if r["failed"]:
             print(f"# !{r['setting']}: {r['failed']}/{r['rounds']} failed: "
                   f"{'; '.join(r['errors'])}")
+
+
+def fmt_paired(r, ci):
+    return "n/a" if r is None else f"{fmt_ratio(r)} ({fmt_ci(ci)})"
+
+
+def print_paired_verdict(c, label=""):
+    print(f"# {label}paired by seed: auto/best {fmt_ratio(c['auto_over_best_paired'])} "
+          f"({fmt_ci(c['auto_over_best_paired_ci'])}), auto/default "
+          f"{fmt_ratio(c['auto_over_default_paired'])} "
+          f"({fmt_ci(c['auto_over_default_paired_ci'])}); auto slower beyond the interval "
+          f"than: {' | '.join(c['auto_paired_slower_than']) or 'none'}; faster than: "
+          f"{' | '.join(c['auto_paired_faster_than']) or 'none'}")
 
 
 def compare(rows):
@@ -728,7 +778,17 @@ def compare(rows):
                                              else None),
          "auto_over_best_ci": best.get("auto_ratio_ci") if best else None,
          "auto_over_default_ci": default.get("auto_ratio_ci") if default else None,
+         "auto_over_best_paired": best.get("auto_paired_ratio") if best else None,
+         "auto_over_best_paired_ci": best.get("auto_paired_ci") if best else None,
+         "auto_over_default_paired": default.get("auto_paired_ratio") if default else None,
+         "auto_over_default_paired_ci": default.get("auto_paired_ci") if default else None,
          "paired_rounds": best.get("paired_rounds") if best else None}
+    # Against every fixed setting, by the paired ratio: those auto is slower than beyond the
+    # interval (its lower end above 1), those it is faster than beyond it, and the ties.
+    c["auto_paired_slower_than"] = [r["setting"] for r in fixed
+                                    if r.get("auto_paired_ci") and r["auto_paired_ci"][0] > 1]
+    c["auto_paired_faster_than"] = [r["setting"] for r in fixed
+                                    if r.get("auto_paired_ci") and r["auto_paired_ci"][1] < 1]
     c["within_15pct_of_best"] = (c["auto_over_best"] is not None
                                  and c["auto_over_best"] <= WITHIN_BEST)
     c["not_later_than_default"] = (default is not None and t_auto is not None
@@ -789,17 +849,22 @@ def grid_experiment(args, extra, runner, model):
 
     print(f"\n# {model.name}: auto against the best fixed setting and the default (whole "
           "state every step); criteria: auto/best <= 1.15 and auto/default <= 1; 90%_best "
-          "and 90%_default: bootstrap intervals of those ratios, rounds paired by seed")
+          "and 90%_default: bootstrap intervals of those ratios, rounds paired by seed; "
+          "paired_*: the median over rounds of auto's time over that setting's in the same "
+          "round (seed), with its 90% interval")
     study.print_table(
         [("bandwidth", 10, ""), ("best_fixed", 16, ""), ("best_s", 7, ".3g"),
          ("default_s", 9, ".3g"), ("auto_s", 7, ".3g"), ("auto/best", 9, ""),
          ("auto/default", 12, ""), ("90%_best", 10, ""), ("90%_default", 11, ""),
+         ("paired_best", 20, ""), ("paired_default", 20, ""),
          ("within15%", 9, ""), ("not_later", 9, "")],
         [[bw_text(c["bandwidth"]), c["best_fixed"], c["best_fixed_s"], c["default_s"],
           c["auto_s"], fmt_ratio(c["auto_over_best"]),
           fmt_ratio(c["auto_over_default"]) if c["default_s"] is not None else
           ("<1 (default missed)" if c["auto_s"] is not None else "n/a"),
           fmt_ci(c["auto_over_best_ci"]), fmt_ci(c["auto_over_default_ci"]),
+          fmt_paired(c["auto_over_best_paired"], c["auto_over_best_paired_ci"]),
+          fmt_paired(c["auto_over_default_paired"], c["auto_over_default_paired_ci"]),
           "yes" if c["within_15pct_of_best"] else "no",
           "yes" if c["not_later_than_default"] else "no"] for c in comparisons])
     verdict = {"within_15pct_everywhere": all(c["within_15pct_of_best"] for c in comparisons),
@@ -1031,6 +1096,7 @@ def hetero_experiment(args, extra, runner, model):
           f"{fmt_ci(cmp_['auto_over_best_ci'])}), auto/default "
           f"{fmt_ratio(cmp_['auto_over_default'])} (90% interval "
           f"{fmt_ci(cmp_['auto_over_default_ci'])})")
+    print_paired_verdict(cmp_)
     for name, v in per_link.items():
         print(f"# auto on the {name.replace('_', ' ')}: estimate "
               f"{fmt(v['bandwidth_estimate'], '.3g')} B/s (configured "
@@ -1256,7 +1322,52 @@ def drop_experiment(args, extra, runner, model):
 
 # ----------------------------------------------------------------------------------------
 
+class StoredRuns:
+    """The stored runs of a result JSON stand in for a model: each keeps its time to target."""
+    @staticmethod
+    def time_to_target(rec):
+        return rec.get("time_to_target_s")
+
+
+def reanalyze(paths):
+    """Recomputes the paired statistics and comparisons of grid and hetero result files from
+    the runs they store (no run is repeated), and writes them back with a "reanalyzed" note
+    (the commit of this script); the measuring commit and binary stay as they were."""
+    for path in paths:
+        with open(path) as f:
+            doc = json.load(f)
+        results = {}
+        for r in doc.get("runs", []):
+            results.setdefault(r["name"], []).append(r)
+        if doc.get("experiment") == "grid":
+            comparisons = []
+            for bw, rows in doc["tables"].items():
+                auto = next(r["name"] for r in rows if r["setting"] == "auto")
+                paired_with_auto(StoredRuns, rows, results, auto)
+                comparisons.append({"bandwidth": float(bw), **compare(rows)})
+            doc["comparisons"] = comparisons
+            print(f"# {path}: grid, {doc['model']}, {doc['rounds']} round(s)")
+            for c in comparisons:
+                print_paired_verdict(c, f"{bw_text(c['bandwidth'])}: ")
+        elif doc.get("experiment") == "hetero":
+            paired_with_auto(StoredRuns, doc["table"], results, "hetero_auto")
+            doc["comparison"] = compare(doc["table"])
+            print(f"# {path}: hetero, {doc['model']}, {doc['rounds']} round(s), target "
+                  f"{doc['target']}")
+            print_paired_verdict(doc["comparison"])
+        else:
+            print(f"# {path}: a {doc.get('experiment')} result has no comparison to redo")
+            continue
+        doc["reanalyzed"] = {"commit": runs.commit(),
+                             "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        with open(path, "w") as f:
+            json.dump(doc, f, indent=2)
+
+
 def main():
+    if len(sys.argv) > 2 and sys.argv[1] == "--reanalyze":
+        reanalyze(sys.argv[2:])
+        return
     args, extra = arguments()
     runner = Runner(args)
     for model_name in args.models:
