@@ -178,6 +178,9 @@ def arguments():
     g.add_argument("--hetero-bandwidth", type=float, default=1e8, help="bytes/s")
     g.add_argument("--hetero-factor", type=float, default=10, help="the slow pair's slow-down")
     g.add_argument("--hetero-pair", default="0,1", help="the slow pair of workers")
+    g.add_argument("--with-local", action="store_true",
+                   help="also run the workers with --algo local (no messages): what the "
+                        "messages bring; not a fixed setting, so not in the comparison")
     g = ap.add_argument_group("drop")
     g.add_argument("--drop-from", type=float, default=1e9, help="bytes/s before the drop")
     g.add_argument("--drop-to", type=float, default=2e7, help="bytes/s after the drop")
@@ -655,19 +658,31 @@ def fixed_settings(args):
     return [(f, k) for f in args.messages for k in args.intervals]
 
 
+# Not a setting of the grid: the same workers with --algo local, which send nothing. Next to the
+# others (hetero --with-local) it says what the messages bring: where it is as fast as every
+# setting, the target does not need them, and the best a controller can do is to spend nothing.
+LOCAL = "local"
+
+
 def setting_args(setting, n):
     if setting == "auto":
         return ["--balance", "auto"]
+    if setting == LOCAL:
+        return ["--algo", "local"]
     f, k = setting
     return ["--balance", "off", "--message-size", message_elements(f, n), "--send-interval", k]
 
 
 def setting_text(setting):
-    return "auto" if setting == "auto" else f"m={frac_text(setting[0])}, k={setting[1]}"
+    if setting in ("auto", LOCAL):
+        return "local (no messages)" if setting == LOCAL else setting
+    return f"m={frac_text(setting[0])}, k={setting[1]}"
 
 
 def setting_tag(setting):
-    return "auto" if setting == "auto" else f"m{frac_tag(setting[0])}_k{setting[1]}"
+    if setting in ("auto", LOCAL):
+        return setting
+    return f"m{frac_tag(setting[0])}_k{setting[1]}"
 
 
 DEFAULT = (Fraction(1), 1)  # the fixed default: the whole state every step
@@ -760,7 +775,7 @@ def print_paired_verdict(c, label=""):
 def compare(rows):
     """best fixed, default, auto and the ratios, from the rows of one link configuration.
     A missed target is +inf; `cap` stands in for it in ratios, marked as a bound."""
-    fixed = [r for r in rows if r["setting"] != "auto"]
+    fixed = [r for r in rows if r["key"] not in ("auto", LOCAL)]
     auto = next(r for r in rows if r["setting"] == "auto")
     default = next((r for r in fixed if r["key"] == setting_tag(DEFAULT)), None)
     reached = [r for r in fixed if r["time_to_target_s"] is not None]
@@ -1044,7 +1059,7 @@ def hetero_experiment(args, extra, runner, model):
     toml = "link-bandwidth = [\n" + "".join(
         "  [" + ", ".join(f"{v:.6g}" if v else "0.0" for v in row) + "],\n"
         for row in matrix) + "]\n"
-    settings = fixed_settings(args) + ["auto"]
+    settings = fixed_settings(args) + ["auto"] + ([LOCAL] if args.with_local else [])
     configs = [study.config(
         f"hetero_{setting_tag(s)}",
         model.train_args + runner.placement(w) + ["--config", "{tmp}/links.toml",
@@ -1059,10 +1074,10 @@ def hetero_experiment(args, extra, runner, model):
     rows = []
     for c, s in zip(configs, settings):
         rows.append({"name": c["name"], "setting": c["setting"], "key": c["key"],
-                     "message_fraction": None if s == "auto" else str(s[0]),
-                     "message_elements": None if s == "auto" else
+                     "message_fraction": None if s in ("auto", LOCAL) else str(s[0]),
+                     "message_elements": None if s in ("auto", LOCAL) else
                      (n if s[0] == 1 else message_elements(s[0], n)),
-                     "interval": None if s == "auto" else s[1],
+                     "interval": None if s in ("auto", LOCAL) else s[1],
                      **row_of(model, results[c["name"]])})
     paired_with_auto(model, rows, results, "hetero_auto")
     a, b = args.hetero_pair
@@ -1152,7 +1167,7 @@ def plot_bars(rows, out, cap, title):
                                        r["time_to_target_s"] or 0))
     fig, ax = plt.subplots(figsize=(max(7, 0.6 * len(rows) + 2), 4.8))
     vals = [r["time_to_target_s"] for r in rows]
-    colours = ["tab:orange" if r["key"] == "auto" else
+    colours = ["tab:orange" if r["key"] == "auto" else "tab:green" if r["key"] == LOCAL else
                "grey" if r["key"] == setting_tag(DEFAULT) else "tab:blue" for r in rows]
     ax.bar(range(len(rows)), [cap if v is None else v for v in vals], color=colours)
     for i, v in enumerate(vals):
@@ -1161,7 +1176,7 @@ def plot_bars(rows, out, cap, title):
     ax.set_xticks(range(len(rows)))
     ax.set_xticklabels([r["setting"] for r in rows], rotation=45, ha="right", fontsize=8)
     ax.set_ylabel("time to target (s), median")
-    ax.set_title(title + " (orange: auto, grey: default)", fontsize=10)
+    ax.set_title(title + " (orange: auto, grey: default, green: no messages)", fontsize=10)
     ax.grid(True, axis="y", alpha=0.3)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
