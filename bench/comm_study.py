@@ -557,17 +557,22 @@ def paired_ratios(auto_times, times):
     return out
 
 
-def median_interval(values, level=0.9, resamples=2000):
-    """A bootstrap interval of the median of `values` (paired_ratios), drawn and seeded as
-    ratio_interval() draws; None with fewer than 2 values."""
-    n = len(values)
+def bootstrap_interval(n, statistic, level=0.9, resamples=2000):
+    """The ends of the middle `level` of statistic(picks) over `resamples` draws of n round
+    indices with replacement; None with fewer than 2 rounds. Seeded: the same runs give the
+    same interval."""
     if n < 2:
         return None
     rng = random.Random(0x5EED)
-    meds = sorted(runs.median([values[rng.randrange(n)] for _ in range(n)])
-                  for _ in range(resamples))
+    values = sorted(statistic([rng.randrange(n) for _ in range(n)]) for _ in range(resamples))
     tail = (1 - level) / 2
-    return [meds[int(tail * (resamples - 1))], meds[int((1 - tail) * (resamples - 1))]]
+    return [values[int(tail * (resamples - 1))], values[int((1 - tail) * (resamples - 1))]]
+
+
+def median_interval(values, level=0.9, resamples=2000):
+    """A bootstrap interval of the median of `values` (paired_ratios)."""
+    return bootstrap_interval(len(values), lambda picks: runs.median([values[i] for i in picks]),
+                              level, resamples)
 
 
 def ratio_interval(auto_times, times, level=0.9, resamples=2000):
@@ -576,21 +581,12 @@ def ratio_interval(auto_times, times, level=0.9, resamples=2000):
     between its ends. How far a ratio of medians is from 1 only means something next to how
     much it moves when the rounds are drawn again: with fifteen 10 ms K-Means races a ratio of
     1.09 was within it. None with fewer than 2 pairs; an end is inf where resamples in which
-    auto missed the target more often than not lie beyond it. Seeded: the same runs give the
-    same interval."""
-    n = len(times)
-    if n < 2:
-        return None
-    rng = random.Random(0x5EED)
-    ratios = []
-    for _ in range(resamples):
-        picks = [rng.randrange(n) for _ in range(n)]
+    auto missed the target more often than not lie beyond it."""
+    def ratio(picks):
         a = runs.median([auto_times[i] for i in picks])
         b = runs.median([times[i] for i in picks])
-        ratios.append(math.inf if math.isinf(a) else 0.0 if math.isinf(b) else a / b)
-    ratios.sort()
-    tail = (1 - level) / 2
-    return [ratios[int(tail * (resamples - 1))], ratios[int((1 - tail) * (resamples - 1))]]
+        return math.inf if math.isinf(a) else 0.0 if math.isinf(b) else a / b
+    return bootstrap_interval(len(times), ratio, level, resamples)
 
 
 def per_second(rec, key, denominator="train_seconds"):
