@@ -548,13 +548,14 @@ def paired_ratios(auto_times, times):
     the settings of one seed lie within a few percent of each other. The median of these is
     the ratio with the seeds' own spread taken out, which a ratio of medians keeps. A miss is
     infinitely slow: auto alone missing is inf, the setting alone 0, both 1 (a tie)."""
-    out = []
-    for a, b in zip(auto_times, times):
-        if math.isinf(a) and math.isinf(b):
-            out.append(1.0)
-        else:
-            out.append(math.inf if math.isinf(a) else 0.0 if math.isinf(b) else a / b)
-    return out
+    return [1.0 if math.isinf(a) and math.isinf(b) else time_ratio(a, b)
+            for a, b in zip(auto_times, times)]
+
+
+def time_ratio(a, b):
+    """a / b of two times to target, a miss (inf) counting as infinitely slow: inf where a
+    missed, 0 where only b did."""
+    return math.inf if math.isinf(a) else 0.0 if math.isinf(b) else a / b
 
 
 def bootstrap_interval(n, statistic, level=0.9, resamples=2000):
@@ -582,11 +583,10 @@ def ratio_interval(auto_times, times, level=0.9, resamples=2000):
     much it moves when the rounds are drawn again: with fifteen 10 ms K-Means races a ratio of
     1.09 was within it. None with fewer than 2 pairs; an end is inf where resamples in which
     auto missed the target more often than not lie beyond it."""
-    def ratio(picks):
-        a = runs.median([auto_times[i] for i in picks])
-        b = runs.median([times[i] for i in picks])
-        return math.inf if math.isinf(a) else 0.0 if math.isinf(b) else a / b
-    return bootstrap_interval(len(times), ratio, level, resamples)
+    return bootstrap_interval(
+        len(times), lambda picks: time_ratio(runs.median([auto_times[i] for i in picks]),
+                                             runs.median([times[i] for i in picks])),
+        level, resamples)
 
 
 def per_second(rec, key, denominator="train_seconds"):
@@ -660,6 +660,10 @@ def fixed_settings(args):
 LOCAL = "local"
 
 
+def is_fixed(setting):
+    return setting not in ("auto", LOCAL)
+
+
 def setting_args(setting, n):
     if setting == "auto":
         return ["--balance", "auto"]
@@ -670,15 +674,13 @@ def setting_args(setting, n):
 
 
 def setting_text(setting):
-    if setting in ("auto", LOCAL):
-        return "local (no messages)" if setting == LOCAL else setting
-    return f"m={frac_text(setting[0])}, k={setting[1]}"
+    if setting == LOCAL:
+        return "local (no messages)"
+    return f"m={frac_text(setting[0])}, k={setting[1]}" if is_fixed(setting) else setting
 
 
 def setting_tag(setting):
-    if setting in ("auto", LOCAL):
-        return setting
-    return f"m{frac_tag(setting[0])}_k{setting[1]}"
+    return f"m{frac_tag(setting[0])}_k{setting[1]}" if is_fixed(setting) else setting
 
 
 DEFAULT = (Fraction(1), 1)  # the fixed default: the whole state every step
@@ -771,7 +773,7 @@ def print_paired_verdict(c, label=""):
 def compare(rows):
     """best fixed, default, auto and the ratios, from the rows of one link configuration.
     A missed target is +inf; `cap` stands in for it in ratios, marked as a bound."""
-    fixed = [r for r in rows if r["key"] not in ("auto", LOCAL)]
+    fixed = [r for r in rows if is_fixed(r["key"])]
     auto = next(r for r in rows if r["setting"] == "auto")
     default = next((r for r in fixed if r["key"] == setting_tag(DEFAULT)), None)
     reached = [r for r in fixed if r["time_to_target_s"] is not None]
@@ -1070,10 +1072,10 @@ def hetero_experiment(args, extra, runner, model):
     rows = []
     for c, s in zip(configs, settings):
         rows.append({"name": c["name"], "setting": c["setting"], "key": c["key"],
-                     "message_fraction": None if s in ("auto", LOCAL) else str(s[0]),
-                     "message_elements": None if s in ("auto", LOCAL) else
-                     (n if s[0] == 1 else message_elements(s[0], n)),
-                     "interval": None if s in ("auto", LOCAL) else s[1],
+                     "message_fraction": str(s[0]) if is_fixed(s) else None,
+                     "message_elements": (n if s[0] == 1 else message_elements(s[0], n))
+                     if is_fixed(s) else None,
+                     "interval": s[1] if is_fixed(s) else None,
                      **row_of(model, results[c["name"]])})
     paired_with_auto(model, rows, results, "hetero_auto")
     a, b = args.hetero_pair
