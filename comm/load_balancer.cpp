@@ -208,9 +208,14 @@ void LinkEstimator::add(const TransferSample& sample) {
     return;
   }
   double seconds = sample.seconds;
-  if (sample.resolution_s > 0 && std::isfinite(sample.resolution_s)) {
-    const double shortest = std::max(sample.seconds - 0.5 * sample.resolution_s, 0.0);
-    const double longest = sample.seconds + 0.5 * sample.resolution_s;
+  const double resolution =
+      sample.resolution_s > 0 && std::isfinite(sample.resolution_s) ? sample.resolution_s : 0.0;
+  const double wait = sample.receiver_wait_s > 0 && std::isfinite(sample.receiver_wait_s)
+                          ? sample.receiver_wait_s
+                          : 0.0;
+  if (resolution > 0 || wait > 0) {
+    const double shortest = std::max(sample.seconds - 0.5 * resolution - wait, 0.0);
+    const double longest = sample.seconds + 0.5 * resolution;
     const double expected = model_.transfer_seconds(sample.bytes);
     if (expected >= shortest && expected <= longest) {
       suspect_run_ = 0;  // as far as this sample can tell, the estimate is right

@@ -42,6 +42,12 @@ struct TransferRecord {
   // How far apart the two looks were between which the transport saw it complete: `seconds`
   // is the midpoint, so the true time lies within resolution_s / 2 of it. 0: exact.
   double resolution_s = 0;
+  // Up to this much of `seconds` may have been the receiver's wait to take the message rather
+  // than link time: an MPI send above the eager limit completes only once the receiving rank's
+  // communication thread looks, every idle poll interval when it has nothing else to do. The
+  // link's time so lies in [seconds - resolution_s / 2 - receiver_wait_s, seconds +
+  // resolution_s / 2]. 0: the transport times the link alone.
+  double receiver_wait_s = 0;
 };
 
 class Transport;

@@ -107,7 +107,7 @@ void LoadBalancer::step(bool force_log) {
     if (r.from < 0 || r.from >= workers_ || r.to < 0 || r.to >= workers_ || r.from == r.to)
       continue;
     LinkEstimator& e = estimators_[static_cast<std::size_t>(r.from * workers_ + r.to)];
-    e.add({r.bytes, r.seconds, r.resolution_s});
+    e.add({r.bytes, r.seconds, r.resolution_s, r.receiver_wait_s});
     board_.set_bandwidth(r.from, r.to, e.estimate().bandwidth_bytes_per_s);
   }
   bool all_measured = true;

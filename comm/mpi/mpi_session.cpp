@@ -97,6 +97,14 @@ int improbe(int source, int tag, MPI_Comm comm, int* flag, MPI_Message* message,
   return rc;
 }
 
+std::vector<double> all_gather(MPI_Comm comm, double value) {
+  int size = 0;
+  ASGD_CHECK_MPI(MPI_Comm_size(comm, &size));
+  std::vector<double> out(static_cast<std::size_t>(size));
+  ASGD_CHECK_MPI(MPI_Allgather(&value, 1, MPI_DOUBLE, out.data(), 1, MPI_DOUBLE, comm));
+  return out;
+}
+
 bool settle_requests(std::vector<MPI_Request>& requests, double seconds) {
   const auto until = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
   while (true) {

@@ -58,6 +58,10 @@ class MpiSession {
   MPI_Comm comm_ = MPI_COMM_NULL;
 };
 
+// Every rank's `value` on `comm`, by rank. Collective (MPI_Allgather); for set-up, where
+// each rank must know a setting of the others (e.g. how often their threads look).
+std::vector<double> all_gather(MPI_Comm comm, double value);
+
 // Lets MPI progress `requests` until all have completed or `seconds` have passed (yielding the
 // core between tests); true when all completed. For teardown, where a request that cannot be
 // cancelled (a send, a matched receive) may still be finishing.

@@ -145,6 +145,7 @@ MpiTransport::MpiTransport(const MpiSession& session, const MpiTransportOptions&
   }
   ASGD_CHECK_MPI(MPI_Comm_dup(session.comm(), &comm_));
   ASGD_CHECK_MPI(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN));
+  peer_poll_s_ = all_gather(comm_, options.idle_poll_s);
   for (int p = 0; p < size_; ++p)
     peers_.push_back(std::make_unique<Peer>(options.max_message, p != rank_));
   for (auto& r : rejected_)
@@ -490,11 +491,14 @@ bool MpiTransport::pump_sends(double t) {
       trace_.complete("transfer", f.trace_ns, trace_.now_ns(), {"peer", peer, "bytes", bytes});
       {
         // It completed after it started and after the previous pass, and before this one: the
-        // record is the midpoint, and the width of that interval its resolution.
+        // record is the midpoint, and the width of that interval its resolution. A send above
+        // the eager limit completes only once the peer's thread looks for it, up to its idle
+        // poll later, and that wait is not the link's.
         const double after_s = std::max(f.start_s, previous_pass_s_);
         std::lock_guard<std::mutex> lock(transfers_mutex_);
         transfers_.push_back({rank_, peer, static_cast<double>(bytes),
-                              0.5 * (after_s + t) - f.start_s, t - after_s});
+                              0.5 * (after_s + t) - f.start_s, t - after_s,
+                              peer_poll_s_[static_cast<std::size_t>(peer)]});
         while (transfers_.size() > static_cast<std::size_t>(kMaxTransferRecords * size_))
           transfers_.pop_front();
       }

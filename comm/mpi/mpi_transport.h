@@ -224,6 +224,7 @@ class MpiTransport final : public RankTransport {
   std::atomic<bool> stop_requested_{false};
   std::atomic<bool> quit_{false};  // destructor without finish(): leave at once
   double previous_pass_s_ = 0;     // communication thread: when its previous pass began
+  std::vector<double> peer_poll_s_;  // every rank's idle_poll_s: its receiver's longest wait
   std::mutex transfers_mutex_;
   std::deque<TransferRecord> transfers_;
   std::vector<std::byte> scratch_;  // frames that are drained and dropped

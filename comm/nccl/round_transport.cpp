@@ -82,6 +82,9 @@ RoundTransport::RoundTransport(const MpiSession& session, const RoundTransportOp
              options.model.parameters);
   ASGD_CHECK_MPI(MPI_Comm_dup(session.comm(), &comm_));
   ASGD_CHECK_MPI(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN));
+  const std::vector<double> polls = all_gather(comm_, options.idle_poll_s);
+  for (int p = 0; p < size_; ++p)
+    if (p != rank_) peers_poll_s_ = std::max(peers_poll_s_, polls[static_cast<std::size_t>(p)]);
   for (int p = 0; p < size_; ++p)
     peers_.push_back(std::make_unique<Peer>(options.max_message, p != rank_, plane_->backend(),
                                             plane_->device()));
@@ -482,8 +485,8 @@ void RoundTransport::start_round() {
 void RoundTransport::complete_round(double t) {
   // A transfer takes from its frame going out until the round completed, some time after the
   // previous pass and before this one: the records take the midpoint, with that interval as
-  // their resolution. The wait for the peers' frames is inside, as the MPI transport's times
-  // include its receiver's wait to look (see the README on what the balancer makes of it).
+  // their resolution. The wait for the peers' frames is inside: up to the slowest peer's idle
+  // poll, the records' receiver wait.
   const double after_s = std::max(round_announced_s_, previous_pass_s_);
   const double seconds = 0.5 * (after_s + t) - round_announced_s_;
   const double resolution_s = t - after_s;
@@ -498,7 +501,8 @@ void RoundTransport::complete_round(double t) {
       round_bytes += bytes;
       {
         std::lock_guard<std::mutex> lock(transfers_mutex_);
-        transfers_.push_back({rank_, peer, static_cast<double>(bytes), seconds, resolution_s});
+        transfers_.push_back(
+            {rank_, peer, static_cast<double>(bytes), seconds, resolution_s, peers_poll_s_});
         while (transfers_.size() > static_cast<std::size_t>(kMaxTransferRecords * size_))
           transfers_.pop_front();
       }

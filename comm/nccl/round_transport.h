@@ -154,6 +154,7 @@ class RoundTransport final : public RankTransport {
   bool ended_ = false;
   double round_announced_s_ = 0;  // the frames of the round in flight went out
   double previous_pass_s_ = 0;    // when the loop last looked, for the transfers' resolution
+  double peers_poll_s_ = 0;       // the longest idle_poll_s of the other ranks
   std::int64_t round_trace_ns_ = 0;
 
   std::mutex mutex_;  // wakes the thread; finishing_

@@ -395,6 +395,31 @@ TEST(MpiTransport, LinkChangeNeverLetsALaterMessageOvertakeAHeldOne) {
   t.finish(false);
 }
 
+// Each record of a completed send says how long its receiver may have taken to look: the
+// receiving rank's idle poll, which may differ from the sender's (another node, --comm-poll).
+TEST(MpiTransport, TransferRecordsCarryTheReceiversIdlePoll) {
+  const int rank = session().rank();
+  MpiTransportOptions o = options();
+  o.idle_poll_s = 1e-3 * (rank + 1);
+  MpiTransport t(session(), o);
+  if (rank == 1) {
+    post_state(t, 0, 1, kParams);
+    t.flush();
+    const std::vector<TransferRecord> records = t.take_transfers();
+    ASSERT_EQ(records.size(), 1u);
+    EXPECT_EQ(records[0].from, 1);
+    EXPECT_EQ(records[0].to, 0);
+    EXPECT_EQ(records[0].bytes, kParams * 4.0);
+    EXPECT_EQ(records[0].receiver_wait_s, 1e-3);  // rank 0's
+    EXPECT_GT(records[0].seconds, 0);
+  }
+  if (rank == 0) {
+    wait_for_done(t, 1);
+    EXPECT_TRUE(t.take_transfers().empty());
+  }
+  t.finish(false);
+}
+
 // The idle poll: fast only where the communication thread has a core of its own.
 TEST(MpiTransport, IdlePollIsSlowWhereTheComputeHasEveryCore) {
   EXPECT_EQ(idle_poll_seconds(2, 2, 1), 2e-3);   // the development VM under mpirun -np 2
@@ -593,6 +618,7 @@ TEST(MpiTransportFault, PeerStoppedInTheMiddleOfAMessageEndsTheWaitWithAnErrorNa
   if (rank == 1) {
     MPI_Comm comm = MPI_COMM_NULL;
     ASGD_CHECK_MPI(MPI_Comm_dup(session().comm(), &comm));
+    all_gather(comm, options().idle_poll_s);  // as the transport's constructor does
     const Forger f{comm};
     const std::vector<float> data = payload(1, 5, kParams);
     WireHeader h = valid_header(5, 0, kParams);
@@ -639,6 +665,7 @@ TEST(MpiTransportFault, FinishEndsWhenAFinishedPeerNeverTakesItsLastMessage) {
   if (session().rank() == 1) {
     MPI_Comm comm = MPI_COMM_NULL;
     ASGD_CHECK_MPI(MPI_Comm_dup(session().comm(), &comm));
+    all_gather(comm, options().idle_poll_s);  // as the transport's constructor does
     const Forger f{comm};
     WireHeader done;
     done.kind = FrameKind::kDone;

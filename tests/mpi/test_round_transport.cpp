@@ -201,6 +201,28 @@ TEST(RoundTransport, EmulatedLinkDelaysButDeliversEverything) {
   t->finish(false);
 }
 
+// A round waits for every rank's frame, so its records say it may hold up to the slowest other
+// rank's idle poll of waiting (ranks may poll at different rates: other nodes, --comm-poll).
+TEST(RoundTransport, TransferRecordsCarryTheSlowestPeersIdlePoll) {
+  const int rank = session().rank();
+  const int size = session().size();
+  RoundTransportOptions o = options();
+  o.idle_poll_s = 1e-3 * (rank + 1);
+  RoundTransport t(session(), o, std::make_unique<MpiPayloadPlane>(session()));
+  if (rank == 0) {
+    const std::vector<float> v = payload(0, 1, 500);
+    t.post(1, header(0, 1, 0, 500), v.data());
+    t.flush();
+    const std::vector<TransferRecord> records = t.take_transfers();
+    ASSERT_EQ(records.size(), 1u);
+    EXPECT_EQ(records[0].to, 1);
+    EXPECT_EQ(records[0].bytes, 500 * 4.0);
+    EXPECT_EQ(records[0].receiver_wait_s, 1e-3 * size);  // the last rank's
+  }
+  if (rank == 1) t.wait_delivered(0, 1);
+  t.finish(false);
+}
+
 // Random peers, a queue of one, no flushing, collect() while posting: every message is either
 // delivered or superseded, both sides count the same deliveries, and every payload collected
 // is exactly the one its header names.
@@ -264,10 +286,14 @@ TEST(RoundTransport, StressRandomPeersKeepsExactAccountingAndIntactPayloads) {
 
 // Rank 1 speaks the protocol by hand to rank 0, which runs the transport: what it sends in each
 // round, and what it takes from rank 0. Matches the transport's communicators by creating them
-// in the same order (the plane's, then the frames').
+// in the same order (the plane's, then the frames'), and joining the transport's exchange of
+// idle polls.
 class HandPeer {
  public:
-  HandPeer() : plane_(session()) { ASGD_CHECK_MPI(MPI_Comm_dup(session().comm(), &frames_)); }
+  HandPeer() : plane_(session()) {
+    ASGD_CHECK_MPI(MPI_Comm_dup(session().comm(), &frames_));
+    all_gather(frames_, options().idle_poll_s);
+  }
   ~HandPeer() { MPI_Comm_free(&frames_); }
 
   // One round: `frame` to rank 0 (and `data` as its payload unless empty), rank 0's frame

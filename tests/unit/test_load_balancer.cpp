@@ -224,6 +224,44 @@ TEST(LinkEstimator, SamplesAreIntervalsAsWideAsTheirResolution) {
   EXPECT_NEAR(low.estimate().bandwidth_bytes_per_s, bound, bound * 1e-3);
 }
 
+// Under mpirun an 8 KB message completes only when the receiver's thread looks, every 2 ms on
+// a full machine: about 1 ms on a 1 GB/s link whose wire takes 8 us. Read as bandwidth that
+// was 8 MB/s, and K-Means sent a fourth as often as the link allowed. With the wait declared,
+// such samples change nothing, while a link that really slows still shows through it.
+TEST(LinkEstimator, TheReceiversWaitToLookIsNotReadAsBandwidth) {
+  const LinkModel fast = make_link(1e9, 5e-6);
+  LinkEstimator e;
+  e.start_from(fast);
+  for (int i = 0; i < 50; ++i)
+    e.add({8192, 1e-3 + 1e-5 * (i % 7), 1e-4, 2e-3});  // [0, ~1.06 ms] holds the true 13 us
+  EXPECT_EQ(e.estimate().bandwidth_bytes_per_s, 1e9);
+
+  // The same samples without the wait are believed, after three in a row.
+  LinkEstimator naive;
+  naive.start_from(fast);
+  for (int i = 0; i < 3; ++i)
+    naive.add({8192, 1e-3, 1e-4});
+  EXPECT_LT(naive.estimate().bandwidth_bytes_per_s, 1e7);
+
+  // The link drops to 10 MB/s: 400 KB messages now take 41 ms, plus up to 2 ms of waiting.
+  // The estimate follows to the shortest time the interval allows, the wait all taken off.
+  const LinkModel slow = make_link(1e7, 5e-6);
+  const double bytes = 4e5;
+  for (int i = 0; i < 3; ++i)
+    e.add({bytes, slow.transfer_seconds(bytes) + 1e-3, 1e-4, 2e-3});
+  const double shortest = slow.transfer_seconds(bytes) + 1e-3 - 0.5e-4 - 2e-3;
+  const double expected = bytes / (shortest - 5e-6);
+  EXPECT_NEAR(e.estimate().bandwidth_bytes_per_s, expected, expected * 1e-9);
+  EXPECT_LT(e.estimate().bandwidth_bytes_per_s, 1.03e7);
+  EXPECT_GT(e.estimate().bandwidth_bytes_per_s, 1e7);
+  // A wait of NaN or below 0 is none.
+  LinkEstimator odd;
+  odd.start_from(fast);
+  for (int i = 0; i < 3; ++i)
+    odd.add({8192, 1e-3, 0, std::numeric_limits<double>::quiet_NaN()});
+  EXPECT_LT(odd.estimate().bandwidth_bytes_per_s, 1e7);
+}
+
 TEST(LinkEstimator, IgnoresASingleOutlierButFollowsThreeInARow) {
   const LinkModel fast = make_link(1e9, 0);
   const LinkModel slow = make_link(1e8, 0);
