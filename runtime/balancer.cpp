@@ -89,7 +89,12 @@ LoadBalancer::LoadBalancer(Transport& transport, std::vector<int> local_workers,
       settings_[i] = board_.get(from, to);
     }
   step(true);
-  thread_ = std::thread([this] { loop(); });
+  if (options_.thread) thread_ = std::thread([this] { loop(); });
+}
+
+void LoadBalancer::step_once() {
+  ASGD_CHECK(!options_.thread, "step_once() on a balancer that runs its own thread");
+  step(false);
 }
 
 LoadBalancer::~LoadBalancer() {
@@ -118,13 +123,19 @@ void LoadBalancer::step(bool force_log) {
     const double step_s = measured > 0 ? measured : 1e-3;
     std::vector<PeerState> peers(static_cast<std::size_t>(workers_));
     std::vector<PeerSetting> previous(static_cast<std::size_t>(workers_));
+    std::vector<std::int64_t> observed_backlog(static_cast<std::size_t>(workers_));
     for (int to = 0; to < workers_; ++to) {
       if (to == from) continue;
       const auto i = static_cast<std::size_t>(from * workers_ + to);
       PeerState& p = peers[static_cast<std::size_t>(to)];
       p.link_known = estimators_[i].valid();
       p.link = estimators_[i].estimate();
-      p.backlog = transport_.backlog(from, to);
+      // A backlog built up under settings decided on guesses (a step of 1 ms before the first
+      // steps were timed) says nothing of what the link carries: under mpirun K-Means took
+      // its guessed interval of 1 for congestion, and doubled its measured one for the whole
+      // of a 10 ms race. It counts once the settings in force stand on measurements.
+      observed_backlog[static_cast<std::size_t>(to)] = transport_.backlog(from, to);
+      p.backlog = measured_ ? observed_backlog[static_cast<std::size_t>(to)] : 0;
       p.busy_cap = busy_caps_[i];
       previous[static_cast<std::size_t>(to)] = settings_[i];
     }
@@ -157,7 +168,7 @@ void LoadBalancer::step(bool force_log) {
         d.worker = from;
         d.peer = to;
         d.estimate = peers[static_cast<std::size_t>(to)].link;
-        d.backlog = peers[static_cast<std::size_t>(to)].backlog;
+        d.backlog = observed_backlog[static_cast<std::size_t>(to)];
         d.step_s = step_s;
         d.setting = s;
         d.busy = busy_fraction(d.estimate, s, step_s);

@@ -70,6 +70,9 @@ struct BalancerOptions {
   // unknown they stay at the smallest useful size (BalanceLimits::cost_pending). Empty: links
   // only.
   std::function<double(int)> seconds_per_element;
+  // false: no thread; the owner steps the controller with LoadBalancer::step_once() (a
+  // deterministic driver, a test).
+  bool thread = true;
 };
 
 class LoadBalancer {
@@ -89,6 +92,10 @@ class LoadBalancer {
   // Rethrows the first error of the balancer's thread.
   void check() const { error_.rethrow_if_set(); }
 
+  // One controller step on the calling thread, as the balancer's thread takes them; only with
+  // BalancerOptions::thread false.
+  void step_once();
+
  private:
   void step(bool force_log);
   void loop();
@@ -105,7 +112,9 @@ class LoadBalancer {
   std::vector<PeerSetting> settings_;      // [from][to], as published
   std::vector<double> busy_caps_;          // [from][to], see next_busy_cap()
   std::vector<double> last_logged_s_;      // [from][to]
-  bool measured_ = false;  // every local worker's step time (and cost, where it counts) known
+  // Every local worker's step time (and cost, where it counts) was known at the previous step:
+  // the settings in force were decided on measurements, not on guesses.
+  bool measured_ = false;
   std::mutex mutex_;
   std::condition_variable wake_;
   bool stop_ = false;

@@ -22,8 +22,14 @@ class QuietTransport final : public Transport {
   std::int64_t max_message() const override { return 1 << 20; }
   void post(int, const MessageHeader&, const float*) override {}
   int collect(int, const Message**, int) override { return 0; }
-  LinkStats stats(int, int) const override { return {}; }
+  LinkStats stats(int, int) const override {
+    LinkStats s;
+    s.posted = backlog;
+    return s;
+  }
   std::vector<TransferRecord> take_transfers() override { return {}; }
+
+  std::int64_t backlog = 0;  // on every link
 
  private:
   int n_;
@@ -139,6 +145,62 @@ TEST(LoadBalancerThread, ACostMeasuredAsZeroIsKnown) {
     ASSERT_EQ(logged.size(), 2u);
     EXPECT_EQ(logged[0].seconds_per_element, 0.0);
   }
+}
+
+// Before the first steps are timed the controller decides on a guessed step of 1 ms; a worker
+// stepping every 0.16 ms then sends six times as often as the link was meant to carry, and
+// the backlog that builds says nothing of the link. The first decision on measurements takes
+// no congestion from it (the setting is the ideal one, the busy bound stays); the next one,
+// with the backlog still there under a measured setting, thins the sends out by its excess.
+TEST(LoadBalancerThread, ABacklogBuiltOnGuessesIsNotCongestion) {
+  QuietTransport transport(2);
+  LinkModel fast;
+  fast.bandwidth_bytes_per_s = 1e10;
+  std::vector<std::vector<LinkModel>> probe(2, std::vector<LinkModel>(2, fast));
+  PeerBoard board(2);
+  BalancerOptions o;
+  o.limits.max_message = 2048;
+  o.limits.min_interval = 1;
+  o.limits.compute_share = 0.02;
+  o.seconds_per_element = [](int) { return 7e-9; };
+  o.thread = false;
+  double step_s = 0;  // not timed yet
+  std::vector<BalanceDecision> logged;
+  LoadBalancer balancer(
+      transport, {0, 1}, board, probe, [&](int) { return step_s; },
+      [&](const BalanceDecision& d) { logged.push_back(d); }, o);
+  EXPECT_EQ(board.get(0, 1), (PeerSetting{2048, 1}));  // on the guess of 1 ms a step
+
+  step_s = 1.6e-4;
+  transport.backlog = 2 * o.limits.max_backlog;
+  BalanceLimits measured = o.limits;
+  measured.seconds_per_element = 7e-9;
+  const PeerSetting ideal = ideal_setting(fast, step_s, measured);
+  ASSERT_EQ(ideal, (PeerSetting{2048, 5}));
+  balancer.step_once();
+  EXPECT_EQ(board.get(0, 1), ideal);
+  EXPECT_EQ(board.get(1, 0), ideal);
+  ASSERT_FALSE(logged.empty());
+  EXPECT_EQ(logged.back().backlog, transport.backlog);  // logged as seen
+  EXPECT_EQ(logged.back().busy_bound, o.limits.rho);
+
+  balancer.step_once();
+  EXPECT_EQ(board.get(0, 1), (PeerSetting{2048, 10}));
+  // That congestion lowered the link's busy bound, which the next decision keeps to.
+  transport.backlog = 0;
+  balancer.step_once();
+  EXPECT_LT(logged.back().busy_bound, o.limits.rho);
+  balancer.check();
+}
+
+TEST(LoadBalancerThread, StepOnceNeedsABalancerWithoutItsThread) {
+  QuietTransport transport(2);
+  PeerBoard board(2);
+  BalancerOptions o;
+  o.limits.max_message = 5000;
+  o.period_s = 3600;
+  LoadBalancer balancer(transport, {0, 1}, board, {}, nullptr, nullptr, o);
+  EXPECT_THROW(balancer.step_once(), Error);
 }
 
 TEST(LoadBalancerThread, EstimatesOnlyLeavesTheSettingsAlone) {
