@@ -261,6 +261,29 @@ double cost_per_useful_element(double seconds, std::int64_t tested, double accep
   return per_tested / std::clamp(acceptance, kMinAcceptance, 1.0);
 }
 
+void CostMedian::add(double seconds, std::int64_t elements) {
+  if (elements <= 0 || !(seconds >= 0) || !std::isfinite(seconds)) return;
+  ring_[next_] = {seconds / static_cast<double>(elements), elements};
+  next_ = (next_ + 1) % kEvents;
+  size_ = std::min(size_ + 1, kEvents);
+  Event sorted[kEvents];
+  std::copy(ring_, ring_ + size_, sorted);
+  std::sort(sorted, sorted + size_,
+            [](const Event& a, const Event& b) { return a.per_element < b.per_element; });
+  std::int64_t total = 0;
+  for (int i = 0; i < size_; ++i)
+    total += sorted[i].elements;
+  // The lowest cost at which the events up to it hold at least half of the elements.
+  std::int64_t below = 0;
+  for (int i = 0; i < size_; ++i) {
+    below += sorted[i].elements;
+    if (2 * below >= total) {
+      per_element_ = sorted[i].per_element;
+      return;
+    }
+  }
+}
+
 double busy_fraction(const LinkModel& link, const PeerSetting& setting, double step_s) {
   check_step(step_s);
   ASGD_CHECK(setting.interval >= 1, "busy_fraction: interval {} is not >= 1", setting.interval);

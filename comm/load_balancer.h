@@ -178,6 +178,33 @@ std::vector<PeerSetting> balance(const std::vector<PeerState>& peers,
 inline constexpr double kMinAcceptance = 0.1;
 double cost_per_useful_element(double seconds, std::int64_t tested, double acceptance);
 
+// The compute one kind of communication event (a send's copy, a merge) costs per element: the
+// element-weighted median over the last kEvents events. A sum over them would not do: on a
+// shared machine a single merge of 10 us now and then reads 1 ms of thread CPU time (the
+// hypervisor's steal counts as the thread's), and under mpirun such a spike in the first 8
+// merges priced K-Means' messages 2-25 times high, so that auto sent every 10-140 steps for
+// the whole of a 60-step race instead of every 4-6. Events of more elements weigh more, as in
+// a sum. Thread-safety: one thread.
+class CostMedian {
+ public:
+  static constexpr int kEvents = 16;
+  // Ignores events of elements <= 0 or a time that is negative or not finite.
+  void add(double seconds, std::int64_t elements);
+  // Seconds per element; negative while no event was added.
+  double per_element() const { return per_element_; }
+  int events() const { return size_; }
+
+ private:
+  struct Event {
+    double per_element = 0;
+    std::int64_t elements = 0;
+  };
+  Event ring_[kEvents];
+  int size_ = 0;
+  int next_ = 0;
+  double per_element_ = -1;
+};
+
 // The busy fraction of a link under a setting: (a + 4 m / B) / (k T).
 double busy_fraction(const LinkModel& link, const PeerSetting& setting, double step_s);
 

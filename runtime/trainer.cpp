@@ -49,7 +49,8 @@ using Clock = std::chrono::steady_clock;
 // The balancer measures a worker's compute per element sent and merged over at least this many
 // merged elements (64 KiB of floats): 8 whole states of the K-Means study's 2,048-parameter
 // model, whose race is over in about 60 steps, one message of most others. The worker's CPU
-// clock counts nanoseconds, so even 8 small merges are timed well.
+// clock counts nanoseconds, so even 8 small merges are timed well, and their median is not
+// moved by one of them that the machine slowed.
 constexpr std::int64_t kCostSampleElements = 16384;
 
 double seconds_since(Clock::time_point start) {
@@ -337,14 +338,14 @@ class Run {
     checked_at_.assign(workers_.size(), -1);
     published_steps_.reset(new std::atomic<std::int64_t>[workers_.size()]);
     published_eval_s_.reset(new std::atomic<double>[workers_.size()]);
-    published_comm_s_.reset(new std::atomic<double>[workers_.size()]);
+    published_comm_cost_.reset(new std::atomic<double>[workers_.size()]);
     published_comm_elements_.reset(new std::atomic<std::int64_t>[workers_.size()]);
     published_comm_judged_.reset(new std::atomic<std::int64_t>[workers_.size()]);
     published_comm_accepted_.reset(new std::atomic<std::int64_t>[workers_.size()]);
     for (std::size_t i = 0; i < workers_.size(); ++i) {
       published_steps_[i].store(workers_[i]->steps());
       published_eval_s_[i].store(0.0);
-      published_comm_s_[i].store(0.0);
+      published_comm_cost_[i].store(-1.0);
       published_comm_elements_[i].store(0);
       published_comm_judged_[i].store(0);
       published_comm_accepted_[i].store(0);
@@ -876,26 +877,28 @@ class Run {
     return last + (done > 0 ? eval / static_cast<double>(done) : 0.0);
   }
 
-  // Worker `id`'s recent compute per element sent and merged, counted per accepted element
-  // where the worker counts them (cost_per_useful_element; balancer thread only); negative
-  // until the first kCostSampleElements have been sent and merged.
+  // Worker `id`'s recent compute per element sent and merged (the medians of its last merges
+  // and sends, Worker::comm_seconds_per_element()), counted per accepted element where the
+  // worker counts them, over the elements judged since the previous reading
+  // (cost_per_useful_element; balancer thread only); negative until the first
+  // kCostSampleElements have been merged.
   double comm_cost(int id) {
     const std::size_t i = static_cast<std::size_t>(id - first_id_);
     if (i >= workers_.size()) return -1.0;
-    const double seconds = published_comm_s_[i].load(std::memory_order_relaxed);
+    const double per_element = published_comm_cost_[i].load(std::memory_order_relaxed);
     const std::int64_t elements = published_comm_elements_[i].load(std::memory_order_relaxed);
     const std::int64_t judged = published_comm_judged_[i].load(std::memory_order_relaxed);
     const std::int64_t accepted = published_comm_accepted_[i].load(std::memory_order_relaxed);
     CostClock& seen = cost_seen_[static_cast<std::size_t>(id)];
-    if (elements - seen.elements < kCostSampleElements) return seen.cost;
+    if (elements - seen.elements < kCostSampleElements || !(per_element >= 0)) return seen.cost;
     const double acceptance = judged > seen.judged
                                   ? static_cast<double>(accepted - seen.accepted) /
                                         static_cast<double>(judged - seen.judged)
                                   : -1.0;  // nothing judged (a GPU worker, or the warm-up)
+    const std::int64_t tested = elements - seen.elements;
     const double cost =
-        cost_per_useful_element(seconds - seen.seconds, elements - seen.elements, acceptance);
+        cost_per_useful_element(per_element * static_cast<double>(tested), tested, acceptance);
     seen.cost = seen.cost >= 0 ? 0.7 * seen.cost + 0.3 * cost : cost;
-    seen.seconds = seconds;
     seen.elements = elements;
     seen.judged = judged;
     seen.accepted = accepted;
@@ -927,7 +930,7 @@ class Run {
       const auto t0 = Clock::now();
       w.step();
       published_steps_[local(w)].store(w.steps(), std::memory_order_relaxed);
-      published_comm_s_[local(w)].store(w.comm_seconds(), std::memory_order_relaxed);
+      published_comm_cost_[local(w)].store(w.comm_seconds_per_element(), std::memory_order_relaxed);
       published_comm_elements_[local(w)].store(w.comm_elements(), std::memory_order_relaxed);
       published_comm_judged_[local(w)].store(w.comm_judged_elements(), std::memory_order_relaxed);
       published_comm_accepted_[local(w)].store(w.comm_accepted_elements(),
@@ -1434,12 +1437,11 @@ class Run {
   std::vector<double> last_step_time_;                       // balancer thread only
   std::unique_ptr<std::atomic<std::int64_t>[]> published_steps_;  // per local worker
   std::unique_ptr<std::atomic<double>[]> published_eval_s_;      // its evaluation seconds
-  std::unique_ptr<std::atomic<double>[]> published_comm_s_;      // Worker::comm_seconds()
+  std::unique_ptr<std::atomic<double>[]> published_comm_cost_;   // comm_seconds_per_element()
   std::unique_ptr<std::atomic<std::int64_t>[]> published_comm_elements_;
   std::unique_ptr<std::atomic<std::int64_t>[]> published_comm_judged_;
   std::unique_ptr<std::atomic<std::int64_t>[]> published_comm_accepted_;
   struct CostClock {
-    double seconds = 0;
     std::int64_t elements = 0;
     std::int64_t judged = 0;
     std::int64_t accepted = 0;

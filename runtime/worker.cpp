@@ -304,7 +304,7 @@ void Worker::exchange_and_update() {
   const double merge_s = cost_clock() - merge_start;
   std::int64_t elements = 0;
   for (int m = 0; m < used; ++m) elements += lengths[m];
-  comm_seconds_ += std::max(0.0, merge_s - plain_step_s_);
+  merge_cost_.add(std::max(0.0, merge_s - plain_step_s_), elements);
   comm_elements_ += elements;
   if (stream_.is_host()) {  // the host decided synchronously, into host memory
     for (int m = 0; m < used; ++m, ++messages_tested_) {
@@ -335,7 +335,8 @@ void Worker::send(int peer, std::int64_t message, std::int64_t& cursor) {
   if (stream_.is_host() && !adversary) {
     const double t0 = cost_clock();
     transport_->post(peer, h, params_.data() + h.offset);
-    comm_seconds_ += cost_clock() - t0;
+    send_cost_.add(cost_clock() - t0, h.length);
+    comm_sent_elements_ += h.length;
     return;
   }
   // On a GPU the range goes to pinned memory first; it is posted at the next step, when the
@@ -478,6 +479,15 @@ WorkerCounters Worker::counters() {
   counters_.rejected_window = c[kRejectedWindow];
   counters_.nonfinite = c[kNonFinite];
   return counters_;
+}
+
+double Worker::comm_seconds_per_element() const {
+  const double merge = merge_cost_.per_element();
+  if (merge < 0 || comm_elements_ == 0) return -1.0;
+  const double send = send_cost_.per_element();
+  if (send <= 0) return merge;
+  return merge +
+         send * static_cast<double>(comm_sent_elements_) / static_cast<double>(comm_elements_);
 }
 
 double Worker::cost_clock() const {

@@ -101,12 +101,15 @@ class Worker {
   WorkerEval training_loss();
   WorkerEval evaluate();
   WorkerCounters counters();
-  // Compute spent on communication since the start, on this worker's thread: copying what it
-  // sends and testing and merging what it receives beyond a plain step (host backend; close
-  // to zero on a GPU, whose launches return at once), and the elements tested. Of those, the
+  // Compute spent on communication per element merged, on this worker's thread: testing and
+  // merging what it receives beyond a plain step, and copying what it sends per element it
+  // merges (host backend; close to zero on a GPU, whose launches return at once). Each is the
+  // element-weighted median over the last few events (CostMedian), not a sum, so that a
+  // single event whose CPU time a hypervisor inflated does not price every message; negative
+  // until something was merged. Then the elements tested since the start; of those, the
   // elements judged after the window's warm-up and how many of them the test accepted
   // (counted on the host backend only, where the decisions are in host memory at no cost).
-  double comm_seconds() const { return comm_seconds_; }
+  double comm_seconds_per_element() const;
   std::int64_t comm_elements() const { return comm_elements_; }
   std::int64_t comm_judged_elements() const { return comm_judged_elements_; }
   std::int64_t comm_accepted_elements() const { return comm_accepted_elements_; }
@@ -203,8 +206,10 @@ class Worker {
   DeviceBuffer<std::int64_t> nonfinite_;
 
   TraceLane trace_;
-  double comm_seconds_ = 0;
+  CostMedian merge_cost_;  // per element merged, beyond a plain step
+  CostMedian send_cost_;   // per element sent (the host's copy into the transport)
   std::int64_t comm_elements_ = 0;
+  std::int64_t comm_sent_elements_ = 0;
   std::int64_t comm_judged_elements_ = 0;
   std::int64_t comm_accepted_elements_ = 0;
   std::int64_t messages_tested_ = 0;

@@ -262,6 +262,52 @@ TEST(LinkEstimator, TheReceiversWaitToLookIsNotReadAsBandwidth) {
   EXPECT_LT(odd.estimate().bandwidth_bytes_per_s, 1e7);
 }
 
+// The element-weighted median against a float64 reference that sorts every element's cost
+// (each event's cost repeated once per element) on random events, and what it is for: a few
+// events hundreds of times dearer than the rest do not move it, where a sum would.
+TEST(CostMedian, IsTheElementWeightedMedianOfTheLastEvents) {
+  std::mt19937_64 rng(7);
+  std::uniform_real_distribution<double> cost(1e-9, 1e-8);
+  std::uniform_int_distribution<std::int64_t> size(1, 40);
+  for (int trial = 0; trial < 50; ++trial) {
+    CostMedian m;
+    std::vector<std::pair<double, std::int64_t>> events;
+    const int n = 1 + trial % 40;
+    for (int i = 0; i < n; ++i) {
+      const std::int64_t e = size(rng);
+      const double per = cost(rng);
+      m.add(per * static_cast<double>(e), e);
+      events.push_back({per, e});
+    }
+    std::vector<double> each;  // the last kEvents events, one entry per element
+    for (int i = std::max(0, n - CostMedian::kEvents); i < n; ++i)
+      each.insert(each.end(), static_cast<std::size_t>(events[static_cast<std::size_t>(i)].second),
+                  events[static_cast<std::size_t>(i)].first);
+    std::sort(each.begin(), each.end());
+    const double reference = each[(each.size() - 1) / 2];  // the lower median
+    EXPECT_NEAR(m.per_element(), reference, reference * 1e-12) << trial;
+    EXPECT_EQ(m.events(), std::min(n, CostMedian::kEvents));
+  }
+
+  CostMedian merges;
+  EXPECT_LT(merges.per_element(), 0);  // nothing yet
+  double sum = 0;
+  for (int i = 0; i < 8; ++i) {
+    const double seconds = i == 2 || i == 5 ? 1e-3 : 2048 * 6e-9 * (1 + 0.01 * i);
+    merges.add(seconds, 2048);
+    sum += seconds;
+  }
+  EXPECT_GT(merges.per_element(), 6e-9);
+  EXPECT_LT(merges.per_element(), 6.5e-9);  // among the usual ones
+  EXPECT_GT(sum / (8 * 2048), 1e-7);        // what the sum said: 20 times as dear
+
+  // Events that say nothing are left out.
+  merges.add(-1, 2048);
+  merges.add(std::numeric_limits<double>::quiet_NaN(), 2048);
+  merges.add(1.0, 0);
+  EXPECT_EQ(merges.events(), 8);
+}
+
 TEST(LinkEstimator, IgnoresASingleOutlierButFollowsThreeInARow) {
   const LinkModel fast = make_link(1e9, 0);
   const LinkModel slow = make_link(1e8, 0);
