@@ -60,7 +60,8 @@ struct BalanceDecision {
 
 struct BalancerOptions {
   BalanceLimits limits;
-  double period_s = 0.05;       // between controller steps (a tenth of it until measured)
+  double period_s = 0.05;       // between controller steps (until measured: 1 ms for the first
+                                // 0.1 s, then a tenth of it)
   double log_every_s = 1.0;     // decisions are logged when they change and at this interval
   bool adjust_settings = true;  // false: estimates only (for bandwidth-weighted peer choice)
   // Worker w's recent compute per element sent and merged (seconds): negative (or NaN) while
