@@ -9,12 +9,13 @@ namespace asgd {
 namespace {
 
 constexpr int kIntervalBits = 24;
+constexpr std::uint64_t kIntervalMask = (std::uint64_t{1} << kIntervalBits) - 1;
+static_assert(kIntervalMask == static_cast<std::uint64_t>(kMaxSendInterval));
+
 // How long the balancer looks every millisecond while the step times and costs are unknown. A
 // worker that never merges anything leaves its cost unknown for the whole run: then it looks
 // at a tenth of its period, not every millisecond.
 constexpr double kFastStart_s = 0.1;
-constexpr std::uint64_t kIntervalMask = (std::uint64_t{1} << kIntervalBits) - 1;
-static_assert(kIntervalMask == static_cast<std::uint64_t>(kMaxSendInterval));
 
 std::uint64_t pack(const PeerSetting& s) {
   return static_cast<std::uint64_t>(s.message) << kIntervalBits |
@@ -194,8 +195,8 @@ void LoadBalancer::loop() {
       // ms a step, the smallest useful message): the controller looks every millisecond for
       // the first kFastStart_s, then ten times as often as its period, so a short run is
       // balanced from its first steps rather than after its first period. A K-Means race under
-      // mpirun (60 steps, 10 ms) had its measurements after 2 ms, and at one look per 5 ms
-      // sent every step on the guess for 6 of its 10 ms.
+      // mpirun (60 steps, 10 ms) has its measurements after about 5 ms; at one look per 5 ms
+      // its first measured decision could wait until the race was all but over.
       const double since_start =
           std::chrono::duration<double>(std::chrono::steady_clock::now() - epoch_).count();
       const double period = measured_                    ? options_.period_s
