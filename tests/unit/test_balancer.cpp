@@ -35,6 +35,28 @@ class QuietTransport final : public Transport {
   int n_;
 };
 
+// A 10 GB/s link, and two workers joined by it both ways as a probe found them.
+LinkModel fast_link() {
+  LinkModel fast;
+  fast.bandwidth_bytes_per_s = 1e10;
+  return fast;
+}
+
+std::vector<std::vector<LinkModel>> fast_pair_probe() {
+  return std::vector<std::vector<LinkModel>>(2, std::vector<LinkModel>(2, fast_link()));
+}
+
+// A balancer that keeps messages within `share` of the compute and may send every step; its
+// thread (if any) does not step within a test.
+BalancerOptions share_options(std::int64_t max_message, double share) {
+  BalancerOptions o;
+  o.limits.max_message = max_message;
+  o.limits.min_interval = 1;
+  o.limits.compute_share = share;
+  o.period_s = 3600;
+  return o;
+}
+
 TEST(PeerBoard, SettingsRoundTripWholeAndIndependently) {
   PeerBoard board(3);
   board.set(0, 1, {(std::int64_t{1} << 39) + 5, 1000});
@@ -88,16 +110,10 @@ TEST(LoadBalancerThread, FirstDecisionFollowsTheProbeAndIsLogged) {
 // message even on a fast link, and the decision says which cost it assumed (none).
 TEST(LoadBalancerThread, FirstDecisionWithAComputeShareStartsSmall) {
   QuietTransport transport(2);
-  LinkModel fast;
-  fast.bandwidth_bytes_per_s = 1e10;
-  std::vector<std::vector<LinkModel>> probe(2, std::vector<LinkModel>(2, fast));
+  const std::vector<std::vector<LinkModel>> probe = fast_pair_probe();
   PeerBoard board(2);
-  BalancerOptions o;
-  o.limits.max_message = 269322;
-  o.limits.min_interval = 1;
-  o.limits.compute_share = 0.1;
+  BalancerOptions o = share_options(269322, 0.1);
   o.seconds_per_element = [](int) { return -1.0; };  // not measured yet
-  o.period_s = 3600;
   std::vector<BalanceDecision> logged;
   {
     LoadBalancer balancer(
@@ -123,14 +139,8 @@ TEST(LoadBalancerThread, FirstDecisionWithAComputeShareStartsSmall) {
 // decision logs the cost it assumed. NaN counts as unknown, like a negative cost.
 TEST(LoadBalancerThread, ACostMeasuredAsZeroIsKnown) {
   QuietTransport transport(2);
-  LinkModel fast;
-  fast.bandwidth_bytes_per_s = 1e10;
-  std::vector<std::vector<LinkModel>> probe(2, std::vector<LinkModel>(2, fast));
-  BalancerOptions o;
-  o.limits.max_message = 269322;
-  o.limits.min_interval = 1;
-  o.limits.compute_share = 0.1;
-  o.period_s = 3600;
+  const std::vector<std::vector<LinkModel>> probe = fast_pair_probe();
+  BalancerOptions o = share_options(269322, 0.1);
   for (const double cost : {0.0, std::nan("")}) {
     o.seconds_per_element = [cost](int) { return cost; };
     PeerBoard board(2);
@@ -154,20 +164,14 @@ TEST(LoadBalancerThread, ACostMeasuredAsZeroIsKnown) {
 // with the backlog still there under a measured setting, thins the sends out by its excess.
 TEST(LoadBalancerThread, ABacklogBuiltOnGuessesIsNotCongestion) {
   QuietTransport transport(2);
-  LinkModel fast;
-  fast.bandwidth_bytes_per_s = 1e10;
-  std::vector<std::vector<LinkModel>> probe(2, std::vector<LinkModel>(2, fast));
   PeerBoard board(2);
-  BalancerOptions o;
-  o.limits.max_message = 2048;
-  o.limits.min_interval = 1;
-  o.limits.compute_share = 0.02;
+  BalancerOptions o = share_options(2048, 0.02);
   o.seconds_per_element = [](int) { return 7e-9; };
   o.thread = false;
   double step_s = 0;  // not timed yet
   std::vector<BalanceDecision> logged;
   LoadBalancer balancer(
-      transport, {0, 1}, board, probe, [&](int) { return step_s; },
+      transport, {0, 1}, board, fast_pair_probe(), [&](int) { return step_s; },
       [&](const BalanceDecision& d) { logged.push_back(d); }, o);
   EXPECT_EQ(board.get(0, 1), (PeerSetting{2048, 1}));  // on the guess of 1 ms a step
 
@@ -175,7 +179,7 @@ TEST(LoadBalancerThread, ABacklogBuiltOnGuessesIsNotCongestion) {
   transport.backlog = 2 * o.limits.max_backlog;
   BalanceLimits measured = o.limits;
   measured.seconds_per_element = 7e-9;
-  const PeerSetting ideal = ideal_setting(fast, step_s, measured);
+  const PeerSetting ideal = ideal_setting(fast_link(), step_s, measured);
   ASSERT_EQ(ideal, (PeerSetting{2048, 5}));
   balancer.step_once();
   EXPECT_EQ(board.get(0, 1), ideal);
