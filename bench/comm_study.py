@@ -58,6 +58,8 @@ to them (OUT = --out without .json, default bench/results/comm_study).
         [--quick] [asgd options for the auto runs]
     bench/comm_study.py --reanalyze RESULT.json...   (the comparisons again, from the stored
         runs: after a change to how they are computed)
+    bench/comm_study.py --pool OUT.json RESULT.json RESULT.json...   (grid results of the
+        same experiment as one of all their rounds: tables and comparisons over them all)
 """
 import json
 import math
@@ -1377,9 +1379,85 @@ def reanalyze(paths):
             json.dump(doc, f, indent=2)
 
 
+class PooledRuns(StoredRuns):
+    @staticmethod
+    def samples_to_target(rec):
+        return rec.get("samples_to_target")
+
+
+# What must agree for grid results to be pooled: the same experiment on the same model, links
+# and settings, run the same way.
+POOL_KEYS = ("experiment", "model", "model_settings", "parameters", "target", "kmeans_threshold",
+             "latency_s", "mpi", "seed", "max_seconds", "auto_options", "common_options",
+             "workers", "bandwidths", "messages", "intervals")
+
+
+def pool(out, paths):
+    """Writes to `out` one grid result holding the runs of every grid result in `paths`: the
+    rounds of the second file follow those of the first, and so on, so that a pair (auto and a
+    setting on one seed) stays within the file, the session, that ran both. The tables,
+    paired statistics and comparisons are computed again over all rounds. Meant for results
+    of the same controller (the binaries' commits are listed, and the README says which code
+    each ran); refuses files whose experiments differ (POOL_KEYS)."""
+    docs = []
+    for path in paths:
+        with open(path) as f:
+            docs.append(json.load(f))
+    first = docs[0]
+    for path, doc in zip(paths, docs):
+        if doc.get("experiment") != "grid":
+            raise SystemExit(f"{path}: a {doc.get('experiment')} result; only grid results pool")
+        differ = [k for k in POOL_KEYS if doc.get(k) != first.get(k)]
+        if differ:
+            raise SystemExit(f"{path} differs from {paths[0]} in {', '.join(differ)}: not the "
+                             f"same experiment, so its rounds cannot be pooled")
+    pooled = {k: v for k, v in first.items()
+              if k not in ("runs", "tables", "comparisons", "criteria", "plots", "reanalyzed",
+                           "commit", "when", "binary_commits", "rounds", "machine")}
+    pooled["pooled_from"] = [{"file": os.path.basename(path), "commit": doc.get("commit"),
+                              "binary_commits": doc.get("binary_commits"),
+                              "machine": doc.get("machine"), "when": doc.get("when"),
+                              "rounds": doc.get("rounds")} for path, doc in zip(paths, docs)]
+    pooled["commit"] = runs.commit()
+    pooled["when"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    pooled["runs"] = []
+    offset = 0
+    for path, doc in zip(paths, docs):
+        for r in doc["runs"]:
+            pooled["runs"].append(dict(r, round=r["round"] + offset,
+                                       source=os.path.basename(path)))
+        offset += doc["rounds"]
+    pooled["rounds"] = offset
+    results = {}
+    for r in pooled["runs"]:
+        results.setdefault(r["name"], []).append(r)
+    pooled["tables"], comparisons = {}, []
+    for bw, rows in first["tables"].items():
+        table = []
+        for row in rows:
+            keep = {k: row[k] for k in ("name", "setting", "key", "message_fraction",
+                                        "message_elements", "interval") if k in row}
+            table.append({**keep, **row_of(PooledRuns, results[row["name"]])})
+        auto = next(r["name"] for r in table if r["setting"] == "auto")
+        paired_with_auto(PooledRuns, table, results, auto)
+        pooled["tables"][bw] = table
+        comparisons.append({"bandwidth": float(bw), **compare(table)})
+    pooled["comparisons"] = comparisons
+    with open(out, "w") as f:
+        json.dump(pooled, f, indent=2)
+    print(f"# {out}: grid, {pooled['model']}, {offset} rounds pooled from {len(paths)} files")
+    for c in comparisons:
+        print(f"# {bw_text(c['bandwidth'])}: medians: auto/best {fmt_ratio(c['auto_over_best'])}"
+              f" (best {c['best_fixed']}), auto/default {fmt_ratio(c['auto_over_default'])}")
+        print_paired_verdict(c, f"{bw_text(c['bandwidth'])}: ")
+
+
 def main():
     if len(sys.argv) > 2 and sys.argv[1] == "--reanalyze":
         reanalyze(sys.argv[2:])
+        return
+    if len(sys.argv) > 4 and sys.argv[1] == "--pool":
+        pool(sys.argv[2], sys.argv[3:])
         return
     args, extra = arguments()
     runner = Runner(args)
