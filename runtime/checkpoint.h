@@ -115,6 +115,39 @@ Checkpoint decode_checkpoint(const std::string& bytes, const std::string& origin
 void check_resumable(const Checkpoint& c, const std::string& path,
                      const std::vector<std::pair<std::string, std::string>>& expected);
 
+// The rounds of a process's checkpoints when its workers run on threads: every worker adds its
+// state for a round at its own step boundary, without waiting for the others, and the round
+// is complete once each has added one. A newer round drops an older one still incomplete (a
+// straggler's). A worker that has run out of steps (a smaller shard: it finishes its epochs
+// before worker 0 ends the run) retires: its final state stands in for it in the open round
+// and in every later one, which without it would never complete, so that no checkpoint was
+// written from then on. Thread-safety: every member may be called from any thread.
+class CheckpointRounds {
+ public:
+  explicit CheckpointRounds(std::size_t workers);
+
+  // Adds worker i's state for `round` (> 0). Returns the round's states in worker order when
+  // this completes it (then the next round may open), an empty vector otherwise. A state for
+  // a round older than the open one is dropped.
+  std::vector<WorkerState> add(std::size_t i, std::int64_t round, WorkerState state);
+  // Worker i takes no more steps: `final_state` is its state for the open round, if it lacks
+  // one, and for every later round. Returns the open round's states when this completes it.
+  std::vector<WorkerState> retire(std::size_t i, WorkerState final_state);
+
+ private:
+  // mutex_ held: the round's states if it is complete (and the next round opened).
+  std::vector<WorkerState> take_if_complete();
+  // mutex_ held: `round` opens, holding the retired workers' states.
+  void open(std::int64_t round);
+
+  std::mutex mutex_;
+  const std::size_t workers_;
+  std::int64_t round_ = 0;  // the open round; 0 before the first
+  std::vector<std::optional<WorkerState>> states_;
+  std::vector<std::optional<WorkerState>> retired_;
+  std::size_t have_ = 0;
+};
+
 // Writes checkpoints on a background thread, so that fsync never stalls a worker. A checkpoint
 // submitted while an older one still waits replaces it (the newer state is what matters).
 // The first error of the thread is rethrown by the next submit() or drain().

@@ -331,6 +331,7 @@ class Run {
       checkpoint_path_ = checkpoint_file(c.checkpoint_dir, place_.rank, per_rank_checkpoints());
       writer_ = std::make_unique<CheckpointWriter>();
       checkpoint_done_.assign(workers_.size(), 0);
+      checkpoint_rounds_ = std::make_unique<CheckpointRounds>(workers_.size());
     }
     next_checkpoint_step_ = c.checkpoint_every;
     if (!c.resume_dir.empty()) resume();
@@ -673,23 +674,16 @@ class Run {
     // overtakes it, while the regular checks (not this one, whose timing must not change the
     // run) stop or restore the worker.
     if (!finite_for_checkpoint(w)) return;
-    WorkerState state = w.save_state();
-    std::lock_guard<std::mutex> lock(checkpoint_mutex_);
-    if (round < checkpoint_round_) return;
-    if (round > checkpoint_round_) {
-      checkpoint_round_ = round;
-      checkpoint_states_.assign(workers_.size(), std::nullopt);
-      checkpoint_have_ = 0;
-    }
-    if (!checkpoint_states_[i]) ++checkpoint_have_;
-    checkpoint_states_[i] = std::move(state);
-    if (checkpoint_have_ < workers_.size()) return;
-    std::vector<WorkerState> states;
-    for (auto& s : checkpoint_states_) states.push_back(std::move(*s));
-    checkpoint_states_.assign(workers_.size(), std::nullopt);
-    checkpoint_have_ = 0;
-    ++checkpoint_round_;
-    submit_checkpoint(std::move(states), false);
+    std::vector<WorkerState> states = checkpoint_rounds_->add(i, round, w.save_state());
+    if (!states.empty()) submit_checkpoint(std::move(states), false);
+  }
+
+  // A worker whose thread ran out of steps (its shard is smaller than worker 0's) while the
+  // run goes on: its final state takes part in every later round (CheckpointRounds::retire).
+  void retire_from_checkpoints(Worker& w) {
+    if (!writer_ || w.steps() < w.max_steps() || !finite_for_checkpoint(w)) return;
+    std::vector<WorkerState> states = checkpoint_rounds_->retire(local(w), w.save_state());
+    if (!states.empty()) submit_checkpoint(std::move(states), false);
   }
 
   // Deterministic mode: at the end of the round in which worker 0 passes a multiple of
@@ -950,6 +944,7 @@ class Run {
       check_time();
       show_progress(w);
     }
+    if (!stop_) retire_from_checkpoints(w);
     evaluate_last(w, w.id());
   }
 
@@ -1480,10 +1475,7 @@ class Run {
   std::string checkpoint_path_;
   std::atomic<std::int64_t> checkpoint_requested_{0};
   std::vector<std::int64_t> checkpoint_done_;  // per local worker, its own thread
-  std::mutex checkpoint_mutex_;                // the round below
-  std::int64_t checkpoint_round_ = 0;
-  std::vector<std::optional<WorkerState>> checkpoint_states_;
-  std::size_t checkpoint_have_ = 0;
+  std::unique_ptr<CheckpointRounds> checkpoint_rounds_;  // threads and ranks
   std::int64_t next_checkpoint_step_ = 0;     // deterministic mode
   // Declared after everything a checkpoint reads; its destructor writes what waits.
   std::unique_ptr<CheckpointWriter> writer_;

@@ -724,6 +724,84 @@ TEST(CheckpointResumable, SettingTheCheckpointLacksIsADifference) {
   }
 }
 
+// --- the rounds of threaded checkpoints ----------------------------------------------------------
+
+// Worker `id`'s state at `steps`: what the rounds hand back is told apart by these two.
+WorkerState state_at(int id, std::int64_t steps) {
+  WorkerState s;
+  s.id = id;
+  s.steps = steps;
+  s.params = {static_cast<float>(id), static_cast<float>(steps)};
+  return s;
+}
+
+// (id, steps) of each state, in the order handed back.
+std::vector<std::pair<int, std::int64_t>> ids_and_steps(const std::vector<WorkerState>& states) {
+  std::vector<std::pair<int, std::int64_t>> out;
+  for (const WorkerState& s : states) {
+    EXPECT_EQ(s.params,
+              (std::vector<float>{static_cast<float>(s.id), static_cast<float>(s.steps)}));
+    out.emplace_back(s.id, s.steps);
+  }
+  return out;
+}
+
+using Round = std::vector<std::pair<int, std::int64_t>>;
+
+TEST(CheckpointRounds, ARoundCompletesWhenEveryWorkerAddedItsState) {
+  CheckpointRounds rounds(3);
+  EXPECT_TRUE(rounds.add(2, 1, state_at(2, 9)).empty());
+  EXPECT_TRUE(rounds.add(0, 1, state_at(0, 10)).empty());
+  EXPECT_TRUE(rounds.add(0, 1, state_at(0, 10)).empty());  // again: still one state of worker 0
+  EXPECT_EQ(ids_and_steps(rounds.add(1, 1, state_at(1, 11))), (Round{{0, 10}, {1, 11}, {2, 9}}));
+  // A late state for the round just written is dropped, and does not count for the next.
+  EXPECT_TRUE(rounds.add(2, 1, state_at(2, 12)).empty());
+  EXPECT_TRUE(rounds.add(0, 2, state_at(0, 20)).empty());
+  EXPECT_TRUE(rounds.add(1, 2, state_at(1, 21)).empty());
+  EXPECT_EQ(ids_and_steps(rounds.add(2, 2, state_at(2, 22))), (Round{{0, 20}, {1, 21}, {2, 22}}));
+}
+
+TEST(CheckpointRounds, ANewerRoundDropsAnIncompleteOne) {
+  CheckpointRounds rounds(2);
+  EXPECT_TRUE(rounds.add(0, 3, state_at(0, 30)).empty());
+  EXPECT_TRUE(rounds.add(0, 4, state_at(0, 40)).empty());  // worker 1 straggles
+  EXPECT_TRUE(rounds.add(1, 3, state_at(1, 31)).empty());  // too late for round 3
+  EXPECT_EQ(ids_and_steps(rounds.add(1, 4, state_at(1, 41))), (Round{{0, 40}, {1, 41}}));
+}
+
+// A worker with a smaller shard ends its epochs while worker 0 trains on: without it no round
+// would complete again, and the run would write no checkpoint until its end.
+TEST(CheckpointRounds, ARetiredWorkersFinalStateCompletesEveryLaterRound) {
+  CheckpointRounds rounds(3);
+  EXPECT_TRUE(rounds.add(0, 1, state_at(0, 10)).empty());
+  EXPECT_TRUE(rounds.add(2, 1, state_at(2, 10)).empty());
+  // Worker 1 retires while round 1 waits for it: its final state completes the round.
+  EXPECT_EQ(ids_and_steps(rounds.retire(1, state_at(1, 13))), (Round{{0, 10}, {1, 13}, {2, 10}}));
+  // And stands in for it in each later round, the next one and one further on.
+  EXPECT_TRUE(rounds.add(0, 2, state_at(0, 20)).empty());
+  EXPECT_EQ(ids_and_steps(rounds.add(2, 2, state_at(2, 20))), (Round{{0, 20}, {1, 13}, {2, 20}}));
+  EXPECT_TRUE(rounds.add(2, 5, state_at(2, 50)).empty());
+  // Worker 2 retires too, having added its state for round 5: that state stays in round 5.
+  EXPECT_TRUE(rounds.retire(2, state_at(2, 52)).empty());
+  EXPECT_EQ(ids_and_steps(rounds.add(0, 5, state_at(0, 50))), (Round{{0, 50}, {1, 13}, {2, 50}}));
+  // From then on worker 0 alone completes each round.
+  EXPECT_EQ(ids_and_steps(rounds.add(0, 6, state_at(0, 60))), (Round{{0, 60}, {1, 13}, {2, 52}}));
+}
+
+TEST(CheckpointRounds, AWorkerRetiredBeforeTheFirstRoundTakesPartInIt) {
+  CheckpointRounds rounds(2);
+  EXPECT_TRUE(rounds.retire(1, state_at(1, 3)).empty());  // no round open yet
+  EXPECT_EQ(ids_and_steps(rounds.add(0, 1, state_at(0, 10))), (Round{{0, 10}, {1, 3}}));
+}
+
+TEST(CheckpointRounds, RefusesWorkersAndRoundsOutOfRange) {
+  CheckpointRounds rounds(2);
+  EXPECT_THROW(rounds.add(2, 1, state_at(2, 1)), Error);
+  EXPECT_THROW(rounds.add(0, 0, state_at(0, 1)), Error);
+  EXPECT_THROW(rounds.retire(5, state_at(5, 1)), Error);
+  EXPECT_THROW(CheckpointRounds(0), Error);
+}
+
 // --- the background writer ---------------------------------------------------------------------
 
 Checkpoint numbered_checkpoint(int i) {
