@@ -409,42 +409,42 @@ void check_resumable(const Checkpoint& c, const std::string& path,
         path, differences);
 }
 
-CheckpointRounds::CheckpointRounds(std::size_t workers)
-    : workers_(workers), states_(workers), retired_(workers) {
-  ASGD_CHECK(workers >= 1, "checkpoint rounds of {} workers", workers);
+CheckpointRounds::CheckpointRounds(std::size_t workers,
+                                   std::function<void(std::vector<WorkerState>)> complete)
+    : workers_(workers), complete_(std::move(complete)), states_(workers), retired_(workers) {
+  ASGD_CHECK(workers >= 1 && complete_, "checkpoint rounds of {} workers", workers);
 }
 
-std::vector<WorkerState> CheckpointRounds::add(std::size_t i, std::int64_t round,
-                                               WorkerState state) {
+void CheckpointRounds::add(std::size_t i, std::int64_t round, WorkerState state) {
   ASGD_CHECK(i < workers_ && round > 0, "checkpoint round {} from worker {} of {}", round, i,
              workers_);
   std::lock_guard<std::mutex> lock(mutex_);
-  if (round < round_) return {};
+  if (round < round_) return;
   if (round > round_) open(round);
   if (!states_[i]) ++have_;
   states_[i] = std::move(state);
-  return take_if_complete();
+  complete_if_full();
 }
 
-std::vector<WorkerState> CheckpointRounds::retire(std::size_t i, WorkerState final_state) {
+void CheckpointRounds::retire(std::size_t i, WorkerState final_state) {
   ASGD_CHECK(i < workers_, "worker {} of {} retires from checkpoint rounds", i, workers_);
   std::lock_guard<std::mutex> lock(mutex_);
   retired_[i] = std::move(final_state);
-  if (round_ == 0 || states_[i]) return {};  // no round open, or it has this worker's state
+  if (round_ == 0 || states_[i]) return;  // no round open, or it has this worker's state
   states_[i] = retired_[i];
   ++have_;
-  return take_if_complete();
+  complete_if_full();
 }
 
-std::vector<WorkerState> CheckpointRounds::take_if_complete() {
-  if (have_ < workers_) return {};
+void CheckpointRounds::complete_if_full() {
+  if (have_ < workers_) return;
   std::vector<WorkerState> states;
   states.reserve(workers_);
   for (auto& s : states_)
     states.push_back(std::move(*s));
   // The next round opens at once: a late state for the round just completed is dropped.
   open(round_ + 1);
-  return states;
+  complete_(std::move(states));
 }
 
 void CheckpointRounds::open(std::int64_t round) {

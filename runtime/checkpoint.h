@@ -18,6 +18,7 @@
 
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -124,24 +125,27 @@ void check_resumable(const Checkpoint& c, const std::string& path,
 // written from then on. Thread-safety: every member may be called from any thread.
 class CheckpointRounds {
  public:
-  explicit CheckpointRounds(std::size_t workers);
+  // `complete` receives each completed round's states in worker order. It is called under the
+  // rounds' lock, so that rounds are handed on in the order they completed: a writer that
+  // keeps the latest submission must never get an older round after a newer one.
+  CheckpointRounds(std::size_t workers, std::function<void(std::vector<WorkerState>)> complete);
 
-  // Adds worker i's state for `round` (> 0). Returns the round's states in worker order when
-  // this completes it (then the next round may open), an empty vector otherwise. A state for
-  // a round older than the open one is dropped.
-  std::vector<WorkerState> add(std::size_t i, std::int64_t round, WorkerState state);
+  // Adds worker i's state for `round` (> 0); a state for a round older than the open one is
+  // dropped. When this completes the round, it goes to `complete` and the next one opens.
+  void add(std::size_t i, std::int64_t round, WorkerState state);
   // Worker i takes no more steps: `final_state` is its state for the open round, if it lacks
-  // one, and for every later round. Returns the open round's states when this completes it.
-  std::vector<WorkerState> retire(std::size_t i, WorkerState final_state);
+  // one, and for every later round.
+  void retire(std::size_t i, WorkerState final_state);
 
  private:
-  // mutex_ held: the round's states if it is complete (and the next round opened).
-  std::vector<WorkerState> take_if_complete();
+  // mutex_ held: hands a complete round on and opens the next.
+  void complete_if_full();
   // mutex_ held: `round` opens, holding the retired workers' states.
   void open(std::int64_t round);
 
   std::mutex mutex_;
   const std::size_t workers_;
+  const std::function<void(std::vector<WorkerState>)> complete_;
   std::int64_t round_ = 0;  // the open round; 0 before the first
   std::vector<std::optional<WorkerState>> states_;
   std::vector<std::optional<WorkerState>> retired_;

@@ -331,7 +331,9 @@ class Run {
       checkpoint_path_ = checkpoint_file(c.checkpoint_dir, place_.rank, per_rank_checkpoints());
       writer_ = std::make_unique<CheckpointWriter>();
       checkpoint_done_.assign(workers_.size(), 0);
-      checkpoint_rounds_ = std::make_unique<CheckpointRounds>(workers_.size());
+      checkpoint_rounds_ = std::make_unique<CheckpointRounds>(
+          workers_.size(),
+          [this](std::vector<WorkerState> states) { submit_checkpoint(std::move(states), false); });
     }
     next_checkpoint_step_ = c.checkpoint_every;
     if (!c.resume_dir.empty()) resume();
@@ -674,16 +676,14 @@ class Run {
     // overtakes it, while the regular checks (not this one, whose timing must not change the
     // run) stop or restore the worker.
     if (!finite_for_checkpoint(w)) return;
-    std::vector<WorkerState> states = checkpoint_rounds_->add(i, round, w.save_state());
-    if (!states.empty()) submit_checkpoint(std::move(states), false);
+    checkpoint_rounds_->add(i, round, w.save_state());
   }
 
   // A worker whose thread ran out of steps (its shard is smaller than worker 0's) while the
   // run goes on: its final state takes part in every later round (CheckpointRounds::retire).
   void retire_from_checkpoints(Worker& w) {
     if (!writer_ || w.steps() < w.max_steps() || !finite_for_checkpoint(w)) return;
-    std::vector<WorkerState> states = checkpoint_rounds_->retire(local(w), w.save_state());
-    if (!states.empty()) submit_checkpoint(std::move(states), false);
+    checkpoint_rounds_->retire(local(w), w.save_state());
   }
 
   // Deterministic mode: at the end of the round in which worker 0 passes a multiple of

@@ -21,11 +21,12 @@ supp=$PWD/tests/sanitizers
 # The unit tests whose code runs on several threads: the receive slot under concurrent writers,
 # the local transport and its communication thread, the engine with workers on threads (with
 # the load balancer's thread), the trainer, the trace recorder's concurrent lanes, the load
-# balancer thread and the error slot shared by threads.
+# balancer thread, the error slot shared by threads and checkpoint rounds completed on several
+# threads.
 TSAN_TESTS='MessageSlotTest.*:LocalTransportTest.*:Engine/*:DeterministicTest.*:CustomModelTest.*'
 TSAN_TESTS+=':EngineConfigTest.*:TrainerTest.*:TraceRecorder.*:PeerBoard.*:LoadBalancerThread.*'
 TSAN_TESTS+=':ErrorTest.SlotKeepsTheFirstErrorOfManyThreads:ResumeTest.*:DivergenceTest.*:FaultTest.*'
-TSAN_TESTS+=':CheckpointWriter*'
+TSAN_TESTS+=':CheckpointWriter*:CheckpointRounds.*'
 
 scripts/install_deps.sh
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1

@@ -19,6 +19,7 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -735,71 +736,110 @@ WorkerState state_at(int id, std::int64_t steps) {
   return s;
 }
 
-// (id, steps) of each state, in the order handed back.
-std::vector<std::pair<int, std::int64_t>> ids_and_steps(const std::vector<WorkerState>& states) {
-  std::vector<std::pair<int, std::int64_t>> out;
-  for (const WorkerState& s : states) {
-    EXPECT_EQ(s.params,
-              (std::vector<float>{static_cast<float>(s.id), static_cast<float>(s.steps)}));
-    out.emplace_back(s.id, s.steps);
-  }
-  return out;
-}
-
+// The rounds, with what they completed as (id, steps) of each state, in the order handed on.
 using Round = std::vector<std::pair<int, std::int64_t>>;
+struct Rounds {
+  explicit Rounds(std::size_t workers)
+      : rounds(workers, [this](std::vector<WorkerState> states) {
+          Round r;
+          for (const WorkerState& s : states) {
+            EXPECT_EQ(s.params,
+                      (std::vector<float>{static_cast<float>(s.id), static_cast<float>(s.steps)}));
+            r.emplace_back(s.id, s.steps);
+          }
+          completed.push_back(r);
+        }) {}
+  // The rounds completed since the last call.
+  std::vector<Round> take() { return std::exchange(completed, {}); }
+  std::vector<Round> completed;
+  CheckpointRounds rounds;
+};
 
 TEST(CheckpointRounds, ARoundCompletesWhenEveryWorkerAddedItsState) {
-  CheckpointRounds rounds(3);
-  EXPECT_TRUE(rounds.add(2, 1, state_at(2, 9)).empty());
-  EXPECT_TRUE(rounds.add(0, 1, state_at(0, 10)).empty());
-  EXPECT_TRUE(rounds.add(0, 1, state_at(0, 10)).empty());  // again: still one state of worker 0
-  EXPECT_EQ(ids_and_steps(rounds.add(1, 1, state_at(1, 11))), (Round{{0, 10}, {1, 11}, {2, 9}}));
-  // A late state for the round just written is dropped, and does not count for the next.
-  EXPECT_TRUE(rounds.add(2, 1, state_at(2, 12)).empty());
-  EXPECT_TRUE(rounds.add(0, 2, state_at(0, 20)).empty());
-  EXPECT_TRUE(rounds.add(1, 2, state_at(1, 21)).empty());
-  EXPECT_EQ(ids_and_steps(rounds.add(2, 2, state_at(2, 22))), (Round{{0, 20}, {1, 21}, {2, 22}}));
+  Rounds r(3);
+  r.rounds.add(2, 1, state_at(2, 9));
+  r.rounds.add(0, 1, state_at(0, 10));
+  r.rounds.add(0, 1, state_at(0, 10));  // again: still one state of worker 0
+  EXPECT_TRUE(r.take().empty());
+  r.rounds.add(1, 1, state_at(1, 11));
+  EXPECT_EQ(r.take(), (std::vector<Round>{{{0, 10}, {1, 11}, {2, 9}}}));
+  // A late state for the round just handed on is dropped, and does not count for the next.
+  r.rounds.add(2, 1, state_at(2, 12));
+  r.rounds.add(0, 2, state_at(0, 20));
+  r.rounds.add(1, 2, state_at(1, 21));
+  EXPECT_TRUE(r.take().empty());
+  r.rounds.add(2, 2, state_at(2, 22));
+  EXPECT_EQ(r.take(), (std::vector<Round>{{{0, 20}, {1, 21}, {2, 22}}}));
 }
 
 TEST(CheckpointRounds, ANewerRoundDropsAnIncompleteOne) {
-  CheckpointRounds rounds(2);
-  EXPECT_TRUE(rounds.add(0, 3, state_at(0, 30)).empty());
-  EXPECT_TRUE(rounds.add(0, 4, state_at(0, 40)).empty());  // worker 1 straggles
-  EXPECT_TRUE(rounds.add(1, 3, state_at(1, 31)).empty());  // too late for round 3
-  EXPECT_EQ(ids_and_steps(rounds.add(1, 4, state_at(1, 41))), (Round{{0, 40}, {1, 41}}));
+  Rounds r(2);
+  r.rounds.add(0, 3, state_at(0, 30));
+  r.rounds.add(0, 4, state_at(0, 40));  // worker 1 straggles
+  r.rounds.add(1, 3, state_at(1, 31));  // too late for round 3
+  EXPECT_TRUE(r.take().empty());
+  r.rounds.add(1, 4, state_at(1, 41));
+  EXPECT_EQ(r.take(), (std::vector<Round>{{{0, 40}, {1, 41}}}));
 }
 
-// A worker with a smaller shard ends its epochs while worker 0 trains on: without it no round
-// would complete again, and the run would write no checkpoint until its end.
+// A worker with a smaller shard, or a faster one, ends its epochs while worker 0 trains on:
+// without it no round would complete again, and the run would write no checkpoint until its end.
 TEST(CheckpointRounds, ARetiredWorkersFinalStateCompletesEveryLaterRound) {
-  CheckpointRounds rounds(3);
-  EXPECT_TRUE(rounds.add(0, 1, state_at(0, 10)).empty());
-  EXPECT_TRUE(rounds.add(2, 1, state_at(2, 10)).empty());
+  Rounds r(3);
+  r.rounds.add(0, 1, state_at(0, 10));
+  r.rounds.add(2, 1, state_at(2, 10));
   // Worker 1 retires while round 1 waits for it: its final state completes the round.
-  EXPECT_EQ(ids_and_steps(rounds.retire(1, state_at(1, 13))), (Round{{0, 10}, {1, 13}, {2, 10}}));
+  r.rounds.retire(1, state_at(1, 13));
+  EXPECT_EQ(r.take(), (std::vector<Round>{{{0, 10}, {1, 13}, {2, 10}}}));
   // And stands in for it in each later round, the next one and one further on.
-  EXPECT_TRUE(rounds.add(0, 2, state_at(0, 20)).empty());
-  EXPECT_EQ(ids_and_steps(rounds.add(2, 2, state_at(2, 20))), (Round{{0, 20}, {1, 13}, {2, 20}}));
-  EXPECT_TRUE(rounds.add(2, 5, state_at(2, 50)).empty());
+  r.rounds.add(0, 2, state_at(0, 20));
+  r.rounds.add(2, 2, state_at(2, 20));
+  EXPECT_EQ(r.take(), (std::vector<Round>{{{0, 20}, {1, 13}, {2, 20}}}));
+  r.rounds.add(2, 5, state_at(2, 50));
   // Worker 2 retires too, having added its state for round 5: that state stays in round 5.
-  EXPECT_TRUE(rounds.retire(2, state_at(2, 52)).empty());
-  EXPECT_EQ(ids_and_steps(rounds.add(0, 5, state_at(0, 50))), (Round{{0, 50}, {1, 13}, {2, 50}}));
+  r.rounds.retire(2, state_at(2, 52));
+  EXPECT_TRUE(r.take().empty());
+  r.rounds.add(0, 5, state_at(0, 50));
+  EXPECT_EQ(r.take(), (std::vector<Round>{{{0, 50}, {1, 13}, {2, 50}}}));
   // From then on worker 0 alone completes each round.
-  EXPECT_EQ(ids_and_steps(rounds.add(0, 6, state_at(0, 60))), (Round{{0, 60}, {1, 13}, {2, 52}}));
+  r.rounds.add(0, 6, state_at(0, 60));
+  EXPECT_EQ(r.take(), (std::vector<Round>{{{0, 60}, {1, 13}, {2, 52}}}));
 }
 
 TEST(CheckpointRounds, AWorkerRetiredBeforeTheFirstRoundTakesPartInIt) {
-  CheckpointRounds rounds(2);
-  EXPECT_TRUE(rounds.retire(1, state_at(1, 3)).empty());  // no round open yet
-  EXPECT_EQ(ids_and_steps(rounds.add(0, 1, state_at(0, 10))), (Round{{0, 10}, {1, 3}}));
+  Rounds r(2);
+  r.rounds.retire(1, state_at(1, 3));  // no round open yet
+  EXPECT_TRUE(r.take().empty());
+  r.rounds.add(0, 1, state_at(0, 10));
+  EXPECT_EQ(r.take(), (std::vector<Round>{{{0, 10}, {1, 3}}}));
+}
+
+// Threads complete rounds concurrently; each is handed on under the rounds' lock, so in the
+// order of the rounds (a writer keeping the latest must never get an older one last).
+TEST(CheckpointRounds, RoundsCompletedOnSeveralThreadsAreHandedOnInOrder) {
+  Rounds r(2);
+  constexpr int kRounds = 200;
+  std::thread other([&] {
+    for (int round = 1; round <= kRounds; ++round)
+      r.rounds.add(1, round, state_at(1, round));
+  });
+  for (int round = 1; round <= kRounds; ++round)
+    r.rounds.add(0, round, state_at(0, round));
+  other.join();
+  const std::vector<Round> done = r.take();
+  ASSERT_FALSE(done.empty());
+  for (std::size_t k = 1; k < done.size(); ++k)
+    EXPECT_LT(done[k - 1][0].second, done[k][0].second);
+  EXPECT_EQ(done.back(), (Round{{0, kRounds}, {1, kRounds}}));
 }
 
 TEST(CheckpointRounds, RefusesWorkersAndRoundsOutOfRange) {
-  CheckpointRounds rounds(2);
-  EXPECT_THROW(rounds.add(2, 1, state_at(2, 1)), Error);
-  EXPECT_THROW(rounds.add(0, 0, state_at(0, 1)), Error);
-  EXPECT_THROW(rounds.retire(5, state_at(5, 1)), Error);
-  EXPECT_THROW(CheckpointRounds(0), Error);
+  Rounds r(2);
+  EXPECT_THROW(r.rounds.add(2, 1, state_at(2, 1)), Error);
+  EXPECT_THROW(r.rounds.add(0, 0, state_at(0, 1)), Error);
+  EXPECT_THROW(r.rounds.retire(5, state_at(5, 1)), Error);
+  EXPECT_THROW(CheckpointRounds(0, [](std::vector<WorkerState>) {}), Error);
+  EXPECT_THROW(CheckpointRounds(2, nullptr), Error);
 }
 
 // --- the background writer ---------------------------------------------------------------------
