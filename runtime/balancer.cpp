@@ -195,7 +195,7 @@ void LoadBalancer::loop() {
       // ms a step, the smallest useful message): the controller looks every millisecond for
       // the first kFastStart_s, then ten times as often as its period, so a short run is
       // balanced from its first steps rather than after its first period. A K-Means race under
-      // mpirun (60 steps, 10 ms) has its measurements after about 5 ms; at one look per 5 ms
+      // mpirun (60 steps, 10 ms) has its measurements after 5-8 ms; at one look per 5 ms
       // its first measured decision could wait until the race was all but over.
       const double since_start =
           std::chrono::duration<double>(std::chrono::steady_clock::now() - epoch_).count();

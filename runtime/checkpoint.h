@@ -119,10 +119,11 @@ void check_resumable(const Checkpoint& c, const std::string& path,
 // The rounds of a process's checkpoints when its workers run on threads: every worker adds its
 // state for a round at its own step boundary, without waiting for the others, and the round
 // is complete once each has added one. A newer round drops an older one still incomplete (a
-// straggler's). A worker that has run out of steps (a smaller shard: it finishes its epochs
-// before worker 0 ends the run) retires: its final state stands in for it in the open round
-// and in every later one, which without it would never complete, so that no checkpoint was
-// written from then on. Thread-safety: every member may be called from any thread.
+// straggler's). A worker that has run out of steps (a faster worker, or a smaller shard: it
+// finishes its epochs before worker 0 ends the run) retires: its final state stands in for it
+// in the open round and in every later one, which without it would never complete, so that
+// no checkpoint was written from then on. Thread-safety: every member may be called from any
+// thread.
 class CheckpointRounds {
  public:
   // `complete` receives each completed round's states in worker order. It is called under the

@@ -679,8 +679,9 @@ class Run {
     checkpoint_rounds_->add(i, round, w.save_state());
   }
 
-  // A worker whose thread ran out of steps (its shard is smaller than worker 0's) while the
-  // run goes on: its final state takes part in every later round (CheckpointRounds::retire).
+  // A worker whose thread ran out of steps (it is faster than worker 0, or its shard smaller)
+  // while the run goes on: its final state takes part in every later round
+  // (CheckpointRounds::retire).
   void retire_from_checkpoints(Worker& w) {
     if (!writer_ || w.steps() < w.max_steps() || !finite_for_checkpoint(w)) return;
     checkpoint_rounds_->retire(local(w), w.save_state());
