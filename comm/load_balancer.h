@@ -184,14 +184,18 @@ double cost_per_useful_element(double seconds, std::int64_t tested, double accep
 // hypervisor's steal counts as the thread's), and under mpirun such a spike in the first 8
 // merges priced K-Means' messages 2-25 times high, so that auto sent every 10-140 steps for
 // the whole of a 60-step race instead of every 4-6. Events of more elements weigh more, as in
-// a sum. Thread-safety: one thread.
+// a sum. It is known from the third event on: the median of three is the first that one spike
+// cannot move, and waiting for more cost a small model its race (K-Means' first 8 messages,
+// its 16 KiB, took half of a 60-step race under mpirun, every one of them sent at the fast
+// start's interval of a step). Thread-safety: one thread.
 class CostMedian {
  public:
   static constexpr int kEvents = 16;
+  static constexpr int kMinEvents = 3;
   // Ignores events of elements <= 0 or a time that is negative or not finite.
   void add(double seconds, std::int64_t elements);
-  // Seconds per element; negative while no event was added.
-  double per_element() const { return per_element_; }
+  // Seconds per element; negative while fewer than kMinEvents events were added.
+  double per_element() const { return size_ >= kMinEvents ? per_element_ : -1.0; }
   int events() const { return size_; }
 
  private:

@@ -46,11 +46,11 @@ namespace asgd {
 namespace {
 using Clock = std::chrono::steady_clock;
 
-// The balancer measures a worker's compute per element sent and merged over at least this many
-// merged elements (64 KiB of floats): 8 whole states of the K-Means study's 2,048-parameter
-// model, whose race is over in about 60 steps, one message of most others. The worker's CPU
-// clock counts nanoseconds, so even 8 small merges are timed well, and their median is not
-// moved by one of them that the machine slowed.
+// After its first reading (as soon as the worker's cost medians have their first three events),
+// the balancer reads a worker's compute per element sent and merged again after at least this
+// many more merged elements (64 KiB of floats): 8 whole states of the K-Means study's
+// 2,048-parameter model, a few messages of most others, so that each reading's acceptance
+// covers enough judged messages to mean something.
 constexpr std::int64_t kCostSampleElements = 16384;
 
 double seconds_since(Clock::time_point start) {
@@ -875,8 +875,8 @@ class Run {
   // Worker `id`'s recent compute per element sent and merged (the medians of its last merges
   // and sends, Worker::comm_seconds_per_element()), counted per accepted element where the
   // worker counts them, over the elements judged since the previous reading
-  // (cost_per_useful_element; balancer thread only); negative until the first
-  // kCostSampleElements have been merged.
+  // (cost_per_useful_element; balancer thread only); negative until the worker has timed
+  // CostMedian::kMinEvents merges, then read again every kCostSampleElements merged elements.
   double comm_cost(int id) {
     const std::size_t i = static_cast<std::size_t>(id - first_id_);
     if (i >= workers_.size()) return -1.0;
@@ -885,7 +885,8 @@ class Run {
     const std::int64_t judged = published_comm_judged_[i].load(std::memory_order_relaxed);
     const std::int64_t accepted = published_comm_accepted_[i].load(std::memory_order_relaxed);
     CostClock& seen = cost_seen_[static_cast<std::size_t>(id)];
-    if (elements - seen.elements < kCostSampleElements || !(per_element >= 0)) return seen.cost;
+    if (!(per_element >= 0) || (seen.cost >= 0 && elements - seen.elements < kCostSampleElements))
+      return seen.cost;
     const double acceptance = judged > seen.judged
                                   ? static_cast<double>(accepted - seen.accepted) /
                                         static_cast<double>(judged - seen.judged)

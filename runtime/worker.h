@@ -106,9 +106,9 @@ class Worker {
   // merges (host backend; close to zero on a GPU, whose launches return at once). Each is the
   // element-weighted median over the last few events (CostMedian), not a sum, so that a
   // single event whose CPU time a hypervisor inflated does not price every message; negative
-  // until something was merged. Then the elements tested since the start; of those, the
-  // elements judged after the window's warm-up and how many of them the test accepted
-  // (counted on the host backend only, where the decisions are in host memory at no cost).
+  // until three merges were timed (CostMedian::kMinEvents). Then the elements tested since the
+  // start; of those, the elements judged after the window's warm-up and how many of them the test
+  // accepted (counted on the host backend only, where the decisions are in host memory at no cost).
   double comm_seconds_per_element() const;
   std::int64_t comm_elements() const { return comm_elements_; }
   std::int64_t comm_judged_elements() const { return comm_judged_elements_; }

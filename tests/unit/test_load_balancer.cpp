@@ -285,21 +285,27 @@ TEST(CostMedian, IsTheElementWeightedMedianOfTheLastEvents) {
                   events[static_cast<std::size_t>(i)].first);
     std::sort(each.begin(), each.end());
     const double reference = each[(each.size() - 1) / 2];  // the lower median
-    EXPECT_NEAR(m.per_element(), reference, reference * 1e-12) << trial;
+    if (n < CostMedian::kMinEvents)
+      EXPECT_LT(m.per_element(), 0) << trial;  // too few events to trust
+    else
+      EXPECT_NEAR(m.per_element(), reference, reference * 1e-12) << trial;
     EXPECT_EQ(m.events(), std::min(n, CostMedian::kEvents));
   }
 
+  // Merges of 2,048 elements at about 6 ns each, two of them slowed to 1 ms by the machine.
+  // Known from the third on, where one spike among the three leaves it among the usual ones.
   CostMedian merges;
   EXPECT_LT(merges.per_element(), 0);  // nothing yet
-  double sum = 0;
   for (int i = 0; i < 8; ++i) {
-    const double seconds = i == 2 || i == 5 ? 1e-3 : 2048 * 6e-9 * (1 + 0.01 * i);
+    const double seconds = i == 1 || i == 5 ? 1e-3 : 2048 * 6e-9 * (1 + 0.01 * i);
     merges.add(seconds, 2048);
-    sum += seconds;
+    if (i + 1 < CostMedian::kMinEvents) {
+      EXPECT_LT(merges.per_element(), 0) << i;  // a spike would be half of two events
+    } else {
+      EXPECT_GT(merges.per_element(), 6e-9) << i;
+      EXPECT_LT(merges.per_element(), 6.5e-9) << i;  // the spikes are 80 times dearer
+    }
   }
-  EXPECT_GT(merges.per_element(), 6e-9);
-  EXPECT_LT(merges.per_element(), 6.5e-9);  // among the usual ones
-  EXPECT_GT(sum / (8 * 2048), 1e-7);        // what the sum said: 20 times as dear
 
   // Events that say nothing are left out.
   merges.add(-1, 2048);
