@@ -44,6 +44,12 @@ one worker reaches on most seeds) --common='--test-fraction 0.02' (bench/README.
 configuration runs --rounds (3) times, alternated, seeds --seed + r; medians, a missed
 target counting as infinitely slow.
 
+--baseline BUILD (grid, hetero): auto also runs with BUILD's bin/asgd (an earlier commit's
+build), as the setting "baseline", alternated with the others and with the same options: a
+change to the controller measured against the controller before it in one script, where
+the machine's drift between sessions cannot pass for the change. Its row's auto/this_paired
+is this build's auto over the baseline's; it is never the best fixed setting.
+
 --mpi runs the same under `mpirun --oversubscribe --bind-to none -np N` (N = the workers of
 the experiment, one per rank; the MPI transport emulates the links); the outputs get
 "_mpi" in their names. Options this driver does not know (e.g. --rho 0.3, --peers
@@ -55,7 +61,7 @@ to them (OUT = --out without .json, default bench/results/comm_study).
     bench/comm_study.py [--experiments grid,hetero,drop] [--models mlp,kmeans]
         [--bandwidths 1e10,1e9,1e8,1e7] [--latency 5e-5] [--messages 1,1/8,1/64]
         [--intervals 1,4,16] [--workers 2] [--mpi] [--rounds 3] [--max-seconds 60]
-        [--quick] [asgd options for the auto runs]
+        [--quick] [--baseline BUILD] [asgd options for the auto runs]
     bench/comm_study.py --reanalyze RESULT.json...   (the comparisons again, from the stored
         runs: after a change to how they are computed)
     bench/comm_study.py --pool OUT.json RESULT.json RESULT.json...   (grid results of the
@@ -156,6 +162,9 @@ def arguments():
                     help="one rank per worker under mpirun instead of threads of one process")
     ap.add_argument("--mpirun", default="mpirun", help="the mpirun to use with --mpi")
     ap.add_argument("--max-seconds", type=float, default=60, help="wall-time cap of each run")
+    ap.add_argument("--baseline", metavar="BUILD",
+                    help="grid, hetero: also run auto with BUILD/bin/asgd (an earlier build), "
+                         "as the setting 'baseline'")
     ap.add_argument("--quick", action="store_true",
                     help="a smoke test: bandwidths 1e9,1e7, messages 1,1/64, intervals 1,16, "
                          "1 round, cap 30 s (explicit options win)")
@@ -259,8 +268,14 @@ class Runner:
     def __init__(self, args):
         self.args = args
         self.binary = runs.asgd_binary(args.build)
-        self.info = subprocess.run([self.binary, "info"], capture_output=True,
-                                   text=True).stdout.splitlines()[:1]
+        self.info = self.describe(self.binary)
+        self.baseline = runs.asgd_binary(args.baseline) if args.baseline else None
+        self.baseline_info = self.describe(self.baseline) if self.baseline else None
+
+    @staticmethod
+    def describe(binary):
+        return subprocess.run([binary, "info"], capture_output=True,
+                              text=True).stdout.splitlines()[:1]
 
     def placement(self, workers):
         """The arguments that set the number of workers. Under mpirun the ranks do, but
@@ -282,7 +297,7 @@ class Runner:
             targs = [a.replace("{tmp}", tmp) for a in rec["args"]]
             summary = os.path.join(tmp, "summary.json")
             metrics = os.path.join(tmp, "metrics.jsonl")
-            cmd = [self.binary, "train", "--no-progress", "--summary", summary,
+            cmd = [cfg.get("binary", self.binary), "train", "--no-progress", "--summary", summary,
                    "--metrics", metrics, *targs]
             env = None
             if self.args.mpi:
@@ -310,7 +325,8 @@ class Runner:
                 return rec
             with open(summary) as f:
                 rec["summary"] = json.load(f)
-            runs.note_binary_commit(rec["summary"].get("commit"))
+            if "binary" not in cfg:  # the baseline's commit is in baseline_info
+                runs.note_binary_commit(rec["summary"].get("commit"))
             records = plot.load_run(metrics) if os.path.exists(metrics) else []
         if rec["summary"].get("workers") != cfg["workers"]:
             raise SystemExit(f"{rec['command']}\nran {rec['summary'].get('workers')} "
@@ -660,14 +676,28 @@ def fixed_settings(args):
 # others (hetero --with-local) it says what the messages bring: where it is as fast as every
 # setting, the target does not need them, and the best a controller can do is to spend nothing.
 LOCAL = "local"
+# Not a setting either: auto with the --baseline build's binary.
+BASELINE = "baseline"
 
 
 def is_fixed(setting):
-    return setting not in ("auto", LOCAL)
+    return setting not in ("auto", LOCAL, BASELINE)
+
+
+def is_auto(setting):
+    return setting in ("auto", BASELINE)
+
+
+def auto_settings(args):
+    return ["auto"] + ([BASELINE] if args.baseline else [])
+
+
+def baseline_fields(setting, runner):
+    return {"binary": runner.baseline} if setting == BASELINE else {}
 
 
 def setting_args(setting, n):
-    if setting == "auto":
+    if is_auto(setting):
         return ["--balance", "auto"]
     if setting == LOCAL:
         return ["--algo", "local"]
@@ -678,6 +708,8 @@ def setting_args(setting, n):
 def setting_text(setting):
     if setting == LOCAL:
         return "local (no messages)"
+    if setting == BASELINE:
+        return "auto (baseline)"
     return f"m={frac_text(setting[0])}, k={setting[1]}" if is_fixed(setting) else setting
 
 
@@ -719,7 +751,8 @@ def common_payload(args, model, extra, runner):
             "latency_s": args.latency, "mpi": args.mpi, "rounds": args.rounds,
             "seed": args.seed, "max_seconds": args.max_seconds, "auto_options": extra,
             "common_options": args.common, "asgd_binary": runner.binary,
-            "asgd_info": runner.info}
+            "asgd_info": runner.info, "baseline_binary": runner.baseline,
+            "baseline_info": runner.baseline_info}
 
 
 def fmt_ratio(r, lower_bound=False):
@@ -770,6 +803,10 @@ def print_paired_verdict(c, label=""):
           f"({fmt_ci(c['auto_over_default_paired_ci'])}); auto slower beyond the interval "
           f"than: {' | '.join(c['auto_paired_slower_than']) or 'none'}; faster than: "
           f"{' | '.join(c['auto_paired_faster_than']) or 'none'}")
+    if "baseline_s" in c:
+        print(f"# {label}auto/baseline: medians {fmt_ratio(c['auto_over_baseline'])}, paired "
+              f"{fmt_ratio(c['auto_over_baseline_paired'])} "
+              f"({fmt_ci(c['auto_over_baseline_paired_ci'])})")
 
 
 def compare(rows):
@@ -810,6 +847,13 @@ def compare(rows):
                                    and (t_default is None or t_auto <= t_default))
     if best is None and t_auto is not None:  # no fixed setting got there, auto did
         c["within_15pct_of_best"] = True
+    baseline = next((r for r in rows if r["key"] == BASELINE), None)
+    if baseline is not None:
+        c["baseline_s"] = baseline["time_to_target_s"]
+        c["auto_over_baseline"] = (ratio(t_auto, c["baseline_s"])
+                                   if t_auto is not None else None)
+        c["auto_over_baseline_paired"] = baseline.get("auto_paired_ratio")
+        c["auto_over_baseline_paired_ci"] = baseline.get("auto_paired_ci")
     return c
 
 
@@ -819,7 +863,7 @@ def compare(rows):
 def grid_experiment(args, extra, runner, model):
     n = model.parameters
     model.prepare(args.workers)
-    settings = fixed_settings(args) + ["auto"]
+    settings = fixed_settings(args) + auto_settings(args)
     configs = []
     for bw in args.bandwidths:
         for s in settings:
@@ -827,9 +871,9 @@ def grid_experiment(args, extra, runner, model):
                 f"bw{bw:g}_{setting_tag(s)}",
                 model.train_args + runner.placement(args.workers)
                 + ["--link-bandwidth", bw, "--link-latency", args.latency]
-                + setting_args(s, n) + (extra if s == "auto" else []),
+                + setting_args(s, n) + (extra if is_auto(s) else []),
                 workers=args.workers, bandwidth=bw, setting=setting_text(s),
-                key=setting_tag(s)))
+                key=setting_tag(s), **baseline_fields(s, runner)))
     print(f"# {model.name} grid: {len(configs)} configurations x {args.rounds} round(s), "
           f"at most about {len(configs) * args.rounds * (args.max_seconds + 3) / 60:.0f} min",
           file=sys.stderr)
@@ -850,10 +894,10 @@ def grid_experiment(args, extra, runner, model):
                 continue
             s = next(x for x in settings if setting_tag(x) == c["key"])
             rows.append({"name": c["name"], "setting": c["setting"], "key": c["key"],
-                         "message_fraction": None if s == "auto" else str(s[0]),
-                         "message_elements": None if s == "auto" else
-                         (n if s[0] == 1 else message_elements(s[0], n)),
-                         "interval": None if s == "auto" else s[1],
+                         "message_fraction": str(s[0]) if is_fixed(s) else None,
+                         "message_elements": (n if s[0] == 1 else message_elements(s[0], n))
+                         if is_fixed(s) else None,
+                         "interval": s[1] if is_fixed(s) else None,
                          **row_of(model, results[c["name"]])})
         paired_with_auto(model, rows, results, f"bw{bw:g}_auto")
         tables[f"{bw:g}"] = rows
@@ -890,6 +934,14 @@ def grid_experiment(args, extra, runner, model):
     print(f"# criteria met: within 15% of best on every bandwidth: "
           f"{'yes' if verdict['within_15pct_everywhere'] else 'no'}; never later than the "
           f"default: {'yes' if verdict['never_later_than_default'] else 'no'}")
+    if runner.baseline:
+        print(f"# baseline: {runner.baseline} ({' '.join(runner.baseline_info)})")
+        for c in comparisons:
+            if "baseline_s" in c:
+                print(f"# {bw_text(c['bandwidth'])}: auto/baseline: medians "
+                      f"{fmt_ratio(c['auto_over_baseline'])}, paired "
+                      f"{fmt_ratio(c['auto_over_baseline_paired'])} "
+                      f"({fmt_ci(c['auto_over_baseline_paired_ci'])})")
 
     out = out_path(args, model.name)
     plots = []
@@ -1059,13 +1111,14 @@ def hetero_experiment(args, extra, runner, model):
     toml = "link-bandwidth = [\n" + "".join(
         "  [" + ", ".join(f"{v:.6g}" if v else "0.0" for v in row) + "],\n"
         for row in matrix) + "]\n"
-    settings = fixed_settings(args) + ["auto"] + ([LOCAL] if args.with_local else [])
+    settings = fixed_settings(args) + auto_settings(args) + ([LOCAL] if args.with_local else [])
     configs = [study.config(
         f"hetero_{setting_tag(s)}",
         model.train_args + runner.placement(w) + ["--config", "{tmp}/links.toml",
                                                   "--link-latency", args.latency]
-        + setting_args(s, n) + (extra if s == "auto" else []),
-        workers=w, setting=setting_text(s), key=setting_tag(s), files={"links.toml": toml})
+        + setting_args(s, n) + (extra if is_auto(s) else []),
+        workers=w, setting=setting_text(s), key=setting_tag(s), files={"links.toml": toml},
+        **baseline_fields(s, runner))
         for s in settings]
     print(f"# {model.name} hetero: {len(configs)} configurations x {args.rounds} round(s)",
           file=sys.stderr)
@@ -1389,7 +1442,7 @@ class PooledRuns(StoredRuns):
 # and settings, run the same way.
 POOL_KEYS = ("experiment", "model", "model_settings", "parameters", "target", "kmeans_threshold",
              "latency_s", "mpi", "seed", "max_seconds", "auto_options", "common_options",
-             "workers", "bandwidths", "messages", "intervals")
+             "workers", "bandwidths", "messages", "intervals", "baseline_info")
 
 
 def pool(out, paths):
