@@ -1442,7 +1442,7 @@ class PooledRuns(StoredRuns):
 # and settings, run the same way.
 POOL_KEYS = ("experiment", "model", "model_settings", "parameters", "target", "kmeans_threshold",
              "latency_s", "mpi", "seed", "max_seconds", "auto_options", "common_options",
-             "workers", "bandwidths", "messages", "intervals", "baseline_info")
+             "workers", "bandwidths", "messages", "intervals")
 
 
 def pool(out, paths):
@@ -1451,7 +1451,8 @@ def pool(out, paths):
     setting on one seed) stays within the file, the session, that ran both. The tables,
     paired statistics and comparisons are computed again over all rounds. Meant for results
     of the same controller (the binaries' commits are listed, and the README says which code
-    each ran); refuses files whose experiments differ (POOL_KEYS)."""
+    each ran); refuses files whose experiments differ (POOL_KEYS). The --baseline row is
+    pooled where every file ran the same baseline, and left out otherwise."""
     docs = []
     for path in paths:
         with open(path) as f:
@@ -1473,6 +1474,11 @@ def pool(out, paths):
                               "rounds": doc.get("rounds")} for path, doc in zip(paths, docs)]
     pooled["commit"] = runs.commit()
     pooled["when"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    baselines = {json.dumps(doc.get("baseline_info")) for doc in docs}
+    same_baseline = len(baselines) == 1
+    if not same_baseline:
+        print("# the files ran different baselines (or none): the baseline rows are left out")
+        pooled["baseline_binary"] = pooled["baseline_info"] = None
     pooled["runs"] = []
     offset = 0
     for path, doc in zip(paths, docs):
@@ -1488,6 +1494,8 @@ def pool(out, paths):
     for bw, rows in first["tables"].items():
         table = []
         for row in rows:
+            if row["key"] == BASELINE and not same_baseline:
+                continue
             keep = {k: row[k] for k in ("name", "setting", "key", "message_fraction",
                                         "message_elements", "interval") if k in row}
             table.append({**keep, **row_of(PooledRuns, results[row["name"]])})

@@ -254,9 +254,8 @@ double next_busy_cap(double cap, bool congested, const BalanceLimits& limits) {
   return raised >= limits.rho ? std::numeric_limits<double>::infinity() : raised;
 }
 
-double cost_per_useful_element(double seconds, std::int64_t tested, double acceptance) {
-  if (tested <= 0 || !(seconds >= 0) || !std::isfinite(seconds)) return 0.0;
-  const double per_tested = seconds / static_cast<double>(tested);
+double cost_per_useful_element(double per_tested, double acceptance) {
+  if (!(per_tested >= 0) || !std::isfinite(per_tested)) return 0.0;
   if (!(acceptance >= 0)) return per_tested;
   return per_tested / std::clamp(acceptance, kMinAcceptance, 1.0);
 }

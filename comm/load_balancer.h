@@ -161,8 +161,8 @@ std::vector<PeerSetting> balance(const std::vector<PeerState>& peers,
                                  const BalanceLimits& limits);
 
 // The compute a worker's messages cost per element its peers merge, for
-// BalanceLimits::seconds_per_element: `seconds` of compute spent on `tested` elements tested,
-// of which the fraction `acceptance` was accepted. A message the receiver rejects costs as
+// BalanceLimits::seconds_per_element: `per_tested` seconds of compute per element tested, of
+// which the fraction `acceptance` was accepted. A message the receiver rejects costs as
 // much as one it merges and buys nothing, so the cost per tested element is divided by the
 // acceptance: on Fashion-MNIST the default test rejects about 60% of an MLP's messages, and
 // sending them took a few percent of the workers' steps for no gain. The worker's own
@@ -173,10 +173,10 @@ std::vector<PeerSetting> balance(const std::vector<PeerState>& peers,
 // those 8 messages, send six times too rarely). The acceptance counts as at least
 // kMinAcceptance, so that a peer being filtered out thins the messages without stopping them
 // (which would stop the measurement too). acceptance < 0 or NaN: unknown (a GPU worker, or
-// nothing judged yet): the cost per tested element. tested <= 0 or seconds < 0: 0 (not
+// nothing judged yet): the cost per tested element. per_tested negative or not finite: 0 (not
 // measured).
 inline constexpr double kMinAcceptance = 0.1;
-double cost_per_useful_element(double seconds, std::int64_t tested, double acceptance);
+double cost_per_useful_element(double per_tested, double acceptance);
 
 // The compute one kind of communication event (a send's copy, a merge) costs per element: the
 // element-weighted median over the last kEvents events. A sum over them would not do: on a

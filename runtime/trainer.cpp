@@ -891,9 +891,7 @@ class Run {
                                   ? static_cast<double>(accepted - seen.accepted) /
                                         static_cast<double>(judged - seen.judged)
                                   : -1.0;  // nothing judged (a GPU worker, or the warm-up)
-    const std::int64_t tested = elements - seen.elements;
-    const double cost =
-        cost_per_useful_element(per_element * static_cast<double>(tested), tested, acceptance);
+    const double cost = cost_per_useful_element(per_element, acceptance);
     seen.cost = seen.cost >= 0 ? 0.7 * seen.cost + 0.3 * cost : cost;
     seen.elements = elements;
     seen.judged = judged;

@@ -762,21 +762,21 @@ TEST(Balance, RespectsTheLimitsAcrossASweep) {
 
 // The compute share buys merged elements: rejected ones cost the same and count for nothing.
 TEST(CostPerUsefulElement, DividesByTheAcceptanceRate) {
-  // 2 ms over 1,000,000 elements tested: 2 ns each.
-  EXPECT_DOUBLE_EQ(cost_per_useful_element(2e-3, 1000000, 1.0), 2e-9);
-  EXPECT_DOUBLE_EQ(cost_per_useful_element(2e-3, 1000000, 0.4), 5e-9);   // 40% accepted
-  EXPECT_DOUBLE_EQ(cost_per_useful_element(2e-3, 1000000, -1.0), 2e-9);  // unknown
-  EXPECT_DOUBLE_EQ(cost_per_useful_element(2e-3, 1000000, std::nan("")), 2e-9);
+  // 2 ns per element tested.
+  EXPECT_DOUBLE_EQ(cost_per_useful_element(2e-9, 1.0), 2e-9);
+  EXPECT_DOUBLE_EQ(cost_per_useful_element(2e-9, 0.4), 5e-9);   // 40% accepted
+  EXPECT_DOUBLE_EQ(cost_per_useful_element(2e-9, -1.0), 2e-9);  // unknown
+  EXPECT_DOUBLE_EQ(cost_per_useful_element(2e-9, std::nan("")), 2e-9);
   // Acceptance counts as at least kMinAcceptance: a filtered-out peer thins the messages
   // tenfold, it does not stop them.
-  EXPECT_DOUBLE_EQ(cost_per_useful_element(2e-3, 1000000, 0.0), 2e-9 / kMinAcceptance);
-  EXPECT_DOUBLE_EQ(cost_per_useful_element(2e-3, 1000000, 0.05), 2e-9 / kMinAcceptance);
+  EXPECT_DOUBLE_EQ(cost_per_useful_element(2e-9, 0.0), 2e-9 / kMinAcceptance);
+  EXPECT_DOUBLE_EQ(cost_per_useful_element(2e-9, 0.05), 2e-9 / kMinAcceptance);
   // Above 1 (counters read at slightly different moments) is all accepted.
-  EXPECT_DOUBLE_EQ(cost_per_useful_element(2e-3, 1000000, 1.0001), 2e-9);
-  // Nothing tested, or no valid time: unknown (0).
-  EXPECT_EQ(cost_per_useful_element(2e-3, 0, 1.0), 0.0);
-  EXPECT_EQ(cost_per_useful_element(-1e-3, 1000, 1.0), 0.0);
-  EXPECT_EQ(cost_per_useful_element(std::nan(""), 1000, 1.0), 0.0);
+  EXPECT_DOUBLE_EQ(cost_per_useful_element(2e-9, 1.0001), 2e-9);
+  // No valid cost: unknown (0).
+  EXPECT_EQ(cost_per_useful_element(-1e-9, 1.0), 0.0);
+  EXPECT_EQ(cost_per_useful_element(std::nan(""), 1.0), 0.0);
+  EXPECT_EQ(cost_per_useful_element(std::numeric_limits<double>::infinity(), 1.0), 0.0);
 }
 
 // Fewer accepted elements mean a dearer element, hence rarer or smaller messages under the same
@@ -786,9 +786,9 @@ TEST(CostPerUsefulElement, ThinsTheMessagesUnderTheComputeShare) {
   BalanceLimits limits = test_limits();
   limits.compute_share = 0.02;
   const LinkModel fast = make_link(1e10, 1e-6);
-  limits.seconds_per_element = cost_per_useful_element(1e-3, 1000000, 1.0);
+  limits.seconds_per_element = cost_per_useful_element(1e-9, 1.0);
   const PeerSetting all = ideal_setting(fast, 1e-3, limits);
-  limits.seconds_per_element = cost_per_useful_element(1e-3, 1000000, 0.2);
+  limits.seconds_per_element = cost_per_useful_element(1e-9, 0.2);
   const PeerSetting fifth = ideal_setting(fast, 1e-3, limits);
   const double per_step_all = static_cast<double>(all.message) / static_cast<double>(all.interval);
   const double per_step_fifth =
