@@ -804,9 +804,13 @@ def print_paired_verdict(c, label=""):
           f"than: {' | '.join(c['auto_paired_slower_than']) or 'none'}; faster than: "
           f"{' | '.join(c['auto_paired_faster_than']) or 'none'}")
     if "baseline_s" in c:
-        print(f"# {label}auto/baseline: medians {fmt_ratio(c['auto_over_baseline'])}, paired "
-              f"{fmt_ratio(c['auto_over_baseline_paired'])} "
-              f"({fmt_ci(c['auto_over_baseline_paired_ci'])})")
+        print(f"# {label}{baseline_verdict(c)}")
+
+
+def baseline_verdict(c):
+    return (f"auto/baseline: medians {fmt_ratio(c['auto_over_baseline'])}, paired "
+            f"{fmt_ratio(c['auto_over_baseline_paired'])} "
+            f"({fmt_ci(c['auto_over_baseline_paired_ci'])})")
 
 
 def compare(rows):
@@ -938,10 +942,7 @@ def grid_experiment(args, extra, runner, model):
         print(f"# baseline: {runner.baseline} ({' '.join(runner.baseline_info)})")
         for c in comparisons:
             if "baseline_s" in c:
-                print(f"# {bw_text(c['bandwidth'])}: auto/baseline: medians "
-                      f"{fmt_ratio(c['auto_over_baseline'])}, paired "
-                      f"{fmt_ratio(c['auto_over_baseline_paired'])} "
-                      f"({fmt_ci(c['auto_over_baseline_paired_ci'])})")
+                print(f"# {bw_text(c['bandwidth'])}: {baseline_verdict(c)}")
 
     out = out_path(args, model.name)
     plots = []

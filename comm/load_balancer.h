@@ -186,8 +186,8 @@ double cost_per_useful_element(double per_tested, double acceptance);
 // the whole of a 60-step race instead of every 4-6. Events of more elements weigh more, as in
 // a sum. It is known from the third event on: the median of three is the first that one spike
 // cannot move, and waiting for more cost a small model its race (K-Means' first 8 messages,
-// its 16 KiB, took half of a 60-step race under mpirun, every one of them sent at the fast
-// start's interval of a step). Thread-safety: one thread.
+// 16,384 elements, took half of a 60-step race under mpirun, every one of them sent at the
+// fast start's interval of a step). Thread-safety: one thread.
 class CostMedian {
  public:
   static constexpr int kEvents = 16;
