@@ -44,6 +44,9 @@ one worker reaches on most seeds) --common='--test-fraction 0.02' (bench/README.
 configuration runs --rounds (3) times, alternated, seeds --seed + r; medians, a missed
 target counting as infinitely slow.
 
+--settings M:K,... (grid, hetero): exactly these fixed settings instead of --messages x
+--intervals, e.g. a longer run of an earlier run's leading settings (1:16,1/64:1,1/8:4).
+
 --baseline BUILD (grid, hetero): auto also runs with BUILD's bin/asgd (an earlier commit's
 build), as the setting "baseline", alternated with the others and with the same options: a
 change to the controller measured against the controller before it in one script, where
@@ -132,6 +135,28 @@ def fractions(text):
     return sorted(set(out), reverse=True)
 
 
+def settings_list(text):
+    """--settings "M:K,...": fixed (message fraction, interval) pairs."""
+    out = []
+    for v in text.split(","):
+        if not v.strip():
+            continue
+        m, sep, k = v.partition(":")
+        if not sep:
+            raise SystemExit(f"--settings: {v.strip()} is not MESSAGE:INTERVAL (e.g. 1/8:4)")
+        try:
+            f, i = Fraction(m.strip()), int(k)
+        except (ValueError, ZeroDivisionError):
+            raise SystemExit(f"--settings: {v.strip()} is not MESSAGE:INTERVAL (e.g. 1/8:4)")
+        if not 0 < f <= 1 or i < 1:
+            raise SystemExit(f"--settings: {v.strip()} needs a message in (0, 1] of the state "
+                             "and an interval of at least 1")
+        out.append((f, i))
+    if not out:
+        raise SystemExit("--settings: no setting given")
+    return list(dict.fromkeys(out))
+
+
 def ints(text):
     return sorted({int(v) for v in text.split(",") if v.strip()})
 
@@ -157,6 +182,10 @@ def arguments():
     ap.add_argument("--messages", default="1,1/8,1/64",
                     help="fixed message sizes as fractions of the state (1: whole state)")
     ap.add_argument("--intervals", default="1,4,16", help="fixed send intervals, steps")
+    ap.add_argument("--settings", metavar="M:K,...",
+                    help="grid, hetero: exactly these fixed settings (e.g. 1:16,1/64:1,1/8:4) "
+                         "instead of --messages x --intervals; for a longer run of an earlier "
+                         "run's leading settings")
     ap.add_argument("--workers", type=int, default=2, help="workers of grid and drop")
     ap.add_argument("--mpi", action="store_true",
                     help="one rank per worker under mpirun instead of threads of one process")
@@ -214,6 +243,10 @@ def arguments():
     args.bandwidths = study.floats(args.bandwidths)
     args.messages = fractions(args.messages)
     args.intervals = ints(args.intervals)
+    if args.settings is not None:
+        args.settings = settings_list(args.settings)
+        args.messages = sorted({f for f, _ in args.settings}, reverse=True)
+        args.intervals = sorted({k for _, k in args.settings})
     args.hetero_pair = ints(args.hetero_pair)
     if (len(args.hetero_pair) != 2 or min(args.hetero_pair) < 0
             or max(args.hetero_pair) >= args.hetero_workers):
@@ -669,7 +702,15 @@ def message_elements(f, n):
 
 
 def fixed_settings(args):
+    if args.settings is not None:
+        return list(args.settings)
     return [(f, k) for f in args.messages for k in args.intervals]
+
+
+def settings_field(args):
+    """The JSON's "settings": the --settings list, None for the whole product (so that such
+    a result pools only with results of the same list)."""
+    return None if args.settings is None else [f"{f}:{k}" for f, k in args.settings]
 
 
 # Not a setting of the grid: the same workers with --algo local, which send nothing. Next to the
@@ -970,6 +1011,7 @@ def grid_experiment(args, extra, runner, model):
         "experiment": "grid", **common_payload(args, model, extra, runner),
         "workers": args.workers, "bandwidths": args.bandwidths,
         "messages": [str(f) for f in args.messages], "intervals": args.intervals,
+        "settings": settings_field(args),
         "tables": tables, "comparisons": comparisons, "criteria": verdict,
         "plots": rel(plots, out),
         "runs": [stored_run(r, model) for c in configs
@@ -1006,7 +1048,10 @@ def plot_grid(args, model, tables, comparisons, out):
         grid = [[math.nan] * len(iv) for _ in fr]
         for a, f in enumerate(fr):
             for b, k in enumerate(iv):
-                r = next(x for x in rows if x["key"] == setting_tag((f, k)))
+                r = next((x for x in rows if x["key"] == setting_tag((f, k))), None)
+                if r is None:  # --settings left this cell of the product out
+                    ax.text(b, a, "-", ha="center", va="center", fontsize=8)
+                    continue
                 t = r["time_to_target_s"]
                 grid[a][b] = math.nan if t is None else t
                 ax.text(b, a, "miss" if t is None else f"{t:.2f}", ha="center", va="center",
@@ -1051,8 +1096,12 @@ def plot_grid(args, model, tables, comparisons, out):
     for i, (key, label, colour) in enumerate((("best_fixed_s", "best fixed", "tab:blue"),
                                               ("default_s", "default (whole, k=1)", "grey"),
                                               ("auto_s", "auto", "tab:orange"))):
-        xs = [j + (i - 1) * width for j in range(nb)]
-        vals = [c[key] for c in comparisons]
+        # A default that --settings left out of the grid is no bar, not a miss.
+        shown = [(j + (i - 1) * width, c[key]) for j, c in enumerate(comparisons)
+                 if key != "default_s" or c.get("default_in_grid", True)]
+        if not shown:
+            continue
+        xs, vals = zip(*shown)
         ax.bar(xs, [cap if v is None else v for v in vals], width, color=colour, label=label,
                hatch=None)
         for x, v in zip(xs, vals):
@@ -1203,6 +1252,7 @@ def hetero_experiment(args, extra, runner, model):
         "experiment": "hetero", **common_payload(args, model, extra, runner), "workers": w,
         "link_bandwidth_matrix": matrix, "slow_pair": args.hetero_pair,
         "messages": [str(f) for f in args.messages], "intervals": args.intervals,
+        "settings": settings_field(args),
         "table": rows, "comparison": cmp_, "auto_per_link": per_link,
         "plots": rel(plots, out),
         "runs": [stored_run(r, model) for c in configs
@@ -1443,7 +1493,7 @@ class PooledRuns(StoredRuns):
 # and settings, run the same way.
 POOL_KEYS = ("experiment", "model", "model_settings", "parameters", "target", "kmeans_threshold",
              "latency_s", "mpi", "seed", "max_seconds", "auto_options", "common_options",
-             "workers", "bandwidths", "messages", "intervals")
+             "workers", "bandwidths", "messages", "intervals", "settings")
 
 
 def pool(out, paths):
