@@ -888,7 +888,8 @@ def compare(rows):
                                     if r.get("auto_paired_ci") and r["auto_paired_ci"][1] < 1]
     c["within_15pct_of_best"] = (c["auto_over_best"] is not None
                                  and c["auto_over_best"] <= WITHIN_BEST)
-    c["not_later_than_default"] = (default is not None and t_auto is not None
+    # None where the default was not run (--settings without 1:1): not measured, not missed.
+    c["not_later_than_default"] = (None if default is None else t_auto is not None
                                    and (t_default is None or t_auto <= t_default))
     if best is None and t_auto is not None:  # no fixed setting got there, auto did
         c["within_15pct_of_best"] = True
@@ -970,15 +971,16 @@ def grid_experiment(args, extra, runner, model):
           fmt_paired(c["auto_over_best_paired"], c["auto_over_best_paired_ci"]),
           fmt_paired(c["auto_over_default_paired"], c["auto_over_default_paired_ci"]),
           "yes" if c["within_15pct_of_best"] else "no",
-          "yes" if c["not_later_than_default"] else "no"] for c in comparisons])
+          yes_no(c["not_later_than_default"])] for c in comparisons])
+    measured = [c["not_later_than_default"] for c in comparisons
+                if c["not_later_than_default"] is not None]
     verdict = {"within_15pct_everywhere": all(c["within_15pct_of_best"] for c in comparisons),
-               "never_later_than_default": all(c["not_later_than_default"]
-                                               for c in comparisons)}
+               "never_later_than_default": all(measured) if measured else None}
     if not any(c["default_in_grid"] for c in comparisons):
         print("# note: the default (whole state, k=1) is not in the grid")
     print(f"# criteria met: within 15% of best on every bandwidth: "
           f"{'yes' if verdict['within_15pct_everywhere'] else 'no'}; never later than the "
-          f"default: {'yes' if verdict['never_later_than_default'] else 'no'}")
+          f"default: {yes_no(verdict['never_later_than_default'])}")
     if runner.baseline:
         print(f"# baseline: {runner.baseline} ({' '.join(runner.baseline_info)})")
         for c in comparisons:
@@ -1259,6 +1261,10 @@ def hetero_experiment(args, extra, runner, model):
                  for r in results[c["name"]]]})
 
 
+def yes_no(v):
+    return "n/a" if v is None else "yes" if v else "no"
+
+
 def fmt(v, spec=".2f"):
     return "-" if v is None else format(v, spec)
 
@@ -1275,12 +1281,12 @@ def plot_bars(rows, out, cap, title):
                "grey" if r["key"] == setting_tag(DEFAULT) else "tab:blue" for r in rows]
     ax.bar(range(len(rows)), [cap if v is None else v for v in vals], color=colours)
     for i, v in enumerate(vals):
-        ax.text(i, cap if v is None else v, "miss" if v is None else f"{v:.2f}",
+        ax.text(i, cap if v is None else v, "miss" if v is None else f"{v:.3g}",
                 ha="center", va="bottom", fontsize=7)
     ax.set_xticks(range(len(rows)))
     ax.set_xticklabels([r["setting"] for r in rows], rotation=45, ha="right", fontsize=8)
     ax.set_ylabel("time to target (s), median")
-    ax.set_title(title + " (orange: auto, grey: default, green: no messages)", fontsize=10)
+    ax.set_title(title + "\norange: auto, grey: default, green: no messages", fontsize=10)
     ax.grid(True, axis="y", alpha=0.3)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
