@@ -122,36 +122,33 @@ def stored_run(rec, model):
 # ----------------------------------------------------------------------------------------
 # Command line.
 
+def message_fraction(text, option):
+    """One message size as a fraction of the state, in (0, 1]; `option` names it in errors."""
+    try:
+        f = Fraction(text.strip())
+    except (ValueError, ZeroDivisionError):
+        f = None
+    if f is None or not 0 < f <= 1:
+        raise SystemExit(f"{option}: {text.strip()} is not a fraction of the state in (0, 1]")
+    return f
+
+
 def fractions(text):
-    out = []
-    for v in text.split(","):
-        v = v.strip()
-        if not v:
-            continue
-        f = Fraction(v)
-        if not 0 < f <= 1:
-            raise SystemExit(f"--messages: {v} is not a fraction of the state in (0, 1]")
-        out.append(f)
-    return sorted(set(out), reverse=True)
+    return sorted({message_fraction(v, "--messages") for v in text.split(",") if v.strip()},
+                  reverse=True)
 
 
 def settings_list(text):
-    """--settings "M:K,...": fixed (message fraction, interval) pairs."""
+    """--settings "M:K,...": fixed (message fraction, interval) pairs, in the order given."""
     out = []
-    for v in text.split(","):
-        if not v.strip():
+    for v in (v.strip() for v in text.split(",")):
+        if not v:
             continue
         m, sep, k = v.partition(":")
-        if not sep:
-            raise SystemExit(f"--settings: {v.strip()} is not MESSAGE:INTERVAL (e.g. 1/8:4)")
-        try:
-            f, i = Fraction(m.strip()), int(k)
-        except (ValueError, ZeroDivisionError):
-            raise SystemExit(f"--settings: {v.strip()} is not MESSAGE:INTERVAL (e.g. 1/8:4)")
-        if not 0 < f <= 1 or i < 1:
-            raise SystemExit(f"--settings: {v.strip()} needs a message in (0, 1] of the state "
-                             "and an interval of at least 1")
-        out.append((f, i))
+        if not sep or not k.strip().isdigit() or int(k) < 1:
+            raise SystemExit(f"--settings: {v} is not MESSAGE:INTERVAL, an interval of at least "
+                             "1 (e.g. 1/8:4)")
+        out.append((message_fraction(m, "--settings"), int(k)))
     if not out:
         raise SystemExit("--settings: no setting given")
     return list(dict.fromkeys(out))
@@ -970,8 +967,7 @@ def grid_experiment(args, extra, runner, model):
           fmt_ci(c["auto_over_best_ci"]), fmt_ci(c["auto_over_default_ci"]),
           fmt_paired(c["auto_over_best_paired"], c["auto_over_best_paired_ci"]),
           fmt_paired(c["auto_over_default_paired"], c["auto_over_default_paired_ci"]),
-          "yes" if c["within_15pct_of_best"] else "no",
-          yes_no(c["not_later_than_default"])] for c in comparisons])
+          yes_no(c["within_15pct_of_best"]), yes_no(c["not_later_than_default"])] for c in comparisons])
     measured = [c["not_later_than_default"] for c in comparisons
                 if c["not_later_than_default"] is not None]
     verdict = {"within_15pct_everywhere": all(c["within_15pct_of_best"] for c in comparisons),
@@ -979,7 +975,7 @@ def grid_experiment(args, extra, runner, model):
     if not any(c["default_in_grid"] for c in comparisons):
         print("# note: the default (whole state, k=1) is not in the grid")
     print(f"# criteria met: within 15% of best on every bandwidth: "
-          f"{'yes' if verdict['within_15pct_everywhere'] else 'no'}; never later than the "
+          f"{yes_no(verdict['within_15pct_everywhere'])}; never later than the "
           f"default: {yes_no(verdict['never_later_than_default'])}")
     if runner.baseline:
         print(f"# baseline: {runner.baseline} ({' '.join(runner.baseline_info)})")
